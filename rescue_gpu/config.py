@@ -1,0 +1,270 @@
+"""Typed, validated configuration: ``config.toml`` (how to run) and pipeline files (the science).
+
+Both are read once, at the edge, into frozen dataclasses. Stages never read files
+themselves: the runner hands them these values. An unknown key, a wrong type or a bad
+value raises :class:`~rescue_gpu.errors.ConfigError` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+__all__ = [
+    "TransformSpec", "PanelSpec", "QcSpec", "PreprocessSpec", "Pipeline", "RuntimeConfig",
+    "load_pipeline", "load_runtime", "parse_memory", "from_mapping", "PIPELINES_DIR",
+]
+
+PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    """A per-channel transform: ``logicle`` (Parks/Moore), ``arcsinh`` or ``linear``.
+
+    ``linear`` maps ``x`` to ``x / scale``; ``arcsinh`` to ``arcsinh(x / cofactor)``;
+    ``logicle`` uses ``t, w, m, a`` and returns values on the 0..1 display scale.
+    """
+
+    kind: Literal["logicle", "arcsinh", "linear"] = "logicle"
+    t: float = 262144.0
+    w: float = 0.5
+    m: float = 4.5
+    a: float = 0.0
+    cofactor: float = 150.0
+    scale: float = 262144.0
+
+    def __post_init__(self) -> None:
+        if self.kind == "logicle" and not (self.t > 0 and self.m > 0 and 0 <= self.w <= self.m / 2):
+            raise ConfigError(f"logicle needs t > 0, m > 0 and 0 <= w <= m/2 (got t={self.t}, w={self.w}, m={self.m})")
+        if self.kind == "arcsinh" and self.cofactor <= 0:
+            raise ConfigError(f"arcsinh needs cofactor > 0 (got {self.cofactor})")
+        if self.kind == "linear" and self.scale <= 0:
+            raise ConfigError(f"linear needs scale > 0 (got {self.scale})")
+
+
+@dataclass(frozen=True)
+class PanelSpec:
+    """The markers a pipeline uses, in output order, and how to find them in a file.
+
+    ``markers`` are matched against ``$PnS`` then ``$PnN`` forgivingly (case, spaces,
+    dashes and fluorochrome suffixes ignored); ``aliases`` maps a marker to other names
+    it may carry (``"HLA-DR" = ["HLADR", "DR"]``). ``scatter`` names the scatter
+    parameters kept in the output (linear scaling). An empty panel keeps every
+    parameter except time and event counters.
+    """
+
+    markers: tuple[str, ...] = ()
+    scatter: tuple[str, ...] = ()
+    aliases: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QcSpec:
+    """Quality-control gates; each removes events and is counted.
+
+    Debris thresholds are fractions of the scatter channel's ``$PnR`` range.
+    A doublet is an event whose FSC-A / FSC-H ratio exceeds the sample's median
+    ratio by more than ``doublet_tolerance`` (relative).
+    """
+
+    remove_saturated: bool = True
+    remove_debris: bool = True
+    debris_fsc_min: float = 0.05
+    debris_ssc_min: float = 0.0
+    remove_doublets: bool = True
+    doublet_tolerance: float = 0.25
+    fsc_area: str = "FSC-A"
+    fsc_height: str = "FSC-H"
+    ssc_area: str = "SSC-A"
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How raw stored values become the float32 events a reference sees.
+
+    ``compensation`` is ``"file"`` (the sample's own spillover matrix, if any),
+    ``"none"``, or a path to a CSV spillover matrix with channel names.
+    """
+
+    compensation: str = "file"
+    fluorescence: TransformSpec = TransformSpec(kind="logicle")
+    scatter: TransformSpec = TransformSpec(kind="linear")
+    transforms: dict[str, TransformSpec] = field(default_factory=dict)
+    qc: QcSpec = QcSpec()
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One assay's science: panel and preprocessing (later: reference, raster, model)."""
+
+    name: str = "unnamed"
+    description: str = ""
+    panel: PanelSpec = PanelSpec()
+    preprocess: PreprocessSpec = PreprocessSpec()
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How and where to run: backend, workers, memory, chunking, batches."""
+
+    backend: Literal["auto", "cpu", "gpu"] = "auto"
+    workers: str = "auto"
+    threads_per_worker: int = 1
+    memory_limit: str = "auto"
+    chunk_events: int = 262144
+    batch_size: int = 64
+    progress: bool = True
+    pipeline: str = "aml-mrd"
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers != "auto" and not (self.workers.isdigit() and int(self.workers) > 0):
+            raise ConfigError(f"workers must be 'auto' or a positive integer (got {self.workers!r})")
+        for name in ("threads_per_worker", "chunk_events", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        parse_memory(self.memory_limit, total=1)  # validates the form
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?I?B)?\s*$", re.IGNORECASE)
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_memory(value: str | int | float, *, total: int) -> int:
+    """Parse a memory size: ``"auto"`` (all of ``total``), a fraction ``"0.8"``, or ``"24GB"``.
+
+    Returns bytes. Raises :class:`ConfigError` for anything else.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"memory size must be a string like 'auto', '0.8' or '24GB' (got {value!r})")
+    if value.strip().lower() == "auto":
+        return int(total)
+    m = _SIZE.match(value)
+    if not m:
+        raise ConfigError(f"cannot parse memory size {value!r}; use 'auto', a fraction like '0.8', or '24GB'")
+    number, unit = float(m.group(1)), (m.group(2) or "").upper()
+    if not unit:
+        if number <= 1.0:
+            return int(number * total)
+        return int(number)
+    return int(number * _UNITS[unit])
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str, file: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert TOML types to it."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    where = f"{file}: key '{key}'"
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {type(value).__name__}")
+        return from_mapping(tp, value, file=file, prefix=key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, file)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {type(value).__name__}")
+        return tuple(_coerce(v, args[0], f"{key}[{i}]", file) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, got {type(value).__name__}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", file) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool) and key.endswith(("workers", "memory_limit")):
+        return str(value)
+    if tp in (str, bool) and not isinstance(value, tp):
+        raise ConfigError(f"{where} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def from_mapping(cls: type, data: dict[str, Any], *, file: str = "<config>", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a parsed TOML table, rejecting unknown keys.
+
+    Raises
+    ------
+    ConfigError
+        A key is unknown, has the wrong type, or a value is out of range; the message
+        names the key (dotted path) and the file.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"{file}: unknown key '{dotted}'; known keys here: {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(value, hints[key], dotted, file)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{file}: in '{prefix or cls.__name__}': {exc}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_pipeline(name_or_path: str | Path = "aml-mrd") -> Pipeline:
+    """Load a pipeline file by path, or by name from the package's ``pipelines/`` folder."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        path = PIPELINES_DIR / f"{name_or_path}.toml"
+    data = _read_toml(path)
+    pipe = from_mapping(Pipeline, data, file=str(path))
+    return dataclasses.replace(pipe, source=str(path))
+
+
+def load_runtime(path: str | Path | None = None, **overrides: Any) -> RuntimeConfig:
+    """Load ``config.toml`` (its ``[runtime]`` table) and apply CLI ``overrides`` (None ignored)."""
+    data: dict[str, Any] = {}
+    file = "<defaults>"
+    if path is not None:
+        file = str(path)
+        raw = _read_toml(Path(path))
+        unknown = set(raw) - {"runtime"}
+        if unknown:
+            raise ConfigError(f"{file}: unknown table(s) {sorted(unknown)}; only [runtime] is read")
+        data = dict(raw.get("runtime", {}))
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = from_mapping(RuntimeConfig, data, file=file, prefix="runtime")
+    return dataclasses.replace(cfg, source=None if path is None else str(path))
