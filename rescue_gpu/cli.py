@@ -1,0 +1,197 @@
+"""The ``rescue`` command line: a thin layer that mirrors the Python API.
+
+Exit codes: 0 success, 2 usage or configuration errors (a clear message, no
+traceback), 3 some samples failed, 1 anything unexpected.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import RescueError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="rescue_gpu: MRD detection at cohort scale.")
+fcs_app = typer.Typer(no_args_is_help=True, help="Read and check FCS files.")
+app.add_typer(fcs_app, name="fcs")
+console = Console()
+err_console = Console(stderr=True)
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
+
+PipelineOpt = Annotated[str, typer.Option("--pipeline", help="Pipeline name in pipelines/ or a TOML path.")]
+
+
+@fcs_app.command("inspect")
+def fcs_inspect(files: Annotated[list[Path], typer.Argument(help="FCS files to describe.")]) -> None:
+    """Print version, events, parameters, channels/markers and spillover; say why a file is refused."""
+    from .fcs.inspect import inspect_many
+
+    text, n_refused = inspect_many(files)
+    console.print(text, markup=False, highlight=False)
+    if n_refused:
+        raise typer.Exit(EXIT_SAMPLES_FAILED)
+
+
+@app.command("simulate")
+def simulate(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the FCS files and manifest.csv.")],
+    samples: Annotated[int, typer.Option("--samples", help="Number of samples.")] = 20,
+    events: Annotated[int, typer.Option("--events", help="Events per sample.")] = 100_000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
+) -> None:
+    """Simulate an AML-MRD cohort: FCS 3.1 files plus manifest.csv and truth."""
+    from .simulate import simulate_cohort
+
+    t0 = time.perf_counter()
+    with _progress("simulating", samples) as advance:
+        summary = simulate_cohort(out_dir, n_samples=samples, n_events=events, seed=seed, on_sample=advance)
+    dt = time.perf_counter() - t0
+    console.print(f"wrote {samples} samples x {events:,} events to {out_dir} in {dt:.1f} s "
+                  f"({samples * events / dt / 1e6:.2f} M events/s)")
+    console.print(str(summary), markup=False, highlight=False)
+
+
+@app.command("preprocess")
+def preprocess_cmd(
+    inputs: Annotated[Path, typer.Argument(help="A manifest CSV, a folder of FCS files, or one FCS file.")],
+    pipeline: PipelineOpt = "aml-mrd",
+) -> None:
+    """Preprocess samples (compensation, transforms, QC, panel) and print a QC summary per sample."""
+    from .config import load_pipeline
+
+    pipe = load_pipeline(pipeline)
+    rows = _rows_for(inputs)
+    results = _preprocess_rows(rows, pipe)
+    _print_qc_table(results, pipe)
+    if any(r["error"] for r in results):
+        raise typer.Exit(EXIT_SAMPLES_FAILED)
+
+
+@app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo cohort.")] = Path("demo-out"),
+    samples: Annotated[int, typer.Option("--samples")] = 12,
+    events: Annotated[int, typer.Option("--events")] = 50_000,
+    seed: Annotated[int, typer.Option("--seed")] = 7,
+) -> None:
+    """Simulate a small cohort, preprocess every sample and print a summary."""
+    from .config import load_pipeline
+    from .simulate import simulate_cohort
+
+    pipe = load_pipeline("aml-mrd")
+    cohort_dir = out / "cohort"
+    with _progress("simulating", samples) as advance:
+        simulate_cohort(cohort_dir, n_samples=samples, n_events=events, seed=seed, on_sample=advance)
+    rows = _rows_for(cohort_dir / "manifest.csv")
+    results = _preprocess_rows(rows, pipe)
+    _print_qc_table(results, pipe)
+    ok = sum(not r["error"] for r in results)
+    console.print(f"demo: {ok}/{len(results)} samples simulated and preprocessed; cohort in {cohort_dir}")
+    if ok < len(results):
+        raise typer.Exit(EXIT_SAMPLES_FAILED)
+
+
+@app.command("config")
+def config_check(
+    config: Annotated[Optional[Path], typer.Option("--config", help="Runtime config TOML.")] = None,
+    pipeline: PipelineOpt = "aml-mrd",
+) -> None:
+    """Validate config.toml and a pipeline file and print the resolved settings."""
+    from .config import load_pipeline, load_runtime
+
+    console.print(load_runtime(config))
+    console.print(load_pipeline(pipeline))
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class _progress:
+    """A rich progress bar as a context manager yielding an ``advance(i, n)`` callback."""
+
+    def __init__(self, what: str, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), console=err_console, transient=True)
+        self._task = self._bar.add_task(what, total=total)
+
+    def __enter__(self):
+        self._bar.start()
+        return lambda i, n: self._bar.update(self._task, completed=i + 1, total=n)
+
+    def __exit__(self, *exc) -> None:
+        self._bar.stop()
+
+
+def _rows_for(inputs: Path) -> list:
+    from .cohort import ManifestRow, read_manifest
+
+    if inputs.is_file() and inputs.suffix.lower() != ".csv":
+        return [ManifestRow(inputs.stem, inputs)]
+    return read_manifest(inputs)
+
+
+def _preprocess_rows(rows: list, pipe) -> list[dict]:
+    """Read and preprocess each row; a failing sample is recorded, never fatal."""
+    from .fcs import read_fcs
+    from .preprocess import preprocess
+
+    results = []
+    with _progress("preprocessing", len(rows)) as advance:
+        for i, row in enumerate(rows):
+            rec = {"row": row, "events": None, "error": ""}
+            try:
+                fcs = read_fcs(row.path)
+                rec["events"] = preprocess(fcs, panel=pipe.panel, spec=pipe.preprocess)
+            except RescueError as exc:
+                rec["error"] = str(exc)
+            results.append(rec)
+            advance(i, len(rows))
+    return results
+
+
+def _print_qc_table(results: list[dict], pipe) -> None:
+    table = Table(title=f"preprocessing with pipeline '{pipe.name}'")
+    for col in ("sample", "timepoint", "label", "events in", "saturated", "debris", "doublets", "non-finite", "events out", "status"):
+        table.add_column(col, justify="right" if col.startswith(("events", "sat", "deb", "dou", "non")) else "left")
+    for rec in results:
+        row, ev = rec["row"], rec["events"]
+        qc = ev.qc if ev is not None else {}
+        cells = [str(qc.get(k, "")) for k in ("n_events_in", "saturated", "debris", "doublets", "non_finite", "n_events_out")]
+        status = "ok" if not rec["error"] else f"failed: {rec['error']}"
+        table.add_row(row.sample_id, row.timepoint, row.label, *cells, status)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rescue`` console script; maps errors to exit codes."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except RescueError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        return EXIT_USAGE
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except (typer.BadParameter, typer.Abort) as exc:  # click usage errors are handled below
+        err_console.print(f"error: {exc}", markup=False)
+        return EXIT_USAGE
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return EXIT_USAGE
+        raise
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
