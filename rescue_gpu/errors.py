@@ -18,6 +18,7 @@ __all__ = [
     "CompensationError",
     "PreprocessError",
     "BackendError",
+    "RasterError",
 ]
 
 
@@ -68,3 +69,7 @@ class PreprocessError(RescueError):
 
 class BackendError(RescueError):
     """The requested compute backend (e.g. ``"gpu"``) is not available."""
+
+
+class RasterError(RescueError):
+    """Rasterisation settings or inputs are invalid (size, extent, channels)."""
