@@ -19,7 +19,8 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 __all__ = [
-    "TransformSpec", "PanelSpec", "QcSpec", "PreprocessSpec", "Pipeline", "RuntimeConfig",
+    "TransformSpec", "PanelSpec", "QcSpec", "PreprocessSpec", "ReferenceSpec", "RasterSpec",
+    "Pipeline", "RuntimeConfig",
     "load_pipeline", "load_runtime", "parse_memory", "from_mapping", "PIPELINES_DIR",
 ]
 
@@ -103,13 +104,56 @@ class PreprocessSpec:
 
 
 @dataclass(frozen=True)
+class ReferenceSpec:
+    """How a reference UMAP is built: the pooled subsample and the UMAP fit parameters."""
+
+    events_per_sample: int = 5000
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    spread: float = 1.0
+    metric: Literal["euclidean"] = "euclidean"
+    n_epochs: int = 0  # 0: umap-learn's default for the data size
+    random_state: int = 0
+    min_events: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.events_per_sample < 1 or self.n_neighbors < 2 or self.min_events < self.n_neighbors:
+            raise ConfigError("reference needs events_per_sample >= 1, n_neighbors >= 2, min_events >= n_neighbors")
+        if not (0 <= self.min_dist <= self.spread):
+            raise ConfigError(f"reference needs 0 <= min_dist <= spread (got {self.min_dist}, {self.spread})")
+
+
+@dataclass(frozen=True)
+class RasterSpec:
+    """How projected events become an image; stored in the reference so training and scoring agree.
+
+    ``padding`` widens the embedding's bounding box by this fraction on each side to
+    give the canvas extent.
+    """
+
+    size: int = 128
+    channels: tuple[str, ...] = ("density",)
+    point_radius: int = 1
+    padding: float = 0.05
+
+    def __post_init__(self) -> None:
+        bad = [c for c in self.channels if c not in ("density", "scatter", "markers")]
+        if bad or not self.channels:
+            raise ConfigError(f"raster channels must be among density, scatter, markers (got {list(self.channels)})")
+        if self.size < 8 or self.point_radius < 0 or self.padding < 0:
+            raise ConfigError("raster needs size >= 8, point_radius >= 0 and padding >= 0")
+
+
+@dataclass(frozen=True)
 class Pipeline:
-    """One assay's science: panel and preprocessing (later: reference, raster, model)."""
+    """One assay's science: panel, preprocessing, reference and raster (later: model)."""
 
     name: str = "unnamed"
     description: str = ""
     panel: PanelSpec = PanelSpec()
     preprocess: PreprocessSpec = PreprocessSpec()
+    reference: ReferenceSpec = ReferenceSpec()
+    raster: RasterSpec = RasterSpec()
     source: str | None = None
 
 
