@@ -26,6 +26,9 @@ def _escape(value: str) -> str:
     value = str(value)
     if value == "":
         return " "  # FCS 3.1 forbids empty values
+    if value.startswith(_DELIM) or value.endswith(_DELIM):
+        # A doubled delimiter next to a separator cannot be split back unambiguously.
+        raise FcsFormatError(None, f"keyword value {value!r} starts or ends with '{_DELIM}', which FCS cannot represent; change the name")
     return value.replace(_DELIM, _DELIM * 2)
 
 
@@ -134,5 +137,5 @@ def write_fcs(
     with open(out, "wb") as fh:
         fh.write(header.encode("ascii"))
         fh.write(text)
-        fh.write(memoryview(data).cast("B"))
+        fh.write(data.tobytes() if data.size == 0 else memoryview(data).cast("B"))
     return out

@@ -1,0 +1,19 @@
+"""Preprocessing: amplification decoding, compensation, transforms, QC gates, panel matching.
+
+The stage function is :func:`preprocess` (``FcsData`` -> :class:`Events`); the kernels it
+composes are public too and work on numpy or cupy arrays.
+"""
+
+from .amplification import decode_amplification
+from .compensation import compensate, resolve_spillover, spillover_from_csv
+from .panel import default_channels, match_channels, match_panel
+from .pipeline import Events, preprocess, preprocess_fingerprint
+from .qc import qc_mask
+from .transforms import apply_transform, arcsinh, linear, logicle, logicle_inverse, logicle_params
+
+__all__ = [
+    "decode_amplification", "compensate", "resolve_spillover", "spillover_from_csv",
+    "match_panel", "match_channels", "default_channels", "qc_mask",
+    "logicle", "logicle_inverse", "logicle_params", "arcsinh", "linear", "apply_transform",
+    "Events", "preprocess", "preprocess_fingerprint",
+]

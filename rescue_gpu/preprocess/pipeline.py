@@ -1,0 +1,209 @@
+"""The preprocessing stage: stored FCS values -> float32 events in panel order, with QC counts.
+
+Order of work, all on the array module ``xp`` (the events cross to the device once):
+
+1. panel matching (:func:`~rescue_gpu.preprocess.panel.match_panel`) and scatter lookup;
+2. ``$PnE``/``$PnG`` decoding to linear values (integer data only: FCS 3.1 requires
+   float data to be stored linear, so ``$PnE`` is ignored for ``$DATATYPE`` F/D);
+3. QC gates (:func:`~rescue_gpu.preprocess.qc.qc_mask`) on every event;
+4. compensation of the kept events;
+5. the per-channel transforms, cast to float32.
+
+Output columns: the panel markers in panel order, then the ``panel.scatter`` channels
+in their order. Without panel markers: every parameter except time and event counters,
+in file order, named by ``$PnN``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..backend import to_numpy
+from ..config import PanelSpec, PreprocessSpec, TransformSpec
+from ..errors import CompensationError, PanelError, PreprocessError
+from ..fcs.types import FcsData, Spillover
+from .amplification import decode_amplification
+from .compensation import compensate, resolve_spillover, spillover_indices
+from .panel import default_channels, is_scatter, match_channels, match_panel
+from .qc import qc_mask
+from .transforms import apply_transform
+
+__all__ = ["Events", "preprocess", "preprocess_fingerprint", "FINGERPRINT_VERSION"]
+
+FINGERPRINT_VERSION = 1
+
+
+@dataclass
+class Events:
+    """Preprocessed events of one sample.
+
+    Attributes
+    ----------
+    values
+        ``(n_events_kept, n_markers)`` float32 array (numpy or cupy, as processed).
+    markers
+        Output column names: panel markers, then scatter channels.
+    channels
+        ``$PnN`` each column came from.
+    qc
+        ``n_events_in``, ``non_finite``, ``saturated``, ``debris``, ``doublets``,
+        ``n_events_out``, ``compensation`` (where the matrix came from) and
+        ``qc_skipped`` (gates that could not run, with the reason).
+    fingerprint
+        :func:`preprocess_fingerprint` of the settings used.
+    """
+
+    values: Any
+    markers: tuple[str, ...]
+    channels: tuple[str, ...]
+    qc: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    @property
+    def n_events(self) -> int:
+        """Number of kept events."""
+        return int(self.values.shape[0])
+
+    def to_numpy(self) -> "Events":
+        """A copy whose ``values`` live in host memory."""
+        return dataclasses.replace(self, values=to_numpy(self.values), qc=dict(self.qc))
+
+
+def preprocess_fingerprint(panel: PanelSpec, spec: PreprocessSpec) -> str:
+    """sha256 of a canonical JSON of the panel and preprocessing settings.
+
+    Two runs with equal fingerprints turn the same file into the same events;
+    references and models record it to check that samples fit them.
+    """
+    record = {
+        "version": FINGERPRINT_VERSION,
+        "panel": dataclasses.asdict(panel),
+        "preprocess": dataclasses.asdict(spec),
+    }
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _where(fcs: FcsData) -> str:
+    name = fcs.path or "<in-memory sample>"
+    return f"{name} (data set {fcs.dataset})" if fcs.n_datasets > 1 else name
+
+
+def _columns(fcs: FcsData, panel: PanelSpec) -> tuple[list[int], list[str], list[bool]]:
+    """Column indices, output names and is-scatter flags, in output order."""
+    if not panel.markers:
+        cols = default_channels(fcs.channels)
+        return cols, [fcs.channels[i] for i in cols], [is_scatter(fcs.channels[i]) for i in cols]
+    cols = match_panel(fcs.channels, fcs.markers, panel)
+    scatter = match_channels(fcs.channels, panel.scatter, what="scatter")
+    names = list(panel.markers) + list(panel.scatter)
+    return cols + scatter, names, [False] * len(cols) + [True] * len(scatter)
+
+
+def _to_device(events: np.ndarray, xp: ModuleType) -> Any:
+    """The one host-to-device copy (native byte order: cupy refuses swapped arrays)."""
+    host = np.asarray(events)
+    if not host.dtype.isnative:
+        host = host.astype(host.dtype.newbyteorder("="))
+    return xp.asarray(host)
+
+
+def _decode(fcs: FcsData, stored: Any) -> Any:
+    """Linear values: ``$PnE``/``$PnG`` applied (``$PnE`` only for integer data)."""
+    amp = fcs.amplification()
+    if fcs.keywords.get("$DATATYPE", "I").strip().upper() in ("F", "D"):
+        amp = [(0.0, 0.0)] * fcs.n_parameters
+    return decode_amplification(stored, decades_offsets=amp, ranges=fcs.ranges(), gains=fcs.gains())
+
+
+def _transform(block: Any, names: list[str], scatter: list[bool], spec: PreprocessSpec, xp: ModuleType) -> Any:
+    """Apply each column's transform (grouped by spec) into a float32 array."""
+    groups: dict[TransformSpec, list[int]] = {}
+    for j, (name, sc) in enumerate(zip(names, scatter)):
+        chosen = spec.transforms.get(name, spec.scatter if sc else spec.fluorescence)
+        groups.setdefault(chosen, []).append(j)
+    out = xp.empty(block.shape, dtype=xp.float32)
+    for tspec, idx in groups.items():
+        cols = xp.asarray(np.asarray(idx, dtype=np.int64))
+        out[:, cols] = apply_transform(block[:, cols], tspec).astype(xp.float32)
+    return out
+
+
+def _spillover(fcs: FcsData, spec: PreprocessSpec, override: Spillover | None) -> tuple[Spillover | None, str, list[int]]:
+    spill, source = (override, f"override:{override.source}") if override is not None else resolve_spillover(fcs, spec.compensation)
+    return spill, source, (spillover_indices(fcs.channels, spill) if spill is not None else [])
+
+
+def preprocess(
+    fcs: FcsData,
+    *,
+    panel: PanelSpec,
+    spec: PreprocessSpec,
+    compensation_override: Spillover | None = None,
+    xp: ModuleType | None = None,
+) -> Events:
+    """Turn one sample's stored values into float32 events in panel order, with QC counts.
+
+    Parameters
+    ----------
+    fcs
+        The sample, as read.
+    panel
+        Markers (output order), scatter channels and aliases.
+    spec
+        Compensation choice, transforms and QC gates.
+    compensation_override
+        A spillover matrix to use instead of ``spec.compensation`` (e.g. one CSV
+        loaded once for a whole cohort).
+    xp
+        Array module to compute with (numpy by default; cupy keeps the events on
+        the GPU, and ``Events.values`` is then a cupy array).
+
+    Returns
+    -------
+    Events
+
+    Raises
+    ------
+    PanelError
+        A marker or scatter channel is missing or ambiguous.
+    CompensationError
+        The matrix does not fit the sample's channels or is singular.
+    PreprocessError
+        No event survives QC, or a log parameter cannot be decoded.
+    """
+    xp = np if xp is None else xp
+    where = _where(fcs)
+    try:
+        cols, names, scatter = _columns(fcs, panel)
+        spill, source, spill_cols = _spillover(fcs, spec, compensation_override)
+    except (PanelError, CompensationError) as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+    stored = _to_device(fcs.events, xp)
+    try:
+        linear = _decode(fcs, stored)
+    except PreprocessError as exc:
+        raise PreprocessError(f"{where}: {exc}") from None
+    check = sorted(set(cols) | set(spill_cols))
+    keep, qc = qc_mask(stored, linear, channels=fcs.channels, ranges=fcs.ranges(), check=check, spec=spec.qc)
+    qc["compensation"] = source
+    if qc["n_events_out"] == 0:
+        raise PreprocessError(f"{where}: no events left after QC ({_summary(qc)}); check the QC thresholds")
+    kept = linear[keep]
+    if spill is not None:
+        kept = compensate(kept, channels=fcs.channels, spillover=spill)
+    values = _transform(kept[:, xp.asarray(np.asarray(cols, dtype=np.int64))], names, scatter, spec, xp)
+    return Events(values=values, markers=tuple(names), channels=tuple(fcs.channels[i] for i in cols),
+                  qc=qc, fingerprint=preprocess_fingerprint(panel, spec))
+
+
+def _summary(qc: dict[str, Any]) -> str:
+    keys = ("n_events_in", "non_finite", "saturated", "debris", "doublets")
+    return ", ".join(f"{k}={qc[k]}" for k in keys)
