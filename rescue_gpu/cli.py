@@ -166,31 +166,32 @@ def _print_qc_table(results: list[dict], pipe) -> None:
         row, ev = rec["row"], rec["events"]
         qc = ev.qc if ev is not None else {}
         cells = [str(qc.get(k, "")) for k in ("n_events_in", "saturated", "debris", "doublets", "non_finite", "n_events_out")]
-        status = "ok" if not rec["error"] else f"failed: {rec['error']}"
-        table.add_row(row.sample_id, row.timepoint, row.label, *cells, status)
+        table.add_row(row.sample_id, row.timepoint, row.label, *cells, "failed" if rec["error"] else "ok")
     console.print(table)
+    for rec in results:
+        if rec["error"]:
+            err_console.print(f"failed: {rec['row'].sample_id}: {rec['error']}", markup=False, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rescue`` console script; maps errors to exit codes."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
     except RescueError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False)
         return EXIT_USAGE
     except typer.Exit as exc:
         return int(exc.exit_code)
-    except (typer.BadParameter, typer.Abort) as exc:  # click usage errors are handled below
-        err_console.print(f"error: {exc}", markup=False)
+    except typer.Abort:
+        err_console.print("aborted")
         return EXIT_USAGE
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        # click's (vendored by typer) usage errors: they know how to show themselves
+        if hasattr(exc, "show") and getattr(exc, "exit_code", None) == EXIT_USAGE:
             exc.show()
             return EXIT_USAGE
         raise
-    return EXIT_OK
+    return rc if isinstance(rc, int) else EXIT_OK
 
 
 if __name__ == "__main__":

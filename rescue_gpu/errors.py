@@ -19,6 +19,8 @@ __all__ = [
     "PreprocessError",
     "BackendError",
     "RasterError",
+    "ProjectionError",
+    "ReferenceDataError",
 ]
 
 
@@ -73,3 +75,11 @@ class BackendError(RescueError):
 
 class RasterError(RescueError):
     """Rasterisation settings or inputs are invalid (size, extent, channels)."""
+
+
+class ProjectionError(RescueError):
+    """Events cannot be projected into a reference UMAP (wrong width, non-finite rows, ...)."""
+
+
+class ReferenceDataError(RescueError):
+    """A reference (training events, embedding, UMAP parameters) is missing, inconsistent or too small."""
