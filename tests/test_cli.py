@@ -1,0 +1,50 @@
+"""The command line: output, exit codes (0 ok, 2 usage/config, 3 failed samples), no tracebacks."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rescue_gpu.cli import main
+from rescue_gpu.fcs import write_fcs
+
+
+def _run(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_fcs_inspect_good_and_refused(tmp_path, capsys):
+    good = write_fcs(tmp_path / "good.fcs", np.ones((5, 2), np.float32), channels=["FSC-A", "FL1-A"], markers=["", "CD34"])
+    bad = tmp_path / "bad.fcs"
+    bad.write_bytes(b"FCS3.0    garbage")
+    rc, out, _ = _run(capsys, "fcs", "inspect", good)
+    assert rc == 0 and "FCS3.1" in out and "CD34" in out and "events:     5" in out
+    rc, out, _ = _run(capsys, "fcs", "inspect", good, bad)
+    assert rc == 3 and "REFUSED" in out and str(bad) in out
+
+
+def test_config_errors_exit_2_without_traceback(tmp_path, capsys):
+    p = tmp_path / "p.toml"
+    p.write_text("[panel]\nmarkerz = []\n")
+    rc, _, err = _run(capsys, "config", "--pipeline", p)
+    assert rc == 2 and "unknown key 'panel.markerz'" in err and "Traceback" not in err
+
+
+def test_usage_error_exit_2(capsys):
+    rc, _, err = _run(capsys, "no-such-command")
+    assert rc == 2 and "No such command" in err
+
+
+def test_preprocess_failed_sample_exit_3(tmp_path, capsys):
+    f = write_fcs(tmp_path / "s.fcs", np.ones((50, 2), np.float32), channels=["FSC-A", "FL1-A"], markers=["", "CD3"])
+    rc, _, err = _run(capsys, "preprocess", f)
+    assert rc == 3 and "CD45" in err and "s.fcs" in err
+
+
+def test_preprocess_manifest_errors_exit_2(tmp_path, capsys):
+    m = tmp_path / "m.csv"
+    m.write_text("sample_id,file\n")
+    rc, _, err = _run(capsys, "preprocess", m)
+    assert rc == 2 and "missing column(s) path" in err
