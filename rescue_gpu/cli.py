@@ -21,6 +21,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="rescue_gpu: 
 fcs_app = typer.Typer(no_args_is_help=True, help="Read and check FCS files.")
 app.add_typer(fcs_app, name="fcs")
 console = Console()
+if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+    console = Console(width=140)
 err_console = Console(stderr=True)
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
@@ -160,8 +162,11 @@ def _preprocess_rows(rows: list, pipe) -> list[dict]:
 
 def _print_qc_table(results: list[dict], pipe) -> None:
     table = Table(title=f"preprocessing with pipeline '{pipe.name}'")
-    for col in ("sample", "timepoint", "label", "events in", "saturated", "debris", "doublets", "non-finite", "events out", "status"):
-        table.add_column(col, justify="right" if col.startswith(("events", "sat", "deb", "dou", "non")) else "left")
+    for col in ("sample", "timepoint", "label"):
+        table.add_column(col)
+    for col in ("events in", "saturated", "debris", "doublets", "non-finite", "events out"):
+        table.add_column(col, justify="right")
+    table.add_column("status")
     for rec in results:
         row, ev = rec["row"], rec["events"]
         qc = ev.qc if ev is not None else {}
