@@ -48,3 +48,18 @@ def test_preprocess_manifest_errors_exit_2(tmp_path, capsys):
     m.write_text("sample_id,file\n")
     rc, _, err = _run(capsys, "preprocess", m)
     assert rc == 2 and "missing column(s) path" in err
+
+
+def test_simulate_then_preprocess(tmp_path, capsys):
+    out = tmp_path / "cohort"
+    rc, text, _ = _run(capsys, "simulate", out, "--samples", 5, "--events", 3000, "--seed", 1)
+    assert rc == 0 and "wrote 5 samples" in text
+    manifest = (out / "manifest.csv").read_text().splitlines()
+    assert manifest[0] == "sample_id,path,patient_id,timepoint,label" and len(manifest) == 6
+    rc, text, _ = _run(capsys, "preprocess", out / "manifest.csv")
+    assert rc == 0 and text.count(" ok ") == 5
+
+
+def test_demo_runs(tmp_path, capsys):
+    rc, text, _ = _run(capsys, "demo", "--out", tmp_path / "d", "--samples", 4, "--events", 2000)
+    assert rc == 0 and "demo: 4/4 samples simulated and preprocessed" in text
