@@ -19,7 +19,9 @@ from .errors import RescueError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="rescue_gpu: MRD detection at cohort scale.")
 fcs_app = typer.Typer(no_args_is_help=True, help="Read and check FCS files.")
+ref_app = typer.Typer(no_args_is_help=True, help="Build, import and check reference UMAPs.")
 app.add_typer(fcs_app, name="fcs")
+app.add_typer(ref_app, name="reference")
 console = Console()
 if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
     console = Console(width=140)
@@ -100,6 +102,91 @@ def demo(
         raise typer.Exit(EXIT_SAMPLES_FAILED)
 
 
+@ref_app.command("build")
+def reference_build(
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV or folder of FCS files.")],
+    out: Annotated[Path, typer.Option("--out", help="Reference directory to create.")],
+    events_per_sample: Annotated[Optional[int], typer.Option("--events-per-sample", help="Events pooled per sample.")] = None,
+    pipeline: PipelineOpt = "aml-mrd",
+    backend: Annotated[str, typer.Option("--backend", help="auto | cpu | gpu (cuML when installed).")] = "cpu",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing reference directory.")] = False,
+) -> None:
+    """Preprocess samples, pool an even subsample of each, fit UMAP, write a reference directory."""
+    from .cohort.stages import build_reference_from_rows
+    from .config import load_pipeline
+
+    pipe = load_pipeline(pipeline)
+    rows = _rows_for(manifest)
+    with _progress("preprocessing", len(rows)) as advance:
+        ref = build_reference_from_rows(rows, pipe, events_per_sample=events_per_sample, backend=backend, on_sample=advance)
+    ref.save(out, overwrite=overwrite)
+    failed = ref.provenance.get("failed_samples", {})
+    console.print(f"reference: {ref.train_events.shape[0]:,} events x {len(ref.markers)} markers from "
+                  f"{len(ref.provenance['events_per_sample'])} samples -> {out}")
+    console.print(f"fingerprint {ref.fingerprint[:16]}, extent {tuple(round(v, 2) for v in ref.extent)}")
+    for sid, err in failed.items():
+        err_console.print(f"skipped {sid}: {err}", markup=False, highlight=False)
+
+
+@ref_app.command("import-umap")
+def reference_import_umap(
+    model: Annotated[Path, typer.Argument(help="A pickled, fitted umap.UMAP (the published pipeline's format).")],
+    markers: Annotated[str, typer.Option("--markers", help="Comma-separated names of the model's input columns, in order.")],
+    out: Annotated[Path, typer.Option("--out", help="Reference directory to create.")],
+    trust: Annotated[bool, typer.Option("--trust", help="Allow unpickling, which runs code from the file.")] = False,
+    pipeline: PipelineOpt = "aml-mrd",
+) -> None:
+    """Import a fitted umap-learn model as a reference (unpickling needs --trust)."""
+    from .config import load_pipeline
+    from .reference import import_umap_pickle
+
+    pipe = load_pipeline(pipeline)
+    names = [m.strip() for m in markers.split(",") if m.strip()]
+    ref = import_umap_pickle(model, markers=names, trust=trust, raster=pipe.raster)
+    ref.save(out)
+    console.print(f"imported {ref.train_events.shape[0]:,} reference events x {len(names)} markers -> {out}")
+
+
+@app.command("project")
+def project_cmd(
+    sample: Annotated[Path, typer.Argument(help="An FCS file.")],
+    reference: Annotated[Path, typer.Option("--reference", help="Reference directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for coords.npy and image PNGs.")],
+    pipeline: PipelineOpt = "aml-mrd",
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    backend: Annotated[str, typer.Option("--backend", help="auto | cpu | gpu")] = "auto",
+) -> None:
+    """Project one sample into a reference and write its coordinates and image(s) as PNG."""
+    import numpy as np
+
+    from .backend import to_numpy
+    from .cohort.stages import load_events, project, rasterise
+    from .config import load_pipeline
+    from .raster import save_png
+    from .reference import Reference
+
+    ref = Reference.load(reference)
+    events = load_events(sample, load_pipeline(pipeline))
+    t0 = time.perf_counter()
+    coords = project(ref, events, seed=seed, backend=backend)
+    image, outside = rasterise(ref, coords, events)
+    dt = time.perf_counter() - t0
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "coords.npy", to_numpy(coords))
+    np.save(out / "image.npy", to_numpy(image))
+    for c, kind in enumerate(_channel_names(ref)):
+        save_png(image, out / f"image_{c}_{kind}.png", channels=[c])
+    console.print(f"{sample.name}: {events.values.shape[0]:,} events projected in {dt:.1f} s; "
+                  f"{outside} outside the canvas; wrote {out}")
+
+
+def _channel_names(ref) -> list[str]:
+    names: list[str] = []
+    for kind in ref.raster.channels:
+        names.extend([f"mean-{m}" for m in ref.markers] if kind == "markers" else [kind])
+    return names
+
+
 @app.command("config")
 def config_check(
     config: Annotated[Optional[Path], typer.Option("--config", help="Runtime config TOML.")] = None,
@@ -143,21 +230,10 @@ def _rows_for(inputs: Path) -> list:
 
 def _preprocess_rows(rows: list, pipe) -> list[dict]:
     """Read and preprocess each row; a failing sample is recorded, never fatal."""
-    from .fcs import read_fcs
-    from .preprocess import preprocess
+    from .cohort.stages import iter_events
 
-    results = []
     with _progress("preprocessing", len(rows)) as advance:
-        for i, row in enumerate(rows):
-            rec = {"row": row, "events": None, "error": ""}
-            try:
-                fcs = read_fcs(row.path)
-                rec["events"] = preprocess(fcs, panel=pipe.panel, spec=pipe.preprocess)
-            except RescueError as exc:
-                rec["error"] = str(exc)
-            results.append(rec)
-            advance(i, len(rows))
-    return results
+        return [{"row": row, "events": ev, "error": err} for row, ev, err in iter_events(rows, pipe, on_sample=advance)]
 
 
 def _print_qc_table(results: list[dict], pipe) -> None:

@@ -1,7 +1,8 @@
 """Cohort manifests: a CSV of samples, or a directory searched for FCS files.
 
 A manifest has the columns ``sample_id,path`` and optionally ``patient_id``,
-``timepoint`` and ``label``; paths are relative to the manifest's folder. Every
+``timepoint``, ``label`` and ``reference`` (yes/no: whether the sample is pooled into a
+reference; all samples when the column is absent); paths are relative to the manifest's folder. Every
 problem is collected and reported at once, before any work starts.
 """
 
@@ -16,7 +17,8 @@ from ..errors import ManifestError
 __all__ = ["ManifestRow", "read_manifest", "TIMEPOINTS", "LABELS"]
 
 REQUIRED = ("sample_id", "path")
-OPTIONAL = ("patient_id", "timepoint", "label")
+OPTIONAL = ("patient_id", "timepoint", "label", "reference")
+_BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": None}
 TIMEPOINTS = ("diagnosis", "follow-up", "control", "")
 LABELS = ("positive", "negative", "")
 FCS_SUFFIXES = {".fcs", ".lmd"}
@@ -31,6 +33,7 @@ class ManifestRow:
     patient_id: str = ""
     timepoint: str = ""
     label: str = ""
+    in_reference: bool | None = None
 
 
 def _check_row(line: int, rec: dict[str, str], base: Path, seen: dict[str, int]) -> tuple[ManifestRow | None, list[str]]:
@@ -49,11 +52,14 @@ def _check_row(line: int, rec: dict[str, str], base: Path, seen: dict[str, int])
     label = (rec.get("label") or "").strip().lower()
     if label not in LABELS:
         problems.append(f"row {line}: label {label!r} is not 'positive' or 'negative'")
+    ref = (rec.get("reference") or "").strip().lower()
+    if ref not in _BOOL:
+        problems.append(f"row {line}: reference {ref!r} is not yes/no (or 1/0, true/false)")
     if problems:
         return None, problems
     seen[sid] = line
     path = Path(rel) if Path(rel).is_absolute() else base / rel
-    return ManifestRow(sid, path, (rec.get("patient_id") or "").strip(), tp, label), []
+    return ManifestRow(sid, path, (rec.get("patient_id") or "").strip(), tp, label, _BOOL[ref]), []
 
 
 def _read_csv(path: Path) -> list[ManifestRow]:
