@@ -63,3 +63,27 @@ def test_simulate_then_preprocess(tmp_path, capsys):
 def test_demo_runs(tmp_path, capsys):
     rc, text, _ = _run(capsys, "demo", "--out", tmp_path / "d", "--samples", 4, "--events", 2000)
     assert rc == 0 and "demo: 4/4 samples simulated and preprocessed" in text
+
+
+def test_reference_build_and_project(tmp_path, capsys):
+    cohort = tmp_path / "cohort"
+    assert _run(capsys, "simulate", cohort, "--samples", 6, "--events", 3000, "--seed", 2)[0] == 0
+    ref = tmp_path / "ref"
+    rc, text, err = _run(capsys, "reference", "build", cohort / "manifest.csv", "--out", ref, "--events-per-sample", 300)
+    assert rc == 0, err
+    assert "1,800 events x 12 markers from 6 samples" in text and (ref / "reference.json").exists()
+    rc, _, err = _run(capsys, "reference", "build", cohort / "manifest.csv", "--out", ref)
+    assert rc == 2 and "already exists" in err
+    out = tmp_path / "proj"
+    rc, text, err = _run(capsys, "project", cohort / "fcs" / "S00000.fcs", "--reference", ref, "--out", out, "--backend", "cpu")
+    assert rc == 0, err
+    coords, image = np.load(out / "coords.npy"), np.load(out / "image.npy")
+    assert coords.shape[1] == 2 and image.shape == (1, 128, 128) and image.max() == 1.0
+    assert (out / "image_0_density.png").exists()
+
+
+def test_reference_import_needs_trust(tmp_path, capsys):
+    p = tmp_path / "m.pkl"
+    p.write_bytes(b"not really a pickle")
+    rc, _, err = _run(capsys, "reference", "import-umap", p, "--markers", "a,b", "--out", tmp_path / "r")
+    assert rc == 2 and "--trust" in err and not (tmp_path / "r").exists()
