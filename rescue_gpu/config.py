@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 __all__ = [
     "TransformSpec", "PanelSpec", "QcSpec", "PreprocessSpec", "ReferenceSpec", "RasterSpec",
-    "Pipeline", "RuntimeConfig",
+    "HeadSpec", "TrainSpec", "ModelSpec", "Pipeline", "RuntimeConfig",
     "load_pipeline", "load_runtime", "parse_memory", "from_mapping", "PIPELINES_DIR",
 ]
 
@@ -145,8 +145,57 @@ class RasterSpec:
 
 
 @dataclass(frozen=True)
+class HeadSpec:
+    """The classifier head on the ResNet-34 features (the published head's layers are not public).
+
+    ``hidden`` lists the widths of the hidden fully connected layers (empty: a single
+    linear layer); each is followed by ``activation`` and dropout ``dropout``.
+    """
+
+    hidden: tuple[int, ...] = (256,)
+    dropout: float = 0.3
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+
+    def __post_init__(self) -> None:
+        if any(w < 1 for w in self.hidden) or not (0.0 <= self.dropout < 1.0):
+            raise ConfigError(f"head needs positive widths and 0 <= dropout < 1 (got {self.hidden}, {self.dropout})")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Training settings: cross-validation, optimiser, schedule, augmentation, threshold."""
+
+    folds: int = 5
+    max_epochs: int = 40
+    patience: int = 6
+    batch_size: int = 32
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-4
+    augment_copies: int = 4        # bootstrap re-renders per sample and epoch pool
+    intensity_jitter: float = 0.05  # relative multiplicative noise on image intensities
+    target_sensitivity: float = 0.0  # 0: Youden's J; else the threshold reaching this sensitivity
+    pretrained: str = ""           # a local torchvision resnet34 state dict; "" for random init
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.folds < 2 or self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
+            raise ConfigError("train needs folds >= 2, max_epochs >= 1, patience >= 1, batch_size >= 1")
+        if not (0.0 <= self.target_sensitivity < 1.0) or self.learning_rate <= 0:
+            raise ConfigError("train needs 0 <= target_sensitivity < 1 and learning_rate > 0")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The network: torchvision ResNet-34 backbone plus :class:`HeadSpec`."""
+
+    architecture: Literal["resnet34"] = "resnet34"
+    head: HeadSpec = HeadSpec()
+    train: TrainSpec = TrainSpec()
+
+
+@dataclass(frozen=True)
 class Pipeline:
-    """One assay's science: panel, preprocessing, reference and raster (later: model)."""
+    """One assay's science: panel, preprocessing, reference, raster and model."""
 
     name: str = "unnamed"
     description: str = ""
@@ -154,6 +203,7 @@ class Pipeline:
     preprocess: PreprocessSpec = PreprocessSpec()
     reference: ReferenceSpec = ReferenceSpec()
     raster: RasterSpec = RasterSpec()
+    model: ModelSpec = ModelSpec()
     source: str | None = None
 
 
