@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from .cliutil import EXIT_OK, EXIT_SAMPLES_FAILED, EXIT_USAGE, console, err_console, progress
 from .errors import RescueError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="rescue_gpu: MRD detection at cohort scale.")
@@ -22,12 +22,6 @@ fcs_app = typer.Typer(no_args_is_help=True, help="Read and check FCS files.")
 ref_app = typer.Typer(no_args_is_help=True, help="Build, import and check reference UMAPs.")
 app.add_typer(fcs_app, name="fcs")
 app.add_typer(ref_app, name="reference")
-console = Console()
-if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
-    console = Console(width=140)
-err_console = Console(stderr=True)
-
-EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
 
 PipelineOpt = Annotated[str, typer.Option("--pipeline", help="Pipeline name in pipelines/ or a TOML path.")]
 
@@ -54,7 +48,7 @@ def simulate(
     from .simulate import simulate_cohort
 
     t0 = time.perf_counter()
-    with _progress("simulating", samples) as advance:
+    with progress("simulating", samples) as advance:
         summary = simulate_cohort(out_dir, n_samples=samples, n_events=events, seed=seed, on_sample=advance)
     dt = time.perf_counter() - t0
     console.print(f"wrote {samples} samples x {events:,} events to {out_dir} in {dt:.1f} s "
@@ -91,7 +85,7 @@ def demo(
 
     pipe = load_pipeline("aml-mrd")
     cohort_dir = out / "cohort"
-    with _progress("simulating", samples) as advance:
+    with progress("simulating", samples) as advance:
         simulate_cohort(cohort_dir, n_samples=samples, n_events=events, seed=seed, on_sample=advance)
     rows = _rows_for(cohort_dir / "manifest.csv")
     results = _preprocess_rows(rows, pipe)
@@ -117,7 +111,7 @@ def reference_build(
 
     pipe = load_pipeline(pipeline)
     rows = _rows_for(manifest)
-    with _progress("preprocessing", len(rows)) as advance:
+    with progress("preprocessing", len(rows)) as advance:
         ref = build_reference_from_rows(rows, pipe, events_per_sample=events_per_sample, backend=backend, on_sample=advance)
     ref.save(out, overwrite=overwrite)
     failed = ref.provenance.get("failed_samples", {})
@@ -202,24 +196,6 @@ def config_check(
 # ----------------------------------------------------------------------------- helpers
 
 
-class _progress:
-    """A rich progress bar as a context manager yielding an ``advance(i, n)`` callback."""
-
-    def __init__(self, what: str, total: int) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-                             TimeRemainingColumn(), console=err_console, transient=True)
-        self._task = self._bar.add_task(what, total=total)
-
-    def __enter__(self):
-        self._bar.start()
-        return lambda i, n: self._bar.update(self._task, completed=i + 1, total=n)
-
-    def __exit__(self, *exc) -> None:
-        self._bar.stop()
-
-
 def _rows_for(inputs: Path) -> list:
     from .cohort import ManifestRow, read_manifest
 
@@ -232,7 +208,7 @@ def _preprocess_rows(rows: list, pipe) -> list[dict]:
     """Read and preprocess each row; a failing sample is recorded, never fatal."""
     from .cohort.stages import iter_events
 
-    with _progress("preprocessing", len(rows)) as advance:
+    with progress("preprocessing", len(rows)) as advance:
         return [{"row": row, "events": ev, "error": err} for row, ev, err in iter_events(rows, pipe, on_sample=advance)]
 
 

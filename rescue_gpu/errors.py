@@ -83,3 +83,11 @@ class ProjectionError(RescueError):
 
 class ReferenceDataError(RescueError):
     """A reference (training events, embedding, UMAP parameters) is missing, inconsistent or too small."""
+
+
+class ModelError(RescueError):
+    """A model directory is missing, corrupt, or does not fit the reference or raster settings."""
+
+
+class StoreError(RescueError):
+    """A run store is unreadable, or was made with settings that do not match this run."""

@@ -1,0 +1,45 @@
+"""Shared pieces of the command line: consoles, exit codes, a progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+
+__all__ = ["EXIT_OK", "EXIT_UNEXPECTED", "EXIT_USAGE", "EXIT_SAMPLES_FAILED", "console", "err_console", "progress"]
+
+EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
+
+console = Console()
+if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
+    console = Console(width=140)
+err_console = Console(stderr=True)
+
+
+class progress:
+    """A rich progress bar (on stderr) as a context manager yielding ``advance(i, n, **fields)``.
+
+    ``advance`` marks item ``i`` of ``n`` done; extra keyword fields (e.g. ``failed=2``,
+    ``rate="1.2 M ev/s"``) are shown after the bar.
+    """
+
+    def __init__(self, what: str, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                             TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err_console,
+                             transient=True)
+        self._task = self._bar.add_task(what, total=total, info="")
+
+    def __enter__(self) -> Callable[..., None]:
+        self._bar.start()
+        return self.advance
+
+    def advance(self, i: int, n: int, **fields: Any) -> None:
+        """Mark item ``i`` (0-based) of ``n`` done and show ``fields``."""
+        info = "  ".join(f"{k}={v}" for k, v in fields.items())
+        self._bar.update(self._task, completed=i + 1, total=n, info=info)
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
