@@ -21,6 +21,8 @@ __all__ = [
     "RasterError",
     "ProjectionError",
     "ReferenceDataError",
+    "ModelError",
+    "StoreError",
 ]
 
 

@@ -1,0 +1,104 @@
+"""The ``rescue model`` sub-commands: ``import`` and ``export-onnx``.
+
+Wire them in with :func:`register` (``register(app)`` adds a ``model`` sub-app).
+Errors are raised as :class:`~rescue_gpu.errors.RescueError` subclasses, which the
+``rescue`` entry point turns into a message and exit code 2.
+
+Head specifications (``--head``) take one of two forms:
+
+* a pipeline TOML path (anything ending in ``.toml``, or an existing file): its
+  ``[model.head]`` table is used, e.g. ``--head pipelines/aml-mrd.toml``;
+* an inline spec of ``key=value`` pairs separated by ``;``, e.g.
+  ``hidden=256,128;dropout=0.3;activation=relu``. ``hidden`` is a comma list of widths
+  (``hidden=`` for a single linear layer); omitted keys take :class:`HeadSpec`'s defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..config import HeadSpec
+from ..errors import ConfigError
+
+__all__ = ["register", "model_app", "parse_head_spec"]
+
+model_app = typer.Typer(no_args_is_help=True, help="Import, export and check trained models.")
+
+
+def _inline_head(text: str) -> HeadSpec:
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or key not in ("hidden", "dropout", "activation"):
+            raise ConfigError(f"--head: cannot read {part!r}; use e.g. 'hidden=256,128;dropout=0.3;activation=relu' "
+                              "or a pipeline TOML path")
+        try:
+            if key == "hidden":
+                kwargs[key] = tuple(int(w) for w in value.split(",") if w.strip())
+            elif key == "dropout":
+                kwargs[key] = float(value)
+            else:
+                kwargs[key] = value
+        except ValueError:
+            raise ConfigError(f"--head: {key}={value!r} is not a valid value") from None
+    if kwargs.get("activation", "relu") not in ("relu", "gelu", "silu"):
+        raise ConfigError(f"--head: activation must be relu, gelu or silu (got {kwargs['activation']!r})")
+    return HeadSpec(**kwargs)
+
+
+def parse_head_spec(text: str) -> HeadSpec:
+    """A :class:`HeadSpec` from an inline ``key=value;...`` spec or a pipeline TOML's ``[model.head]``.
+
+    Raises
+    ------
+    ConfigError
+        Unknown key, bad value, or an unreadable pipeline file.
+    """
+    if text.endswith(".toml") or (Path(text).is_file() and "=" not in text):
+        from ..config import load_pipeline
+
+        return load_pipeline(text).model.head
+    return _inline_head(text)
+
+
+@model_app.command("import")
+def import_cmd(
+    state_dict: Annotated[Path, typer.Argument(help="MrdNet state dict: .safetensors or a torch.save file (read weights_only).")],
+    head: Annotated[str, typer.Option("--head", help="'hidden=256;dropout=0.3;activation=relu' or a pipeline TOML path.")],
+    reference: Annotated[Path, typer.Option("--reference", help="Reference directory the model was trained with.")],
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write (must not exist).")],
+    threshold: Annotated[float, typer.Option("--threshold", help="Decision threshold on the probability.")] = 0.5,
+) -> None:
+    """Wrap externally trained weights as a checksummed model directory for REFERENCE."""
+    from ..cliutil import console
+    from .record import import_state_dict
+
+    rec = import_state_dict(state_dict, head=parse_head_spec(head), reference=reference, out=out, threshold=threshold)
+    console.print(f"wrote {out}: resnet34, {rec.in_channels} channel(s), {rec.image_size}x{rec.image_size}, "
+                  f"head {list(rec.head.hidden)}, sha256 {rec.sha256[:16]}", markup=False, highlight=False)
+
+
+@model_app.command("export-onnx")
+def export_onnx_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory (weights.safetensors + model.json).")],
+    out: Annotated[Path, typer.Option("--out", help="ONNX file to write.")],
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset.")] = 17,
+    static_batch: Annotated[bool, typer.Option("--static-batch", help="Fix the batch axis at 1.")] = False,
+) -> None:
+    """Export a model directory to ONNX (input 'images' N x C x S x S, output 'logits' N)."""
+    from ..cliutil import console
+    from ..engine.onnxrt import export_onnx
+    from .record import ModelRecord
+
+    rec = ModelRecord.load(model_dir)
+    path = export_onnx(rec, out, opset=opset, dynamic_batch=not static_batch)
+    console.print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}, sha256 {rec.sha256[:16]})",
+                  markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``model`` sub-app (``import``, ``export-onnx``) to ``app``."""
+    app.add_typer(model_app, name="model")
