@@ -193,6 +193,18 @@ def config_check(
     console.print(load_pipeline(pipeline))
 
 
+def _register_subsystems() -> None:
+    """Add the commands each subsystem defines next to its code."""
+    from .model.cli import register as register_model
+    from .model.train_cli import register as register_train
+
+    register_model(app)
+    register_train(app)
+
+
+_register_subsystems()
+
+
 # ----------------------------------------------------------------------------- helpers
 
 

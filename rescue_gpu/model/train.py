@@ -1,0 +1,445 @@
+"""Training: patient-level cross-validation, then a final model on all data.
+
+1. Every labelled manifest sample is preprocessed and projected once into a Zarr
+   cache (:mod:`.dataset`); images are rendered from it each epoch.
+2. ``StratifiedGroupKFold`` splits samples by label, grouped by ``patient_id``: a
+   patient is never in the training and validation part of a fold at once (checked).
+3. Each fold trains an :class:`~rescue_gpu.model.network.MrdNet` with
+   ``BCEWithLogits(pos_weight = negatives / positives of the training part)``, AdamW and
+   a per-step cosine schedule spanning ``max_epochs``; early stopping on validation
+   loss with ``patience``. The validation logits of the best epoch are the fold's
+   out-of-fold (OOF) predictions. On CUDA the forward pass runs under
+   :func:`torch.autocast` (bfloat16 where supported, else float16 with a grad scaler).
+4. The final epoch count is the median of the folds' best epochs; the final model is
+   trained on all samples for that many epochs with the same schedule.
+5. The temperature is fitted on the OOF logits, the threshold chosen on the calibrated
+   OOF probabilities (Youden's J, or a target sensitivity), and the pooled OOF metrics
+   with patient-level bootstrap intervals go into the record's ``metrics``.
+
+Note that sensitivity, specificity and F1 in ``metrics["cv"]`` are measured at a
+threshold chosen on the same OOF predictions, so they are slightly optimistic; ROC AUC
+and PR AUC do not depend on the threshold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..cohort.manifest import ManifestRow
+from ..config import Pipeline, TrainSpec
+from ..errors import ConfigError, ModelError
+from ..reference import Reference
+from .calibration import fit_temperature, nll
+from .dataset import CachedSample, MrdImageDataset, build_cache, label_value
+from .metrics import choose_threshold, evaluate_predictions, roc_auc
+
+__all__ = ["resolve_device", "patient_folds", "FoldResult", "train_model", "fit_fold", "train_epochs"]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` (CUDA if present, else CPU with a warning), ``"cpu"``, ``"cuda"``/``"gpu"`` or ``"cuda:N"``."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        warnings.warn("device='auto': training on the CPU because torch sees no CUDA device", RuntimeWarning, stacklevel=2)
+        return torch.device("cpu")
+    name = "cuda" if device == "gpu" else device
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} was requested but torch sees no CUDA device; use --device cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+
+
+def patient_folds(y: np.ndarray, groups: np.ndarray, *, folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold over samples, grouped by patient (sklearn ``StratifiedGroupKFold``).
+
+    Raises
+    ------
+    ConfigError
+        Fewer patients than folds.
+    AssertionError
+        A patient lands on both sides of a split (never expected; checked anyway).
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    groups = np.asarray(groups).astype(str)
+    n_patients = np.unique(groups).size
+    if n_patients < folds:
+        raise ConfigError(f"{folds}-fold cross-validation needs at least {folds} patients (have {n_patients}); use fewer --folds")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class has fewer members than n_splits"
+        for tr, va in splitter.split(np.zeros(len(y)), np.asarray(y), groups):
+            shared = set(groups[tr]) & set(groups[va])
+            if shared:
+                raise AssertionError(f"patient-level split leaked patients {sorted(shared)[:5]} into both sides")
+            out.append((tr, va))
+    return out
+
+
+@dataclass
+class FoldResult:
+    """One fold: indices, best epoch, its validation logits, and the loss history."""
+
+    fold: int
+    train_index: np.ndarray
+    val_index: np.ndarray
+    best_epoch: int = 0
+    best_val_loss: float = math.inf
+    val_logits: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary (no arrays)."""
+        return {"fold": self.fold, "n_train": int(self.train_index.size), "n_val": int(self.val_index.size),
+                "best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss, "history": self.history}
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches; a trailing batch of one joins the previous one (BatchNorm needs >= 2)."""
+    order = rng.permutation(n)
+    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    if len(out) > 1 and out[-1].size == 1:
+        out[-2] = np.concatenate(out[-2:])
+        out.pop()
+    return out
+
+
+def _stack(ds: MrdImageDataset, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [ds[int(i)] for i in idx]
+    return torch.stack([x for x, _ in items]), torch.stack([t for _, t in items])
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Mixed precision on CUDA (bfloat16 if supported, else float16); a no-op on the CPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def _scaler(device: torch.device) -> torch.amp.GradScaler:
+    use = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    return torch.amp.GradScaler("cuda", enabled=use)
+
+
+@dataclass
+class _Trainer:
+    """Model, optimiser, schedule and loss of one training run."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    loss: nn.Module
+    scaler: torch.amp.GradScaler
+    device: torch.device
+
+
+def _make_trainer(pipeline: Pipeline, in_channels: int, y_train: np.ndarray, *, steps: int, seed: int,
+                  device: torch.device) -> _Trainer:
+    from .network import build_model
+
+    spec = pipeline.model.train
+    torch.manual_seed(seed)
+    model = build_model(in_channels=in_channels, head=pipeline.model.head, pretrained=spec.pretrained).to(device)
+    n_pos = max(int(y_train.sum()), 1)
+    pos_weight = torch.tensor((y_train.size - n_pos) / n_pos, dtype=torch.float32, device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=spec.learning_rate * 0.01)
+    return _Trainer(model, opt, sched, nn.BCEWithLogitsLoss(pos_weight=pos_weight), _scaler(device), device)
+
+
+def _train_one_epoch(t: _Trainer, ds: MrdImageDataset, *, epoch: int, batch_size: int, seed: int) -> float:
+    t.model.train()
+    ds.set_epoch(epoch)
+    total, count = 0.0, 0
+    for idx in _batches(len(ds), batch_size, np.random.default_rng([seed, epoch])):
+        x, target = _stack(ds, idx)
+        x, target = x.to(t.device), target.to(t.device)
+        t.optimizer.zero_grad(set_to_none=True)
+        with _autocast(t.device):
+            logits = t.model(x)
+        loss = t.loss(logits.float(), target)
+        t.scaler.scale(loss).backward()
+        t.scaler.step(t.optimizer)
+        t.scaler.update()
+        t.schedule.step()
+        total += float(loss.detach()) * len(idx)
+        count += len(idx)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def _logits(t: _Trainer, ds: MrdImageDataset, *, batch_size: int) -> np.ndarray:
+    t.model.eval()
+    out = []
+    for start in range(0, len(ds), batch_size):
+        x, _ = _stack(ds, range(start, min(start + batch_size, len(ds))))
+        with _autocast(t.device):
+            out.append(t.model(x.to(t.device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def _val_loss(t: _Trainer, logits: np.ndarray, y: np.ndarray) -> float:
+    z = torch.from_numpy(logits.astype(np.float32)).to(t.device)
+    return float(t.loss(z, torch.from_numpy(y.astype(np.float32)).to(t.device)))
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The labelled cached samples and their truth, patients and timepoints."""
+
+    samples: list[CachedSample]
+    extent: tuple[float, float, float, float]
+    in_channels: int
+
+    @property
+    def y(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    @property
+    def groups(self) -> np.ndarray:
+        return np.array([s.patient_id or f"sample:{s.sample_id}" for s in self.samples])
+
+    @property
+    def timepoints(self) -> np.ndarray:
+        return np.array([s.timepoint for s in self.samples])
+
+    def dataset(self, index: np.ndarray, pipeline: Pipeline, raster: Any, *, train: bool, seed: int) -> MrdImageDataset:
+        spec = pipeline.model.train
+        return MrdImageDataset([self.samples[i] for i in index], extent=self.extent, raster=raster, train=train,
+                               copies=spec.augment_copies, jitter=spec.intensity_jitter, seed=seed)
+
+
+def fit_fold(data: _Data, fold: FoldResult, pipeline: Pipeline, raster: Any, *, device: torch.device,
+             on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FoldResult:
+    """Train one fold with early stopping; keep the validation logits of the best epoch."""
+    spec = pipeline.model.train
+    seed = spec.seed * 1000 + fold.fold
+    y = data.y
+    train_ds = data.dataset(fold.train_index, pipeline, raster, train=True, seed=seed)
+    val_ds = data.dataset(fold.val_index, pipeline, raster, train=False, seed=seed)
+    steps = spec.max_epochs * len(_batches(len(train_ds), spec.batch_size, np.random.default_rng(0)))
+    t = _make_trainer(pipeline, data.in_channels, y[fold.train_index], steps=steps, seed=seed, device=device)
+    since_best = 0
+    for epoch in range(1, spec.max_epochs + 1):
+        train_loss = _train_one_epoch(t, train_ds, epoch=epoch, batch_size=spec.batch_size, seed=seed)
+        logits = _logits(t, val_ds, batch_size=spec.batch_size)
+        val_loss = _val_loss(t, logits, y[fold.val_index])
+        rec = {"fold": fold.fold, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+               "val_auc": roc_auc(y[fold.val_index], logits)}
+        fold.history.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()})
+        if on_epoch is not None:
+            on_epoch(rec)
+        if val_loss < fold.best_val_loss:
+            fold.best_epoch, fold.best_val_loss, fold.val_logits, since_best = epoch, val_loss, logits, 0
+        else:
+            since_best += 1
+            if since_best >= spec.patience:
+                break
+    return fold
+
+
+def train_epochs(data: _Data, pipeline: Pipeline, raster: Any, *, epochs: int, device: torch.device,
+                 on_epoch: Callable[[dict[str, Any]], None] | None = None, fold_id: int = -1) -> nn.Module:
+    """Train on every sample for ``epochs`` epochs (the cosine schedule still spans ``max_epochs``)."""
+    spec = pipeline.model.train
+    seed = spec.seed * 1000 + 999
+    index = np.arange(len(data.samples))
+    ds = data.dataset(index, pipeline, raster, train=True, seed=seed)
+    steps = spec.max_epochs * len(_batches(len(ds), spec.batch_size, np.random.default_rng(0)))
+    t = _make_trainer(pipeline, data.in_channels, data.y, steps=steps, seed=seed, device=device)
+    for epoch in range(1, epochs + 1):
+        loss = _train_one_epoch(t, ds, epoch=epoch, batch_size=spec.batch_size, seed=seed)
+        if on_epoch is not None:
+            on_epoch({"fold": fold_id, "epoch": epoch, "train_loss": loss, "val_loss": float("nan"), "val_auc": float("nan")})
+    return t.model.eval()
+
+
+def _labelled(rows: Sequence[ManifestRow]) -> tuple[list[ManifestRow], list[str]]:
+    keep = [r for r in rows if label_value(r.label) is not None]
+    return keep, [r.sample_id for r in rows if label_value(r.label) is None]
+
+
+def _load_data(rows: Sequence[ManifestRow], reference: Reference, pipeline: Pipeline, *, cache_dir: Path,
+               backend: str, show_progress: bool) -> tuple[_Data, dict[str, str]]:
+    from ..cliutil import progress
+    from .record import expected_channels
+
+    seed = pipeline.model.train.seed
+    bar = progress("projecting into the cache", len(rows)) if show_progress else contextlib.nullcontext(None)
+    with bar as advance:
+        cache, failed = build_cache(rows, reference, pipeline, cache_dir=cache_dir, seed=seed, backend=backend,
+                                    on_sample=advance)
+    samples = [cache.get(r.sample_id) for r in rows if r.sample_id not in failed]
+    samples = [dataclasses.replace(s, label=label_value(r.label), patient_id=r.patient_id, timepoint=r.timepoint)
+               for s, r in zip(samples, [r for r in rows if r.sample_id not in failed])]
+    return _Data(samples, reference.extent, expected_channels(reference.raster, reference.markers)), failed
+
+
+def _cv(data: _Data, pipeline: Pipeline, raster: Any, *, folds: int, device: torch.device,
+        on_epoch: Callable[[dict[str, Any]], None] | None, show_progress: bool) -> list[FoldResult]:
+    from ..cliutil import progress
+
+    spec = pipeline.model.train
+    results = []
+    for k, (tr, va) in enumerate(patient_folds(data.y, data.groups, folds=folds, seed=spec.seed)):
+        bar = progress(f"fold {k + 1}/{folds}", spec.max_epochs) if show_progress else contextlib.nullcontext(None)
+        with bar as advance:
+            def report(rec: dict[str, Any], advance: Any = advance) -> None:
+                if advance is not None:
+                    advance(rec["epoch"] - 1, spec.max_epochs, train_loss=f"{rec['train_loss']:.3f}",
+                            val_loss=f"{rec['val_loss']:.3f}", val_auc=f"{rec['val_auc']:.3f}")
+                if on_epoch is not None:
+                    on_epoch(rec)
+            results.append(fit_fold(data, FoldResult(k, tr, va), pipeline, raster, device=device, on_epoch=report))
+    return results
+
+
+def _oof_logits(n: int, results: list[FoldResult]) -> tuple[np.ndarray, np.ndarray]:
+    logits, fold_of = np.full(n, np.nan), np.full(n, -1)
+    for r in results:
+        logits[r.val_index], fold_of[r.val_index] = r.val_logits, r.fold
+    return logits, fold_of
+
+
+def _cv_metrics(data: _Data, logits: np.ndarray, fold_of: np.ndarray, spec: TrainSpec, *, n_boot: int
+                ) -> tuple[float, float, dict[str, Any]]:
+    """Temperature, threshold and the JSON-ready CV metrics from the OOF logits."""
+    y = data.y
+    temperature = fit_temperature(logits, y)
+    p = 1.0 / (1.0 + np.exp(-logits / temperature))
+    threshold = choose_threshold(y, p, target_sensitivity=spec.target_sensitivity)
+    report = evaluate_predictions(y, p, threshold=threshold, groups=data.groups, timepoints=data.timepoints,
+                                  n_boot=n_boot, seed=spec.seed)
+    report["threshold_rule"] = (f"target sensitivity {spec.target_sensitivity}" if spec.target_sensitivity > 0
+                                else "Youden's J")
+    report["note"] = "pooled out-of-fold predictions; the threshold was chosen on these same predictions"
+    report["oof_nll"] = {"temperature_1": nll(logits, y, 1.0), "fitted": nll(logits, y, temperature)}
+    report["oof"] = [{"sample_id": s.sample_id, "patient_id": s.patient_id, "timepoint": s.timepoint,
+                      "label": int(s.label), "fold": int(f), "logit": float(z), "p": float(q)}
+                     for s, f, z, q in zip(data.samples, fold_of, logits, p)]
+    return temperature, threshold, report
+
+
+def train_model(
+    manifest_rows: Sequence[ManifestRow],
+    reference: Reference,
+    pipeline: Pipeline,
+    *,
+    out: str | Path,
+    folds: int | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "auto",
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    n_boot: int = 1000,
+    show_progress: bool = True,
+) -> Any:
+    """Cross-validate, train the final model, calibrate, and save a model directory.
+
+    Parameters
+    ----------
+    manifest_rows
+        The cohort; only rows labelled ``positive``/``negative`` are used (others listed
+        in the provenance). ``patient_id`` groups the folds (empty: the sample is its own patient).
+    reference
+        The reference UMAP the samples are projected into; fixes image size and channels.
+    pipeline
+        Panel, preprocessing and ``model`` settings (head, :class:`TrainSpec`).
+    out
+        Model directory to write; must not exist yet.
+    folds
+        Cross-validation folds (default ``pipeline.model.train.folds``).
+    cache_dir
+        Folder of the projected-events cache (default ``<out>-cache`` beside ``out``).
+    device
+        ``"auto" | "cpu" | "cuda" | "cuda:N"``.
+    on_epoch
+        Called with ``{fold, epoch, train_loss, val_loss, val_auc}`` after every epoch
+        (``fold == -1`` for the final model, whose losses are training losses only).
+    n_boot
+        Patient-level bootstrap replicates of the CV metric intervals.
+    show_progress
+        Show progress bars on stderr.
+
+    Returns
+    -------
+    ModelRecord
+        The saved record (threshold, temperature, CV metrics, provenance).
+
+    Raises
+    ------
+    ModelError
+        ``out`` exists, or fewer than two classes remain after failed/unlabelled samples are left out.
+    ConfigError
+        Fewer patients than folds, or an unusable device.
+    """
+    from .record import ModelRecord
+
+    began = time.perf_counter()
+    out = Path(out)
+    if out.exists():
+        raise ModelError(f"{out}: already exists; choose another --out or remove it first")
+    spec = pipeline.model.train
+    k = int(folds or spec.folds)
+    dev = resolve_device(device)
+    rows, unlabelled = _labelled(manifest_rows)
+    cache = Path(cache_dir) if cache_dir is not None else out.with_name(out.name + "-cache")
+    backend = "gpu" if dev.type == "cuda" and _gpu_ok() else "cpu"
+    data, failed = _load_data(rows, reference, pipeline, cache_dir=cache, backend=backend, show_progress=show_progress)
+    _check_classes(data)
+    results = _cv(data, pipeline, reference.raster, folds=k, device=dev, on_epoch=on_epoch, show_progress=show_progress)
+    logits, fold_of = _oof_logits(len(data.samples), results)
+    temperature, threshold, cv = _cv_metrics(data, logits, fold_of, spec, n_boot=n_boot)
+    epochs = max(1, int(round(float(np.median([r.best_epoch for r in results])))))
+    model = train_epochs(data, pipeline, reference.raster, epochs=epochs, device=dev, on_epoch=on_epoch)
+    record = ModelRecord(model=model.cpu(), in_channels=data.in_channels, image_size=reference.raster.size,
+                         head=pipeline.model.head, raster=reference.raster, reference_fingerprint=reference.fingerprint,
+                         threshold=threshold, temperature=temperature, metrics={"cv": cv},
+                         provenance=_provenance(data, results, spec, k, epochs, failed, unlabelled, cache, dev,
+                                                pipeline, time.perf_counter() - began))
+    record.check_compatible(reference)
+    record.save(out)
+    return record
+
+
+def _gpu_ok() -> bool:
+    from ..backend import is_available
+
+    return is_available("gpu")
+
+
+def _check_classes(data: _Data) -> None:
+    y = data.y
+    if y.size == 0 or y.min() == y.max():
+        raise ModelError(f"training needs positive and negative samples; after leaving out failed and unlabelled "
+                         f"samples there are {int(y.sum())} positive and {int(y.size - y.sum())} negative")
+
+
+def _provenance(data: _Data, results: list[FoldResult], spec: TrainSpec, folds: int, epochs: int,
+                failed: dict[str, str], unlabelled: list[str], cache: Path, device: torch.device,
+                pipeline: Pipeline, seconds: float) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
+    return {"trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pipeline": pipeline.name,
+            "train": dataclasses.asdict(spec), "folds": folds, "final_epochs": epochs,
+            "final_epochs_rule": "median of the folds' best epochs (lowest validation loss)",
+            "fold_results": [r.summary() for r in results], "n_samples": len(data.samples),
+            "n_patients": int(np.unique(data.groups).size), "n_positive": int(data.y.sum()),
+            "failed_samples": failed, "unlabelled_samples": unlabelled, "cache": str(cache),
+            "device": str(device), "seconds": round(seconds, 1), "torch": torch.__version__}
