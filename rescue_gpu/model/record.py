@@ -29,6 +29,7 @@ import torch
 
 from ..config import HeadSpec, RasterSpec
 from ..errors import ModelError
+from ..records import raster_from_dict, read_record_json, software_versions
 from .network import MrdNet, load_torchvision_state_dict
 
 __all__ = ["ModelRecord", "import_state_dict", "state_dict_sha256", "expected_channels", "FORMAT", "FORMAT_VERSION"]
@@ -53,22 +54,6 @@ def state_dict_sha256(sd: dict[str, torch.Tensor]) -> str:
 def expected_channels(raster: RasterSpec, markers: tuple[str, ...] | list[str]) -> int:
     """Image planes a raster makes: one per ``density``/``scatter``, one per marker for ``markers``."""
     return sum(len(markers) if c == "markers" else 1 for c in raster.channels)
-
-
-def _software() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("rescue_gpu", "torch", "torchvision", "numpy", "safetensors"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
-
-
-def _raster_from(d: dict[str, Any]) -> RasterSpec:
-    return RasterSpec(**{**d, "channels": tuple(d["channels"])})
 
 
 def _head_from(d: dict[str, Any]) -> HeadSpec:
@@ -137,7 +122,7 @@ class ModelRecord:
             "image_size": int(self.image_size), "raster": dataclasses.asdict(self.raster),
             "reference_fingerprint": self.reference_fingerprint, "threshold": float(self.threshold),
             "temperature": float(self.temperature), "metrics": self.metrics, "provenance": self.provenance,
-            "software": _software(), "weights": "weights.safetensors", "sha256": self.sha256,
+            "software": software_versions(("rescue_gpu", "torch", "torchvision", "numpy", "safetensors")), "weights": "weights.safetensors", "sha256": self.sha256,
         }
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -180,7 +165,7 @@ class ModelRecord:
             raise ModelError(f"{root}: weights sha256 {digest[:12]}... does not match model.json "
                              f"({str(meta.get('sha256'))[:12]}...); the weights were altered or corrupted, re-export the model")
         try:
-            head, raster = _head_from(meta["head"]), _raster_from(meta["raster"])
+            head, raster = _head_from(meta["head"]), raster_from_dict(meta["raster"])
             model = MrdNet(in_channels=int(meta["in_channels"]), head=head)
             model.load_state_dict(sd, strict=True)
             rec = cls(model=model.to(map_location).eval(), in_channels=int(meta["in_channels"]),
@@ -237,16 +222,8 @@ def _fmt(v: Any) -> str:
 
 def _read_meta(root: Path) -> dict[str, Any]:
     path = root / "model.json"
-    if not path.is_file():
-        raise ModelError(f"{root}: not a model directory (no model.json); train one or use 'rescue model import'")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: unreadable ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise ModelError(f"{path}: format {meta.get('format')!r} is not {FORMAT!r}")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ModelError(f"{path}: format version {meta['format_version']} is newer than this rescue_gpu reads; upgrade rescue_gpu")
+    meta = read_record_json(path, fmt=FORMAT, version=FORMAT_VERSION, error=ModelError,
+                            missing_hint="train one with 'rescue train' or use 'rescue model import'")
     if meta.get("architecture", ARCHITECTURE) != ARCHITECTURE:
         raise ModelError(f"{path}: architecture {meta['architecture']!r} is not supported (only {ARCHITECTURE})")
     return meta

@@ -25,6 +25,7 @@ import numpy as np
 from ..config import RasterSpec
 from ..errors import ReferenceDataError
 from ..projection.transform import UmapParams
+from ..records import raster_from_dict, read_record_json, software_versions
 
 __all__ = ["Reference", "FORMAT", "FORMAT_VERSION", "array_sha256"]
 
@@ -39,18 +40,6 @@ def array_sha256(a: np.ndarray) -> str:
     h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
     h.update(memoryview(a).cast("B"))
     return h.hexdigest()
-
-
-def _software() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("rescue_gpu", "numpy", "umap-learn", "zarr", "cuml"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 @dataclass
@@ -132,7 +121,7 @@ class Reference:
             "preprocess_fingerprint": self.preprocess_fingerprint,
             "raster": dataclasses.asdict(self.raster), "extent": list(self.extent),
             "settings": self.settings, "provenance": self.provenance,
-            "software": _software(), "fingerprint": self.fingerprint,
+            "software": software_versions(("rescue_gpu", "numpy", "umap-learn", "zarr", "cuml")), "fingerprint": self.fingerprint,
             "sha256": {name: array_sha256(getattr(self, name)) for name in _ARRAYS},
         }
 
@@ -164,7 +153,7 @@ class Reference:
                 train_events=arrays["train_events"], embedding=arrays["embedding"],
                 params=UmapParams(**meta["umap"]), markers=tuple(meta["markers"]),
                 preprocess_fingerprint=meta.get("preprocess_fingerprint", ""),
-                raster=RasterSpec(**{**meta["raster"], "channels": tuple(meta["raster"]["channels"])}),
+                raster=raster_from_dict(meta["raster"]),
                 extent=tuple(meta["extent"]), settings=meta.get("settings", {}), provenance=meta.get("provenance", {}),
             )
         except (KeyError, TypeError) as exc:
@@ -175,18 +164,8 @@ class Reference:
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
-    meta_path = root / "reference.json"
-    if not meta_path.is_file():
-        raise ReferenceDataError(f"{root}: not a reference directory (no reference.json); build one with 'rescue reference build'")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReferenceDataError(f"{meta_path}: unreadable ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise ReferenceDataError(f"{meta_path}: format {meta.get('format')!r} is not {FORMAT!r}")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ReferenceDataError(f"{meta_path}: format version {meta['format_version']} is newer than this rescue_gpu reads; upgrade rescue_gpu")
-    return meta
+    return read_record_json(root / "reference.json", fmt=FORMAT, version=FORMAT_VERSION, error=ReferenceDataError,
+                            missing_hint="build one with 'rescue reference build'")
 
 
 def _read_arrays(root: Path, *, verify: bool, expected: dict[str, str]) -> dict[str, np.ndarray]:
