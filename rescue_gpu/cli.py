@@ -74,26 +74,17 @@ def preprocess_cmd(
 
 @app.command("demo")
 def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the demo cohort.")] = Path("demo-out"),
-    samples: Annotated[int, typer.Option("--samples")] = 12,
-    events: Annotated[int, typer.Option("--events")] = 50_000,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo cohort, reference, model and run.")] = Path("demo-out"),
+    samples: Annotated[int, typer.Option("--samples", help="Simulated samples.")] = 30,
+    events: Annotated[int, typer.Option("--events", help="Events per sample.")] = 5000,
     seed: Annotated[int, typer.Option("--seed")] = 7,
 ) -> None:
-    """Simulate a small cohort, preprocess every sample and print a summary."""
-    from .config import load_pipeline
-    from .simulate import simulate_cohort
+    """Simulate a small cohort, build a reference, train a model, score held-out patients; print the report path."""
+    from .cohort.demo import run_demo
 
-    pipe = load_pipeline("aml-mrd")
-    cohort_dir = out / "cohort"
-    with progress("simulating", samples) as advance:
-        simulate_cohort(cohort_dir, n_samples=samples, n_events=events, seed=seed, on_sample=advance)
-    rows = _rows_for(cohort_dir / "manifest.csv")
-    results = _preprocess_rows(rows, pipe)
-    _print_qc_table(results, pipe)
-    ok = sum(not r["error"] for r in results)
-    console.print(f"demo: {ok}/{len(results)} samples simulated and preprocessed; cohort in {cohort_dir}")
-    if ok < len(results):
-        raise typer.Exit(EXIT_SAMPLES_FAILED)
+    t0 = time.perf_counter()
+    report = run_demo(out, samples=samples, events=events, seed=seed)
+    console.print(f"demo finished in {time.perf_counter() - t0:.0f} s; report: {report}")
 
 
 @ref_app.command("build")
@@ -195,9 +186,11 @@ def config_check(
 
 def _register_subsystems() -> None:
     """Add the commands each subsystem defines next to its code."""
+    from .cohort.cli import register as register_score
     from .model.cli import register as register_model
     from .model.train_cli import register as register_train
 
+    register_score(app)
     register_model(app)
     register_train(app)
 

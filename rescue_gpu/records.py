@@ -26,14 +26,16 @@ def software_versions(packages: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def read_record_json(path: Path, *, fmt: str, version: int, error: type[RescueError], missing_hint: str) -> dict[str, Any]:
+def read_record_json(path: Path, *, fmt: str, version: int, error: type[RescueError], what: str,
+                     missing_hint: str) -> dict[str, Any]:
     """Read an artifact's JSON record and check its ``format`` and ``format_version``.
 
-    Raises ``error`` naming the file: absent (with ``missing_hint``), unreadable, another
+    ``what`` names the artifact ("reference", "model") in messages. Raises ``error``
+    naming the file: absent (with ``missing_hint``), unreadable, another
     format, or a format version newer than this rescue_gpu reads.
     """
     if not path.is_file():
-        raise error(f"{path.parent}: not a {fmt} directory (no {path.name}); {missing_hint}")
+        raise error(f"{path.parent}: not a {what} directory (no {path.name}); {missing_hint}")
     try:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:

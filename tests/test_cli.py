@@ -1,5 +1,6 @@
 """The command line: output, exit codes (0 ok, 2 usage/config, 3 failed samples), no tracebacks."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +61,17 @@ def test_simulate_then_preprocess(tmp_path, capsys):
     assert rc == 0 and text.count(" ok ") == 5
 
 
-def test_demo_runs(tmp_path, capsys):
-    rc, text, _ = _run(capsys, "demo", "--out", tmp_path / "d", "--samples", 4, "--events", 2000)
-    assert rc == 0 and "demo: 4/4 samples simulated and preprocessed" in text
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    rc, text, err = _run(capsys, "demo", "--out", tmp_path / "d", "--samples", 16, "--events", 2500)
+    assert rc == 0, err
+    report = tmp_path / "d" / "run" / "report.html"
+    assert f"report: {report}" in text.replace("\n", "")
+    html = report.read_text()
+    assert "<img" in html and "<script" not in html
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", html), "the report must be self-contained"
+    scores = (tmp_path / "d" / "run" / "scores.csv").read_text().splitlines()
+    assert scores[0].startswith("sample_id,patient_id,timepoint,p_mrd,call,threshold,status,error,n_events,n_events_used")
 
 
 def test_reference_build_and_project(tmp_path, capsys):

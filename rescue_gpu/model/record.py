@@ -222,7 +222,7 @@ def _fmt(v: Any) -> str:
 
 def _read_meta(root: Path) -> dict[str, Any]:
     path = root / "model.json"
-    meta = read_record_json(path, fmt=FORMAT, version=FORMAT_VERSION, error=ModelError,
+    meta = read_record_json(path, fmt=FORMAT, what="model", version=FORMAT_VERSION, error=ModelError,
                             missing_hint="train one with 'rescue train' or use 'rescue model import'")
     if meta.get("architecture", ARCHITECTURE) != ARCHITECTURE:
         raise ModelError(f"{path}: architecture {meta['architecture']!r} is not supported (only {ARCHITECTURE})")

@@ -58,6 +58,9 @@ class Events:
         ``qc_skipped`` (gates that could not run, with the reason).
     fingerprint
         :func:`preprocess_fingerprint` of the settings used.
+    kept
+        Boolean mask over the file's events: which ones passed QC (row ``i`` of
+        ``values`` is the ``i``-th True event), to map results back to the file.
     """
 
     values: Any
@@ -65,6 +68,7 @@ class Events:
     channels: tuple[str, ...]
     qc: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
+    kept: Any = None
 
     @property
     def n_events(self) -> int:
@@ -73,7 +77,8 @@ class Events:
 
     def to_numpy(self) -> "Events":
         """A copy whose ``values`` live in host memory."""
-        return dataclasses.replace(self, values=to_numpy(self.values), qc=dict(self.qc))
+        kept = None if self.kept is None else to_numpy(self.kept)
+        return dataclasses.replace(self, values=to_numpy(self.values), qc=dict(self.qc), kept=kept)
 
 
 def preprocess_fingerprint(panel: PanelSpec, spec: PreprocessSpec) -> str:
@@ -113,6 +118,12 @@ def _to_device(events: np.ndarray, xp: ModuleType) -> Any:
     if not host.dtype.isnative:
         host = host.astype(host.dtype.newbyteorder("="))
     return xp.asarray(host)
+
+
+def linear_values(fcs: FcsData, *, xp: ModuleType | None = None) -> Any:
+    """All of the file's events as linear values (``$PnE``/``$PnG`` decoded), on ``xp``'s device."""
+    xp = np if xp is None else xp
+    return _decode(fcs, _to_device(fcs.events, xp))
 
 
 def _decode(fcs: FcsData, stored: Any) -> Any:
@@ -201,7 +212,7 @@ def preprocess(
         kept = compensate(kept, channels=fcs.channels, spillover=spill)
     values = _transform(kept[:, xp.asarray(np.asarray(cols, dtype=np.int64))], names, scatter, spec, xp)
     return Events(values=values, markers=tuple(names), channels=tuple(fcs.channels[i] for i in cols),
-                  qc=qc, fingerprint=preprocess_fingerprint(panel, spec))
+                  qc=qc, fingerprint=preprocess_fingerprint(panel, spec), kept=keep)
 
 
 def _summary(qc: dict[str, Any]) -> str:

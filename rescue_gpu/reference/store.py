@@ -164,7 +164,7 @@ class Reference:
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
-    return read_record_json(root / "reference.json", fmt=FORMAT, version=FORMAT_VERSION, error=ReferenceDataError,
+    return read_record_json(root / "reference.json", fmt=FORMAT, what="reference", version=FORMAT_VERSION, error=ReferenceDataError,
                             missing_hint="build one with 'rescue reference build'")
 
 
