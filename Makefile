@@ -26,6 +26,9 @@ demo: install
 bench: install
 	$(PY) benchmarks/bench_fcs.py
 	$(PY) benchmarks/bench_simulate.py
+	$(PY) benchmarks/bench_projection.py
+	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_cohort.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
