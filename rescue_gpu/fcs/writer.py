@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import FcsFormatError
 from .types import Spillover
 
-__all__ = ["write_fcs"]
+__all__ = ["write_fcs", "spillover_value"]
 
 _DELIM = "/"
 # Keywords the writer owns; a user value for them would corrupt the layout.
@@ -32,7 +32,8 @@ def _escape(value: str) -> str:
     return value.replace(_DELIM, _DELIM * 2)
 
 
-def _spillover_value(spill: Spillover) -> str:
+def spillover_value(spill: Spillover) -> str:
+    """Format a spillover as the FCS keyword value ``n,ch1,...,chn,v11,v12,...``."""
     n = len(spill.channels)
     numbers = ",".join(repr(float(v)) for v in np.asarray(spill.matrix, dtype=float).ravel())
     return f"{n}," + ",".join(spill.channels) + "," + numbers
@@ -75,7 +76,7 @@ def _build_keywords(
         missing = [c for c in spillover.channels if c not in channels]
         if missing:
             raise FcsFormatError(None, f"spillover channels {missing} are not among the channels written")
-        kw["$SPILLOVER"] = _spillover_value(spillover)
+        kw["$SPILLOVER"] = spillover_value(spillover)
     return kw
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..fcs.types import Spillover
+from ..fcs.writer import spillover_value
 from .populations import MARKERS
 
 __all__ = [
@@ -188,17 +189,4 @@ def sample_spillover(instrument: Instrument, rng: np.random.Generator, *, jitter
     return Spillover(instrument.fluor_channels, np.round(m, 6), source=instrument.spill_keyword)
 
 
-def spill_keyword(spill: Spillover) -> str:
-    """Format a spillover as the FCS value ``n,ch1,...,chn,v11,v12,...``.
-
-    Parameters
-    ----------
-    spill
-        The matrix and its channels.
-
-    Returns
-    -------
-    str
-    """
-    values = ",".join(repr(float(v)) for v in spill.matrix.ravel())
-    return f"{len(spill.channels)}," + ",".join(spill.channels) + "," + values
+spill_keyword = spillover_value  # the FCS value format, written as SPILL or $SPILLOVER
