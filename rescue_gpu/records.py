@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from .config import RasterSpec
 from .errors import RescueError
 
-__all__ = ["software_versions", "read_record_json", "raster_from_dict"]
+__all__ = ["software_versions", "read_record_json", "raster_from_dict", "new_record_dir"]
 
 
 def software_versions(packages: Iterable[str]) -> dict[str, str]:
@@ -51,3 +52,14 @@ def read_record_json(path: Path, *, fmt: str, version: int, error: type[RescueEr
 def raster_from_dict(d: dict[str, Any]) -> RasterSpec:
     """Rebuild a :class:`RasterSpec` from its JSON form (lists back to tuples)."""
     return RasterSpec(**{**d, "channels": tuple(d["channels"])})
+
+
+def new_record_dir(path: str | Path, *, overwrite: bool, error: type[RescueError]) -> Path:
+    """Create an empty artifact directory; an existing one is replaced only with ``overwrite``."""
+    out = Path(path)
+    if out.exists():
+        if not overwrite:
+            raise error(f"{out}: already exists; choose another --out or remove it first (or overwrite)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    return out

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 from ..config import HeadSpec, RasterSpec
 from ..errors import ModelError
-from ..records import raster_from_dict, read_record_json, software_versions
+from ..records import new_record_dir, raster_from_dict, read_record_json, software_versions
 from .network import MrdNet, load_torchvision_state_dict
 
 __all__ = ["ModelRecord", "import_state_dict", "state_dict_sha256", "expected_channels", "FORMAT", "FORMAT_VERSION"]
@@ -135,12 +134,7 @@ class ModelRecord:
         """
         from safetensors.torch import save_file
 
-        out = Path(path)
-        if out.exists():
-            if not overwrite:
-                raise ModelError(f"{out}: already exists; choose another --out or pass overwrite=True")
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
+        out = new_record_dir(path, overwrite=overwrite, error=ModelError)
         sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(sd, str(out / "weights.safetensors"), metadata={"format": FORMAT})
         meta = self.metadata()

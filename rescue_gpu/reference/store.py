@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 from ..config import RasterSpec
 from ..errors import ReferenceDataError
 from ..projection.transform import UmapParams
-from ..records import raster_from_dict, read_record_json, software_versions
+from ..records import new_record_dir, raster_from_dict, read_record_json, software_versions
 
 __all__ = ["Reference", "FORMAT", "FORMAT_VERSION", "array_sha256"]
 
@@ -129,12 +128,7 @@ class Reference:
         """Write the reference directory (refuses to replace an existing one unless ``overwrite``)."""
         import zarr
 
-        out = Path(path)
-        if out.exists():
-            if not overwrite:
-                raise ReferenceDataError(f"{out}: already exists; choose another --out or remove it first")
-            shutil.rmtree(out)
-        out.mkdir(parents=True)
+        out = new_record_dir(path, overwrite=overwrite, error=ReferenceDataError)
         group = zarr.open_group(out / "arrays.zarr", mode="w")
         for name in _ARRAYS:
             a = getattr(self, name)
