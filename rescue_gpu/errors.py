@@ -23,6 +23,7 @@ __all__ = [
     "ReferenceDataError",
     "ModelError",
     "StoreError",
+    "CellDataError",
 ]
 
 
@@ -93,3 +94,7 @@ class ModelError(RescueError):
 
 class StoreError(RescueError):
     """A run store is unreadable, or was made with settings that do not match this run."""
+
+
+class CellDataError(RescueError):
+    """Single-cell images are missing, unreadable, of the wrong shape, or laid out in a way we cannot read."""

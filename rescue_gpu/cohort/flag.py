@@ -1,13 +1,7 @@
 """``--flag-events``: mark the events in the image regions that drive a positive call.
 
-1. Grad-CAM on the last ResNet block (``backbone.layer4``): the block's activations
-   ``A`` (512 x h x w) and the gradient of the MRD logit with respect to them give
-   ``relu(sum_k mean(dlogit/dA_k) * A_k)``, upsampled (bilinear) to the image size.
-2. The map is multiplied by the gradient x input saliency of the image (positive part,
-   summed over channels), which sharpens the coarse ``h x w`` map to pixels that carry
-   events ("guided" Grad-CAM). Where that product is all zero the Grad-CAM map is used,
-   and where Grad-CAM is all zero (a negative evidence sum, common on small images whose
-   last block is 1 x 1) the saliency alone.
+1.-2. Guided Grad-CAM of the MRD logit on the last ResNet block
+   (:func:`rescue_gpu.model.saliency.grad_cam`): where in the image the call comes from.
 3. The driving region: the smallest set of pixels holding ``mass`` (default half) of
    the map's total.
 4. Each event goes through its pixel (the same :func:`~rescue_gpu.raster.pixel_index`
@@ -30,47 +24,12 @@ import numpy as np
 from ..backend import to_numpy
 from ..config import Pipeline
 from ..errors import RescueError
+from ..model.saliency import grad_cam
 
 __all__ = ["grad_cam", "driving_region", "flag_sample", "FLAG_PARAMETER", "SAFE_KEYWORDS"]
 
 FLAG_PARAMETER = "RESCUE_FLAG"
 SAFE_KEYWORDS = ("$CYT", "$CYTSN", "$TIMESTEP", "$VOL", "$TR")
-
-
-def _last_block(network: Any) -> Any:
-    """The module Grad-CAM hooks: ``backbone.layer4`` (or the last ``layer4`` found)."""
-    found = [m for name, m in network.named_modules() if name.split(".")[-1] == "layer4"]
-    if not found:
-        raise RescueError("the network has no 'layer4' block (not a ResNet); Grad-CAM cannot be computed")
-    return found[-1]
-
-
-def grad_cam(network: Any, image: np.ndarray) -> np.ndarray:
-    """The guided Grad-CAM map ``(H, W)`` (>= 0, float32) of one ``(C, H, W)`` image for the MRD logit."""
-    import torch
-    import torch.nn.functional as F
-
-    block, store = _last_block(network), {}
-    hook = block.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out))
-    was_training = network.training
-    network.eval()
-    try:
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].requires_grad_(True)
-        with torch.enable_grad():
-            logit = network(x).reshape(-1)[0]
-            acts = store["a"]
-            g_act, g_in = torch.autograd.grad(logit, [acts, x])
-    finally:
-        hook.remove()
-        network.train(was_training)
-    weights = g_act.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((weights * acts).sum(dim=1, keepdim=True))
-    cam = F.interpolate(cam, size=image.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    cam = cam.detach()
-    saliency = F.relu((g_in * x).sum(dim=1))[0].detach()
-    guided = cam * saliency
-    out = guided if float(guided.sum()) > 0 else (cam if float(cam.sum()) > 0 else saliency)
-    return out.numpy().astype(np.float32)
 
 
 def driving_region(cam: np.ndarray, *, mass: float = 0.5) -> np.ndarray:

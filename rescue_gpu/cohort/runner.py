@@ -44,7 +44,8 @@ from .store import RunStore, run_lock, sample_key
 
 __all__ = [
     "ScoreOptions", "WorkerJob", "SampleTask", "SampleResult", "RunSummary",
-    "score_cohort", "score_tasks", "file_digest", "pending_rows", "IDENTIFYING_KEYWORDS",
+    "score_cohort", "score_tasks", "file_digest", "pending_rows", "IDENTIFYING_KEYWORDS", "Work", "FLOW",
+    "run_batches",
 ]
 
 QC_FIELDS = ("non_finite", "saturated", "debris", "doublets", "n_events_out", "n_outside")
@@ -172,6 +173,32 @@ class RunSummary:
     def events_per_s(self) -> float:
         """Input events processed per second of the processing phase."""
         return self.events_processed / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Work:
+    """What the executors run for one kind of sample (flow cytometry, single-cell images).
+
+    All three are module-level functions (Dask pickles them by reference).
+
+    Attributes
+    ----------
+    run
+        ``run(tasks, job) -> [SampleResult]``: process a batch on a worker; never raises
+        for a bad sample.
+    fail
+        ``fail(task, job, text) -> SampleResult``: the result of a sample whose batch was
+        lost (worker died, task could not run).
+    warm
+        ``warm(job) -> error text or ""``: load the worker's caches.
+    unit
+        What a sample's ``n_<unit>`` record field counts, for the progress rate.
+    """
+
+    run: Callable[[list[SampleTask], Any], list[SampleResult]]
+    fail: Callable[[SampleTask, Any, str], SampleResult]
+    warm: Callable[[Any], str]
+    unit: str = "events"
 
 
 _PACKAGES = ("rescue_gpu", "numpy", "torch", "zarr", "dask", "distributed", "cupy", "dask-cuda")
@@ -421,12 +448,17 @@ def _batches(rows: Sequence[ManifestRow], size: int) -> list[list[SampleTask]]:
     return [tasks[i:i + size] for i in range(0, len(tasks), size)]
 
 
-def _run_in_process(batches: list[list[SampleTask]], job: WorkerJob) -> Iterator[SampleResult]:
+def _lost(task: SampleTask, job: WorkerJob, text: str) -> SampleResult:
+    """The result of a flow sample whose batch was lost."""
+    return SampleResult({**_base_record(task, job), "error": text})
+
+
+def _run_in_process(batches: list[list[SampleTask]], job: Any, work: Work) -> Iterator[SampleResult]:
     for batch in batches:
-        yield from score_tasks(batch, job)
+        yield from work.run(batch, job)
 
 
-def _run_dask(client: Any, batches: list[list[SampleTask]], job: WorkerJob, window: int) -> Iterator[SampleResult]:
+def _run_dask(client: Any, batches: list[list[SampleTask]], job: Any, window: int, work: Work) -> Iterator[SampleResult]:
     """Submit ``window`` batches, then one more as each completes; yield results as they come."""
     from distributed import as_completed
 
@@ -435,7 +467,7 @@ def _run_dask(client: Any, batches: list[list[SampleTask]], job: WorkerJob, wind
     owner: dict[str, list[SampleTask]] = {}
 
     def submit(batch: list[SampleTask]) -> Any:
-        fut = client.submit(score_tasks, batch, job_future, pure=False)
+        fut = client.submit(work.run, batch, job_future, pure=False)
         owner[fut.key] = batch
         return fut
 
@@ -445,8 +477,7 @@ def _run_dask(client: Any, batches: list[list[SampleTask]], job: WorkerJob, wind
         try:
             results = fut.result()
         except Exception as exc:  # a worker died (KilledWorker) or the task could not run
-            results = [SampleResult({**_base_record(t, job), "error": f"worker failure: {exc.__class__.__name__}: {exc}"})
-                       for t in batch]
+            results = [work.fail(t, job, f"worker failure: {exc.__class__.__name__}: {exc}") for t in batch]
         fut.release()
         nxt = next(pending, None)
         if nxt is not None:
@@ -472,14 +503,15 @@ class _Progress:
     done: int = 0
     failed: int = 0
     events: int = 0
+    unit: str = "events"
 
     def add(self, res: SampleResult) -> None:
         self.done += 1
         self.failed += int(res.failed)
-        self.events += int(res.record.get("n_events") or 0)
+        self.events += int(res.record.get(f"n_{self.unit}") or 0)
         if self.on_progress is not None:
             rate = self.events / max(time.perf_counter() - self.started, 1e-9)
-            self.on_progress(self.done - 1, self.total, failed=self.failed, events_per_s=f"{rate:,.0f}")
+            self.on_progress(self.done - 1, self.total, failed=self.failed, **{f"{self.unit}_per_s": f"{rate:,.0f}"})
 
 
 def score_cohort(
@@ -541,8 +573,11 @@ def score_cohort(
         todo, skipped = pending_rows(rows, store, identity)
         store.set_run({**identity, "settings": settings_record(options, runtime.backend), "software": software_versions(_PACKAGES),
                        "threshold": rec.threshold, "n_samples": len(rows)})
-        cluster, progress, seconds = _process(todo, skipped, store, job, options, runtime, scheduler, in_process,
-                                              dashboard_address, on_start, on_progress)
+        batches = _batches(todo, options.samples_per_task)
+        cluster, progress, seconds = run_batches(batches, job, work=FLOW, store=store, skipped=skipped,
+                                                 runtime=runtime, window=options.window, scheduler=scheduler,
+                                                 in_process=in_process, dashboard=dashboard_address,
+                                                 on_start=on_start, on_progress=on_progress)
         from .outputs import score_table, write_outputs
 
         table = score_table(rows, store, threshold=rec.threshold)
@@ -569,29 +604,32 @@ def _make_job(ref_path: str | Path, ref: Any, model_path: str | Path, rec: Any, 
                      options.keep_identifiers, flag_dir, options.flag_mass)
 
 
-def _process(todo: list[ManifestRow], skipped: int, store: RunStore, job: WorkerJob, options: ScoreOptions,
-             runtime: RuntimeConfig, scheduler: str | None, in_process: bool, dashboard: str,
-             on_start: Callable[[str, int, int], None] | None,
-             on_progress: Callable[..., None] | None) -> tuple[str, _Progress, float]:
-    """Process the pending rows on the chosen executor, writing each result as it arrives."""
-    batches = _batches(todo, options.samples_per_task)
-    progress = _Progress(len(todo), on_progress)
-    if in_process or not todo:
+def run_batches(batches: list[list[SampleTask]], job: Any, *, work: Work, store: RunStore, skipped: int,
+                runtime: RuntimeConfig, window: int = 0, scheduler: str | None = None, in_process: bool = False,
+                dashboard: str = ":8787", on_start: Callable[[str, int, int], None] | None = None,
+                on_progress: Callable[..., None] | None = None) -> tuple[str, _Progress, float]:
+    """Process batches of tasks in this process or on Dask, writing each result to ``store`` as it arrives.
+
+    Returns the executor's description, the progress counters and the seconds of the
+    processing phase (after workers loaded their caches).
+    """
+    n_todo = sum(len(b) for b in batches)
+    progress = _Progress(n_todo, on_progress, unit=work.unit)
+    if in_process or not n_todo:
         desc = "in-process (no Dask)" if in_process else "nothing to do"
         if on_start is not None:
-            on_start(desc, len(todo), skipped)
+            on_start(desc, n_todo, skipped)
         progress.started = time.perf_counter()
-        _drain(_run_in_process(batches, job), store, progress)
+        _drain(_run_in_process(batches, job, work), store, progress)
         return desc, progress, time.perf_counter() - progress.started
     from .cluster import open_client
 
     with open_client(runtime, scheduler=scheduler, dashboard_address=dashboard) as (client, info):
         if on_start is not None:
-            on_start(info.describe(), len(todo), skipped)
-        window = options.window or 2 * max(1, info.n_workers)
-        _warm_workers(client, job)
+            on_start(info.describe(), n_todo, skipped)
+        _warm_workers(client, job, work)
         progress.started = time.perf_counter()
-        _drain(_run_dask(client, batches, job, window), store, progress)
+        _drain(_run_dask(client, batches, job, window or 2 * max(1, info.n_workers), work), store, progress)
         return info.describe(), progress, time.perf_counter() - progress.started
 
 
@@ -604,11 +642,12 @@ def _warm(job: WorkerJob) -> str:
     return ""
 
 
-def _warm_workers(client: Any, job: WorkerJob) -> None:
+def _warm_workers(client: Any, job: Any, work: Work) -> None:
     """One warm-up task per worker, so every worker loads its caches at once (errors surface per sample later)."""
     from .cluster import workers_of
 
-    futures = [client.submit(_warm, job, workers=[a], allow_other_workers=False, pure=False) for a in workers_of(client)]
+    futures = [client.submit(work.warm, job, workers=[a], allow_other_workers=False, pure=False)
+               for a in workers_of(client)]
     client.gather(futures, errors="skip")
 
 
@@ -616,3 +655,6 @@ def _drain(results: Iterable[SampleResult], store: RunStore, progress: _Progress
     for res in results:
         store.write(res.record, res.arrays)
         progress.add(res)
+
+
+FLOW = Work(run=score_tasks, fail=_lost, warm=_warm, unit="events")

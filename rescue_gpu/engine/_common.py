@@ -14,7 +14,7 @@ import torch
 from ..errors import BackendError, ModelError
 
 __all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "to_torch", "to_numpy_images", "check_images",
-           "batches", "cache_dir", "is_cupy"]
+           "batches", "cache_dir", "is_cupy", "output_dims"]
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -78,6 +78,12 @@ def to_numpy_images(images: Any) -> np.ndarray:
     elif is_cupy(images):
         images = images.get()
     return np.ascontiguousarray(images, dtype=np.float32)
+
+
+def output_dims(record: Any) -> tuple[int, ...]:
+    """Per-image output shape: ``()`` for a one-logit MRD model, ``(K,)`` for a K-class cell model."""
+    k = getattr(record, "n_classes", None)
+    return () if k is None else (int(k),)
 
 
 def check_images(shape: tuple[int, ...], *, in_channels: int, image_size: int) -> None:

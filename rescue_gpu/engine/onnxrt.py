@@ -27,7 +27,7 @@ import torch
 
 from ..errors import BackendError, ModelError
 from ..model.record import ModelRecord
-from ._common import batches, check_images, to_numpy_images
+from ._common import batches, check_images, output_dims, to_numpy_images
 
 __all__ = ["export_onnx", "OnnxEngine", "INPUT_NAME", "OUTPUT_NAME"]
 
@@ -145,9 +145,11 @@ class OnnxEngine:
         """Raw logits (float64, before temperature) of ``(N, C, H, W)`` images."""
         x = to_numpy_images(images)
         check_images(x.shape, in_channels=self.record.in_channels, image_size=self.record.image_size)
-        outs = [self.session.run([OUTPUT_NAME], {INPUT_NAME: x[sl]})[0].reshape(-1) for sl in batches(len(x), self.batch_size)]
-        return np.concatenate(outs).astype(np.float64) if outs else np.zeros(0, dtype=np.float64)
+        dims = output_dims(self.record)
+        outs = [self.session.run([OUTPUT_NAME], {INPUT_NAME: x[sl]})[0].reshape(-1, *dims)
+                for sl in batches(len(x), self.batch_size)]
+        return np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, *dims), dtype=np.float64)
 
     def predict(self, images: Any) -> np.ndarray:
-        """Calibrated probabilities (temperature applied), float64 ``(N,)``."""
+        """Calibrated probabilities (temperature applied), float64 ``(N,)`` or ``(N, K)``."""
         return self.record.probabilities(self.logits(images))

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import BackendError, ModelError
 from ..model.record import ModelRecord
-from ._common import batches, cache_dir, check_images, to_torch
+from ._common import batches, cache_dir, check_images, output_dims, to_torch
 from .onnxrt import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 __all__ = ["TensorRtEngine", "is_available", "engine_path"]
@@ -114,7 +114,7 @@ class TensorRtEngine:
             return _build(onnx_file, shape=shape, batch_size=self.batch_size, precision=self.precision)
 
     def _execute(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(x.shape[0], dtype=torch.float32, device=self.device)
+        out = torch.empty((x.shape[0], *output_dims(self.record)), dtype=torch.float32, device=self.device)
         self._context.set_input_shape(INPUT_NAME, tuple(x.shape))
         self._context.set_tensor_address(INPUT_NAME, x.data_ptr())
         self._context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
@@ -131,8 +131,10 @@ class TensorRtEngine:
             x = t[sl]
             x = x.pin_memory().to(self.device, non_blocking=True) if x.device.type == "cpu" else x.to(self.device)
             outs.append(self._execute(x.contiguous()))
-        return torch.cat(outs).cpu().numpy().astype(np.float64) if outs else np.zeros(0, dtype=np.float64)
+        if not outs:
+            return np.zeros((0, *output_dims(self.record)), dtype=np.float64)
+        return torch.cat(outs).cpu().numpy().astype(np.float64)
 
     def predict(self, images: Any) -> np.ndarray:
-        """Calibrated probabilities (temperature applied), float64 ``(N,)``."""
+        """Calibrated probabilities (temperature applied), float64 ``(N,)`` or ``(N, K)``."""
         return self.record.probabilities(self.logits(images))

@@ -20,11 +20,19 @@ import torch
 
 from ..errors import BackendError, ModelError
 from ..model.record import ModelRecord
-from ._common import DTYPES, batches, check_images, to_torch
+from ._common import DTYPES, batches, check_images, output_dims, to_torch
 
 __all__ = ["TorchEngine", "MODES"]
 
 MODES = ("eager", "compiled", "cuda-graphs")
+
+
+def _take(out: Any, n: int, *, clone: bool = False) -> Any:
+    """The first ``n`` rows of a logits tensor or a ``(logits, features)`` pair, as float32."""
+    if isinstance(out, tuple):
+        return tuple(_take(o, n, clone=clone) for o in out)
+    out = out[:n].float()
+    return out.clone() if clone else out
 
 
 class TorchEngine:
@@ -60,7 +68,7 @@ class TorchEngine:
         self._fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = copy.deepcopy(record.model).eval().to(device, memory_format=self._fmt)
         self._forward = torch.compile(self.model, dynamic=False) if mode == "compiled" else self.model
-        self._graphs: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor, Any]] = {}
+        self._graphs: dict[tuple, tuple[torch.Tensor, Any, Any]] = {}
 
     def _autocast(self, *, cache: bool = True) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -80,55 +88,76 @@ class TorchEngine:
             return x
         return torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))]).contiguous(memory_format=self._fmt)
 
-    def _capture(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    def _outputs(self, x: torch.Tensor, features: bool) -> Any:
+        """Logits, or ``(logits, features)`` through the model's ``forward_features`` / ``forward_head``."""
+        if not features:
+            return self._forward(x)
+        f = self.model.forward_features(x)
+        return self.model.forward_head(f), f
+
+    def _capture(self, shape: tuple[int, ...], features: bool) -> tuple[torch.Tensor, Any, Any]:
         """Record a CUDA graph for a ``(batch_size, *shape)`` input (warm-up on a side stream first)."""
         static_in = torch.zeros((self.batch_size, *shape), device=self.device).contiguous(memory_format=self._fmt)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), torch.inference_mode(), self._autocast(cache=False):
             for _ in range(3):
-                self.model(static_in)
+                self._outputs(static_in, features)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), self._autocast(cache=False), torch.cuda.graph(graph):
-            static_out = self.model(static_in)
+            static_out = self._outputs(static_in, features)
         return static_in, static_out, graph
 
-    def _graph_forward(self, x: torch.Tensor) -> torch.Tensor:
-        key = tuple(x.shape[1:])
+    def _graph_forward(self, x: torch.Tensor, features: bool) -> Any:
+        key = (tuple(x.shape[1:]), features)
         if key not in self._graphs:
-            self._graphs[key] = self._capture(key)
+            self._graphs[key] = self._capture(key[0], features)
         static_in, static_out, graph = self._graphs[key]
         n = x.shape[0]
         static_in[:n].copy_(x)
         static_in[n:].zero_()
         graph.replay()
-        return static_out[:n].float().clone()
+        return _take(static_out, n, clone=True)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, features: bool = False) -> Any:
         if self.mode == "cuda-graphs":
-            return self._graph_forward(x)
+            return self._graph_forward(x, features)
         n = x.shape[0]
         if self.mode == "compiled":
             x = self._pad(x)  # one static shape: no recompilation for the last batch
         with self._autocast():
-            return self._forward(x)[:n].float()
+            return _take(self._outputs(x, features), n)
 
-    def logits(self, images: Any) -> np.ndarray:
-        """Raw logits (float64, before temperature) of ``(N, C, H, W)`` images."""
+    def _infer(self, images: Any, features: bool) -> tuple[np.ndarray, np.ndarray | None]:
         t = to_torch(images)
         check_images(tuple(t.shape), in_channels=self.record.in_channels, image_size=self.record.image_size)
+        dims = output_dims(self.record)
         if t.shape[0] == 0:
-            return np.zeros(0, dtype=np.float64)
+            width = getattr(self.model, "num_features", 0)
+            return np.zeros((0, *dims)), (np.zeros((0, width), dtype=np.float32) if features else None)
         outs = []
         with torch.inference_mode():
             for sl in batches(t.shape[0], self.batch_size):
-                outs.append(self._run(self._to_device(t[sl])))
-            out = torch.cat(outs).cpu()  # the one synchronisation point
-        return out.numpy().astype(np.float64)
+                outs.append(self._run(self._to_device(t[sl]), features))
+            if not features:
+                return torch.cat(outs).cpu().numpy().astype(np.float64), None
+            logits = torch.cat([o[0] for o in outs]).cpu()  # the synchronisation points
+            feats = torch.cat([o[1] for o in outs]).cpu()
+        return logits.numpy().astype(np.float64), feats.numpy().astype(np.float32)
+
+    def logits(self, images: Any) -> np.ndarray:
+        """Raw logits (float64, before temperature): ``(N,)`` for an MRD model, ``(N, K)`` for a cell model."""
+        return self._infer(images, False)[0]
+
+    def logits_and_features(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits and the penultimate-layer features (float32 ``(N, F)``) in one pass."""
+        logits, feats = self._infer(images, True)
+        assert feats is not None
+        return logits, feats
 
     def predict(self, images: Any) -> np.ndarray:
-        """Calibrated probabilities (temperature applied), float64 ``(N,)``.
+        """Calibrated probabilities (temperature applied), float64 ``(N,)`` or ``(N, K)``.
 
         ``images`` is a float32 ``(N, C, H, W)`` numpy array, cupy array or torch tensor.
         """
