@@ -186,6 +186,7 @@ def config_check(
 
 def _register_subsystems() -> None:
     """Add the commands each subsystem defines next to its code."""
+    from .cells.cli import register as register_cells
     from .cohort.cli import register as register_score
     from .model.cli import register as register_model
     from .model.train_cli import register as register_train
@@ -193,6 +194,7 @@ def _register_subsystems() -> None:
     register_score(app)
     register_model(app)
     register_train(app)
+    register_cells(app)
 
 
 _register_subsystems()

@@ -45,7 +45,7 @@ from .store import RunStore, run_lock, sample_key
 __all__ = [
     "ScoreOptions", "WorkerJob", "SampleTask", "SampleResult", "RunSummary",
     "score_cohort", "score_tasks", "file_digest", "pending_rows", "IDENTIFYING_KEYWORDS", "Work", "FLOW",
-    "run_batches",
+    "run_batches", "task_batches", "worker_error_text",
 ]
 
 QC_FIELDS = ("non_finite", "saturated", "debris", "doublets", "n_events_out", "n_outside")
@@ -288,7 +288,7 @@ def _base_record(task: SampleTask, job: WorkerJob) -> dict[str, Any]:
     return rec
 
 
-def _error_text(exc: BaseException, task: SampleTask, job: WorkerJob) -> str:
+def worker_error_text(exc: BaseException, task: SampleTask, job: WorkerJob) -> str:
     """The message of a sample's failure; its file path is replaced unless identifiers are kept."""
     if isinstance(exc, FileNotFoundError):
         text = f"{task.path}: file not found"
@@ -325,7 +325,7 @@ def _prepare(task: SampleTask, job: WorkerJob, state: _WorkerState) -> tuple[Sam
         if job.keep_identifiers:
             rec["provenance"]["identifiers"] = _identifiers(task.path)
     except Exception as exc:  # one bad sample never stops the cohort
-        rec["error"] = _error_text(exc, task, job)
+        rec["error"] = worker_error_text(exc, task, job)
         return SampleResult(rec), None
     qc = {k: v for k, v in events.qc.items() if k != "n_events_in"}
     qc["n_outside"] = int(outside)
@@ -372,7 +372,7 @@ def _flag(result: SampleResult, task: SampleTask, coords: Any, job: WorkerJob, s
                         keep_identifiers=job.keep_identifiers)
         result.record["flagged"] = {"file": out.name, "n_flagged": int(n)}
     except Exception as exc:
-        result.record["flagged"] = {"error": _error_text(exc, task, job)}
+        result.record["flagged"] = {"error": worker_error_text(exc, task, job)}
 
 
 def _limit_threads() -> None:
@@ -403,7 +403,7 @@ def score_tasks(tasks: Sequence[SampleTask], job: WorkerJob) -> list[SampleResul
     try:
         state = worker_state(job)
     except Exception as exc:
-        return [SampleResult({**_base_record(t, job), "error": _error_text(exc, t, job)}) for t in tasks]
+        return [SampleResult({**_base_record(t, job), "error": worker_error_text(exc, t, job)}) for t in tasks]
     prepared = [_prepare(t, job, state) for t in tasks]
     results = [r for r, _ in prepared]
     _infer(results, state)
@@ -428,14 +428,20 @@ def _same_input(path: Path, prov: dict[str, Any]) -> bool:
     return file_digest(path)[0] == prov.get("input_sha256")
 
 
-def pending_rows(rows: Sequence[ManifestRow], store: RunStore, identity: dict[str, str]) -> tuple[list[ManifestRow], int]:
-    """Rows to (re)do and the number skipped: a scored sample with equal identity and input is skipped."""
+def pending_rows(rows: Sequence[ManifestRow], store: RunStore, identity: dict[str, str],
+                 same_input: Callable[[Path, dict[str, Any]], bool] | None = None) -> tuple[list[ManifestRow], int]:
+    """Rows to (re)do and the number skipped: a scored sample with equal identity and input is skipped.
+
+    ``same_input(path, provenance)`` says whether the input is unchanged (default: an
+    FCS file's size and mtime, else its sha256).
+    """
+    same_input = same_input or _same_input
     todo, skipped = [], 0
     for row in rows:
         got = store.read(row.sample_id)
         prov = got.record.get("provenance", {}) if got is not None else {}
         same = got is not None and got.record.get("status") == "scored" and \
-            all(prov.get(k) == v for k, v in identity.items()) and _same_input(row.path, prov)
+            all(prov.get(k) == v for k, v in identity.items()) and same_input(row.path, prov)
         if same:
             skipped += 1
         else:
@@ -443,7 +449,7 @@ def pending_rows(rows: Sequence[ManifestRow], store: RunStore, identity: dict[st
     return todo, skipped
 
 
-def _batches(rows: Sequence[ManifestRow], size: int) -> list[list[SampleTask]]:
+def task_batches(rows: Sequence[ManifestRow], size: int) -> list[list[SampleTask]]:
     tasks = [SampleTask(r.sample_id, str(r.path), r.patient_id, r.timepoint, r.label) for r in rows]
     return [tasks[i:i + size] for i in range(0, len(tasks), size)]
 
@@ -471,7 +477,7 @@ def _run_dask(client: Any, batches: list[list[SampleTask]], job: Any, window: in
         owner[fut.key] = batch
         return fut
 
-    ac = as_completed([submit(b) for b, _ in zip(pending, range(max(1, window)))])
+    ac = as_completed([submit(b) for _, b in zip(range(max(1, window)), pending)])  # range first: zip must not consume a batch it drops
     for fut in ac:
         batch = owner.pop(fut.key)
         try:
@@ -573,7 +579,7 @@ def score_cohort(
         todo, skipped = pending_rows(rows, store, identity)
         store.set_run({**identity, "settings": settings_record(options, runtime.backend), "software": software_versions(_PACKAGES),
                        "threshold": rec.threshold, "n_samples": len(rows)})
-        batches = _batches(todo, options.samples_per_task)
+        batches = task_batches(todo, options.samples_per_task)
         cluster, progress, seconds = run_batches(batches, job, work=FLOW, store=store, skipped=skipped,
                                                  runtime=runtime, window=options.window, scheduler=scheduler,
                                                  in_process=in_process, dashboard=dashboard_address,

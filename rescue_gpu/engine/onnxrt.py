@@ -17,6 +17,7 @@ host memory (cupy and CUDA tensors included).
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 import warnings
 from pathlib import Path
@@ -50,8 +51,11 @@ def _add_metadata(path: Path, record: ModelRecord) -> None:
 
     proto = onnx.load(str(path))
     props = {"rescue.sha256": record.sha256, "rescue.in_channels": str(record.in_channels),
-             "rescue.image_size": str(record.image_size), "rescue.temperature": repr(record.temperature),
-             "rescue.threshold": repr(record.threshold), "rescue.reference_fingerprint": record.reference_fingerprint}
+             "rescue.image_size": str(record.image_size), "rescue.temperature": repr(record.temperature)}
+    for name in ("threshold", "reference_fingerprint", "classes", "leukaemic", "channels"):  # MRD or cell model
+        if hasattr(record, name):
+            value = getattr(record, name)
+            props[f"rescue.{name}"] = value if isinstance(value, str) else json.dumps(value)
     onnx.helper.set_model_props(proto, props)
     onnx.save(proto, str(path))
 

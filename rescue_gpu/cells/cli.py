@@ -1,0 +1,160 @@
+"""``rescue cells ...``: the single-cell image path's command line.
+
+- ``rescue cells simulate OUT``: a procedural library (training tree + samples with known fractions);
+- ``rescue cells train TRAIN --out MODEL``: train a cell classifier with patient-level splits;
+- ``rescue cells score INPUTS --model MODEL --out RUN``: per-cell probabilities, per-sample readout,
+  report, on the same runner and run store as ``rescue score``;
+- ``rescue cells demo``: all three on a small simulated library.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..cliutil import EXIT_SAMPLES_FAILED, console, err_console, progress
+
+__all__ = ["register", "cells_app"]
+
+cells_app = typer.Typer(no_args_is_help=True, help="Single-cell images: imaging flow cytometry and blood smears.")
+PipelineOpt = Annotated[str, typer.Option("--pipeline", help="Cells pipeline name in pipelines/ or a TOML path.")]
+
+
+@cells_app.command("simulate")
+def simulate(
+    out: Annotated[Path, typer.Argument(help="Folder for train/, samples/, samples.csv and truth.csv.")],
+    assay: Annotated[str, typer.Option("--assay", help="ifc (bright-field + dark-field) or smear (RGB).")] = "ifc",
+    layout: Annotated[str, typer.Option("--layout", help="tree | channel-tiffs (ifc) | numpy")] = "tree",
+    patients: Annotated[int, typer.Option("--patients", help="Training patients.")] = 12,
+    cells_per_class: Annotated[int, typer.Option("--cells-per-class", help="Training cells per class and patient.")] = 40,
+    samples: Annotated[int, typer.Option("--samples", help="Unlabelled samples with known leukaemic fractions.")] = 8,
+    cells_per_sample: Annotated[int, typer.Option("--cells-per-sample")] = 400,
+    size: Annotated[Optional[int], typer.Option("--size", help="Crop size in pixels (default: the assay's).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Simulate a single-cell image library (no real data set can be downloaded here)."""
+    from ..simulate.cells import simulate_cell_library
+
+    with progress("simulating", 1) as advance:
+        lib = simulate_cell_library(out, assay=assay, layout=layout, n_train_patients=patients,
+                                    cells_per_class=cells_per_class, n_samples=samples,
+                                    cells_per_sample=cells_per_sample, size=size, seed=seed, on_progress=advance)
+    console.print(str(lib), markup=False, highlight=False)
+
+
+@cells_app.command("train")
+def train(
+    train_data: Annotated[Path, typer.Argument(help="Labelled cells: class/patient/images folders, or an .npz stack.")],
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write.")],
+    pipeline: PipelineOpt = "ifc-labelfree",
+    architecture: Annotated[Optional[str], typer.Option("--architecture", help="Override: resnet50 | resnext50_32x4d | resnet34 | resnet18")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="Override the pipeline's max_epochs.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
+    device: Annotated[str, typer.Option("--device", help="auto | cpu | gpu | cuda:N")] = "auto",
+) -> None:
+    """Train a cell classifier (patient-level splits, class balancing, flips/rotations/shifts, early stopping)."""
+    from .spec import load_cell_pipeline
+    from .workflow import train_cell_model, with_overrides
+
+    pipe = with_overrides(load_cell_pipeline(pipeline), architecture=architecture, epochs=epochs, batch_size=batch_size)
+    record, report = train_cell_model(
+        train_data, pipeline=pipe, out=out, device=device,
+        on_epoch=lambda h: console.print(f"epoch {h['epoch']}: train loss {h['train_loss']:.4f}, "
+                                         f"val loss {h['val_loss']:.4f}, val accuracy {h.get('val_accuracy', 0):.3f}"))
+    summary = report.summary()
+    console.print(f"model: {out} ({record.architecture}, classes {list(record.classes)}, sha256 {record.sha256[:12]})",
+                  markup=False, highlight=False)
+    console.print(json.dumps({k: summary.get(k) for k in ("split", "best_epoch", "rates", "test") if k in summary},
+                             indent=1, default=str)[:6000], markup=False, highlight=False)
+
+
+@cells_app.command("score")
+def score(
+    inputs: Annotated[Path, typer.Argument(help="Manifest CSV (sample_id,path[,patient_id,label,true_fraction]) or a folder of samples.")],
+    model: Annotated[Path, typer.Option("--model", help="Cell model directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory; run again to resume.")],
+    pipeline: PipelineOpt = "ifc-labelfree",
+    config: Annotated[Optional[Path], typer.Option("--config", help="Runtime config TOML ([runtime]).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Existing Dask scheduler address or file.")] = None,
+    in_process: Annotated[bool, typer.Option("--in-process", help="No Dask: score in this process.")] = False,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="auto | cpu | gpu")] = None,
+    workers: Annotated[Optional[str], typer.Option("--workers")] = None,
+    threads_per_worker: Annotated[Optional[int], typer.Option("--threads-per-worker")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Cells per forward pass.")] = None,
+    samples_per_task: Annotated[int, typer.Option("--samples-per-task")] = 1,
+    engine: Annotated[str, typer.Option("--engine", help="torch | compiled | cuda-graphs | onnx | tensorrt")] = "torch",
+    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | fp16 | bf16")] = "auto",
+    embeddings: Annotated[bool, typer.Option("--embeddings/--no-embeddings", help="Store and export penultimate-layer features.")] = True,
+    gallery: Annotated[Optional[int], typer.Option("--gallery", help="Cells per sample kept for the report gallery.")] = None,
+    keep_identifiers: Annotated[bool, typer.Option("--keep-identifiers")] = False,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    report: Annotated[bool, typer.Option("--report/--no-report")] = True,
+    dashboard_address: Annotated[str, typer.Option("--dashboard-address")] = ":8787",
+) -> None:
+    """Classify every cell of every sample; write the per-sample leukaemic percentage, cells table and report."""
+    from ..config import load_runtime
+    from .runner import CellScoreOptions, score_cells
+    from .spec import load_cell_pipeline
+
+    runtime = load_runtime(config, backend=backend, workers=workers, threads_per_worker=threads_per_worker,
+                           batch_size=batch_size)
+    options = CellScoreOptions(pipeline=load_cell_pipeline(pipeline), engine=engine, precision=precision,
+                               samples_per_task=samples_per_task, keep_embeddings=embeddings, gallery=gallery,
+                               keep_identifiers=keep_identifiers, seed=seed, report=report)
+    bar: list[progress] = []
+
+    def on_start(cluster: str, n_todo: int, n_skipped: int) -> None:
+        console.print(f"cluster: {cluster}", markup=False, highlight=False)
+        console.print(f"samples: {n_todo} to score, {n_skipped} already done (skipped)")
+        if n_todo:
+            bar.append(progress("scoring", n_todo))
+            bar[0].__enter__()
+
+    try:
+        summary = score_cells(inputs, model=model, out=out, options=options, runtime=runtime, scheduler=scheduler,
+                              in_process=in_process, dashboard_address=dashboard_address, on_start=on_start,
+                              on_progress=lambda *a, **k: bar[0].advance(*a, **k))
+    finally:
+        if bar:
+            bar[0].__exit__(None, None, None)
+    _print_summary(summary)
+    if summary.n_failed:
+        raise typer.Exit(EXIT_SAMPLES_FAILED)
+
+
+def _print_summary(summary) -> None:  # noqa: ANN001 (CellRunSummary, imported lazily)
+    import pandas as pd
+
+    console.print(f"scored {summary.n_scored}/{summary.n_samples} samples ({summary.n_failed} failed, "
+                  f"{summary.n_skipped} skipped as already done) in {summary.seconds:.1f} s: "
+                  f"{summary.cells_per_s:,.0f} cells/s")
+    for kind, path in summary.outputs.items():
+        console.print(f"{kind}: {path}", markup=False, highlight=False)
+    df = pd.read_parquet(summary.outputs["parquet"])
+    cols = ["sample_id", "n_cells", "leukaemic_pct", "ci_low_pct", "ci_high_pct", "call", "true_pct"]
+    console.print(df[df["status"] == "scored"][cols].round(2).to_string(index=False), markup=False, highlight=False)
+    for _, row in df[df["status"] != "scored"].iterrows():
+        err_console.print(f"failed: {row['sample_id']}: {row['error']}", markup=False, highlight=False, soft_wrap=True)
+
+
+@cells_app.command("demo")
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the library, model and run.")] = Path("demo-out/cells"),
+    epochs: Annotated[int, typer.Option("--epochs")] = 8,
+    seed: Annotated[int, typer.Option("--seed")] = 7,
+) -> None:
+    """Simulate imaging-flow cells, train a small classifier, score samples with known leukaemic fractions."""
+    from .workflow import run_cell_demo
+
+    res = run_cell_demo(out, epochs=epochs, seed=seed,
+                        say=lambda s: console.print(s, markup=False, highlight=False))
+    console.print(f"cells demo done in {res.seconds:.0f} s; open {res.run_dir / 'report.html'}",
+                  markup=False, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``cells`` command group to ``app`` (the main ``rescue`` command line)."""
+    app.add_typer(cells_app, name="cells")

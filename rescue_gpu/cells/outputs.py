@@ -1,0 +1,125 @@
+"""Outputs of a cells run, read back from the run store.
+
+- ``scores.csv`` / ``scores.parquet``: one row per sample (manifest order): leukaemic %
+  (adjusted), its interval, the call at the cutoff, the raw share, class fractions, the
+  known true % where the manifest gives it, status and error.
+- ``cells.parquet``: one row per cell: sample, cell id, predicted class, leukaemic
+  probability and every class probability.
+- ``embeddings.npz``: penultimate-layer features (float16) with sample and cell ids and the
+  predicted class, for plotting (UMAP/t-SNE/PCA of the cells).
+- ``report.html``: see :mod:`rescue_gpu.report.cells`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..cohort.manifest import ManifestRow
+from ..cohort.outputs import write_table
+from ..cohort.store import RunStore
+
+__all__ = ["cell_score_table", "cell_table", "write_cell_outputs", "SCORE_COLUMNS"]
+
+SCORE_COLUMNS = ("sample_id", "patient_id", "timepoint", "label", "status", "error", "n_cells", "leukaemic_pct",
+                 "ci_low_pct", "ci_high_pct", "cutoff_pct", "call", "q_raw_pct", "adjusted", "true_pct")
+
+
+def _score_row(m: ManifestRow, record: dict[str, Any] | None, classes: Sequence[str],
+               truth: dict[str, float]) -> dict[str, Any]:
+    rec = record or {"status": "failed", "error": "not processed (the run was interrupted); run the command again"}
+    ro = rec.get("readout") or {}
+    true = truth.get(m.sample_id)
+    row: dict[str, Any] = {
+        "sample_id": m.sample_id, "patient_id": m.patient_id, "timepoint": m.timepoint, "label": m.label,
+        "status": rec.get("status", "failed"), "error": rec.get("error") or "", "n_cells": rec.get("n_cells"),
+        "call": ro.get("call", ""), "adjusted": ro.get("adjusted"),
+        "true_pct": 100.0 * true if true is not None else math.nan}
+    for key in ("leukaemic_pct", "ci_low_pct", "ci_high_pct", "cutoff_pct"):
+        row[key] = _num(ro.get(key))
+    row["q_raw_pct"] = 100.0 * _num(ro.get("q_raw"))
+    fractions = ro.get("fractions") or {}
+    row.update({f"frac_{c}": _num(fractions.get(c)) for c in classes})
+    row["input_sha256"] = (rec.get("provenance") or {}).get("input_sha256", "")
+    return row
+
+
+def _num(v: Any) -> float:
+    return float(v) if v is not None else math.nan
+
+
+def cell_score_table(rows: Sequence[ManifestRow], store: RunStore, *, classes: Sequence[str],
+                     truth: dict[str, float] | None = None) -> pd.DataFrame:
+    """One row per manifest sample with its readout (see the module docstring)."""
+    records = [_score_row(m, (got.record if (got := store.read(m.sample_id)) else None), classes, truth or {})
+               for m in rows]
+    cols = [*SCORE_COLUMNS, *(f"frac_{c}" for c in classes), "input_sha256"]
+    df = pd.DataFrame.from_records(records, columns=cols)
+    df["n_cells"] = df["n_cells"].astype("Int64")
+    return df
+
+
+def _cell_ids(store: RunStore, sid: str) -> list[str]:
+    from .runner import decode_strings
+
+    return decode_strings(store.array(sid, "cell_id_bytes"), store.array(sid, "cell_id_offsets"))
+
+
+def cell_table(df: pd.DataFrame, store: RunStore, *, classes: Sequence[str],
+               leukaemic_index: Sequence[int]) -> pd.DataFrame:
+    """One row per cell of every scored sample: ids, predicted class, leukaemic and class probabilities."""
+    parts = []
+    for sid in df.loc[df["status"] == "scored", "sample_id"]:
+        probs = store.array(sid, "probs")
+        if probs is None:
+            continue
+        part = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
+        part.insert(0, "p_leukaemic", probs[:, list(leukaemic_index)].sum(axis=1))
+        part.insert(0, "predicted", np.asarray(classes)[probs.argmax(axis=1)] if len(probs) else [])
+        part.insert(0, "cell_id", _cell_ids(store, sid))
+        part.insert(0, "sample_id", sid)
+        parts.append(part)
+    cols = ["sample_id", "cell_id", "predicted", "p_leukaemic", *(f"p_{c}" for c in classes)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def _write_embeddings(cells: pd.DataFrame, df: pd.DataFrame, store: RunStore, path: Path) -> Path | None:
+    feats = [store.array(sid, "embeddings") for sid in df.loc[df["status"] == "scored", "sample_id"]]
+    feats = [f for f in feats if f is not None]
+    if not feats or sum(len(f) for f in feats) != len(cells):
+        return None
+    tmp = path.with_name(".embeddings.tmp.npz")
+    np.savez(tmp, embeddings=np.concatenate(feats).astype(np.float16), sample_id=cells["sample_id"].to_numpy(str),
+             cell_id=cells["cell_id"].to_numpy(str), predicted=cells["predicted"].to_numpy(str),
+             p_leukaemic=cells["p_leukaemic"].to_numpy(np.float32))
+    os.replace(tmp, path)
+    return path
+
+
+def write_cell_outputs(rows: Sequence[ManifestRow], store: RunStore, run_dir: Path, *, record: Any, options: Any,
+                       truth: dict[str, float], provenance: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Path]]:
+    """Write the score tables, ``cells.parquet``, ``embeddings.npz`` and ``report.html``; return the table and paths."""
+    classes = options.pipeline.classes.names
+    df = cell_score_table(rows, store, classes=classes, truth=truth)
+    paths = write_table(df, run_dir)
+    cells = cell_table(df, store, classes=classes, leukaemic_index=record.leukaemic_index)
+    tmp = run_dir / ".cells.parquet.tmp"
+    cells.to_parquet(tmp, index=False)
+    os.replace(tmp, run_dir / "cells.parquet")
+    paths["cells"] = run_dir / "cells.parquet"
+    if options.keep_embeddings and (emb := _write_embeddings(cells, df, store, run_dir / "embeddings.npz")):
+        paths["embeddings"] = emb
+    if options.report:
+        from ..report.cells import write_cell_report
+
+        tmp = run_dir / ".report.html.tmp"
+        write_cell_report(tmp, df, store=store, record=record, pipeline=options.pipeline, provenance=provenance)
+        os.replace(tmp, run_dir / "report.html")
+        paths["report"] = run_dir / "report.html"
+    return df, paths
