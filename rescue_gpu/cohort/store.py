@@ -106,6 +106,17 @@ class run_lock:
         self._fh.close()
 
 
+_CHUNK_BYTES = 8 << 20
+
+
+def _chunks(a: np.ndarray) -> tuple[int, ...] | None:
+    """One chunk for small arrays; row blocks of about 8 MB for large ones (per-cell tables of a big sample)."""
+    if not a.size:
+        return None
+    row = max(1, a.nbytes // max(1, a.shape[0]))
+    return (max(1, min(a.shape[0], _CHUNK_BYTES // row)), *a.shape[1:])
+
+
 class RunStore:
     """The Zarr run store of one run directory (see the module docstring for the layout)."""
 
@@ -164,7 +175,7 @@ class RunStore:
         group = self.samples.create_group(key, overwrite=True)
         for name, a in (arrays or {}).items():
             a = np.ascontiguousarray(a)
-            group.create_array(name, data=a, chunks=a.shape if a.size else None, overwrite=True)
+            group.create_array(name, data=a, chunks=_chunks(a), overwrite=True)
         group.attrs.update({"record": _jsonable(record), "done": True})
 
     def image(self, sample_id: str) -> np.ndarray | None:
