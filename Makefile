@@ -22,6 +22,7 @@ test: install
 
 demo: install
 	$(VENV)/bin/rescue demo --out $(DEMO_OUT)
+	$(VENV)/bin/rescue cells demo --out $(DEMO_OUT)/cells
 
 bench: install
 	$(PY) benchmarks/bench_fcs.py
@@ -29,6 +30,7 @@ bench: install
 	$(PY) benchmarks/bench_projection.py
 	$(PY) benchmarks/bench_engine.py
 	$(PY) benchmarks/bench_cohort.py
+	$(PY) benchmarks/bench_cells.py --e2e
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -7,7 +7,8 @@ from typing import Any
 
 from rich.console import Console
 
-__all__ = ["EXIT_OK", "EXIT_UNEXPECTED", "EXIT_USAGE", "EXIT_SAMPLES_FAILED", "console", "err_console", "progress"]
+__all__ = ["EXIT_OK", "EXIT_UNEXPECTED", "EXIT_USAGE", "EXIT_SAMPLES_FAILED", "console", "err_console", "progress",
+           "RunProgress"]
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
 
@@ -43,3 +44,33 @@ class progress:
 
     def __exit__(self, *exc: object) -> None:
         self._bar.stop()
+
+
+class RunProgress:
+    """Callbacks of a scoring run: print the cluster and sample counts at start, then a progress bar.
+
+    Use as a context manager; pass :meth:`on_start` and :meth:`on_progress` to the runner.
+    """
+
+    def __init__(self, what: str = "scoring") -> None:
+        self.what, self._bar = what, None
+
+    def on_start(self, cluster: str, n_todo: int, n_skipped: int) -> None:
+        """Say where the run goes and how much there is to do; open the bar."""
+        console.print(f"cluster: {cluster}", markup=False, highlight=False)
+        console.print(f"samples: {n_todo} to score, {n_skipped} already done (skipped)")
+        if n_todo:
+            self._bar = progress(self.what, n_todo)
+            self._bar.__enter__()
+
+    def on_progress(self, i: int, n: int, **fields: Any) -> None:
+        """Advance the bar (see :meth:`progress.advance`)."""
+        if self._bar is not None:
+            self._bar.advance(i, n, **fields)
+
+    def __enter__(self) -> RunProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)

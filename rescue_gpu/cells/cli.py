@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cliutil import EXIT_SAMPLES_FAILED, console, err_console, progress
+from ..cliutil import EXIT_SAMPLES_FAILED, RunProgress, console, err_console, progress
 
 __all__ = ["register", "cells_app"]
 
@@ -104,22 +104,10 @@ def score(
     options = CellScoreOptions(pipeline=load_cell_pipeline(pipeline), engine=engine, precision=precision,
                                samples_per_task=samples_per_task, keep_embeddings=embeddings, gallery=gallery,
                                keep_identifiers=keep_identifiers, seed=seed, report=report)
-    bar: list[progress] = []
-
-    def on_start(cluster: str, n_todo: int, n_skipped: int) -> None:
-        console.print(f"cluster: {cluster}", markup=False, highlight=False)
-        console.print(f"samples: {n_todo} to score, {n_skipped} already done (skipped)")
-        if n_todo:
-            bar.append(progress("scoring", n_todo))
-            bar[0].__enter__()
-
-    try:
+    with RunProgress() as bar:
         summary = score_cells(inputs, model=model, out=out, options=options, runtime=runtime, scheduler=scheduler,
-                              in_process=in_process, dashboard_address=dashboard_address, on_start=on_start,
-                              on_progress=lambda *a, **k: bar[0].advance(*a, **k))
-    finally:
-        if bar:
-            bar[0].__exit__(None, None, None)
+                              in_process=in_process, dashboard_address=dashboard_address, on_start=bar.on_start,
+                              on_progress=bar.on_progress)
     _print_summary(summary)
     if summary.n_failed:
         raise typer.Exit(EXIT_SAMPLES_FAILED)

@@ -106,7 +106,8 @@ def run_cell_demo(out: str | Path, *, n_train_patients: int = 10, cells_per_clas
     """Simulate an imaging-flow library, train a small classifier, score the samples; see the module docstring.
 
     The demo trains ``architecture`` (ResNet-18 by default, so it runs in minutes on a laptop
-    CPU) for ``epochs`` epochs; the assay's pipeline uses ResNet-50.
+    CPU) for ``epochs`` epochs; the assay's pipeline uses ResNet-50. ``library/``,
+    ``cell-model/`` and ``cell-run/`` under ``out`` are replaced if present.
     """
     from ..config import RuntimeConfig
     from ..report.cells import readout_errors
@@ -114,8 +115,12 @@ def run_cell_demo(out: str | Path, *, n_train_patients: int = 10, cells_per_clas
     from .runner import CellScoreOptions, score_cells
     from .spec import load_cell_pipeline
 
+    import shutil
+
     t0 = time.perf_counter()
     root = Path(out)
+    for name in ("library", "cell-model", "cell-run"):  # a demo starts afresh
+        shutil.rmtree(root / name, ignore_errors=True)
     lib = simulate_cell_library(root / "library", assay="ifc", layout="channel-tiffs",
                                 n_train_patients=n_train_patients, cells_per_class=cells_per_class,
                                 n_samples=n_samples, cells_per_sample=cells_per_sample, seed=seed)

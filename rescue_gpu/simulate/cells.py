@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
-from scipy import ndimage, special
+from scipy import special
 
 from ..cells.write import write_channel_tiffs, write_image, write_stack
 from ..errors import ConfigError
