@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 
 __all__ = ["EXIT_OK", "EXIT_UNEXPECTED", "EXIT_USAGE", "EXIT_SAMPLES_FAILED", "console", "err_console", "progress",
-           "RunProgress"]
+           "RunProgress", "print_run"]
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
 
@@ -74,3 +74,16 @@ class RunProgress:
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
+
+
+def print_run(summary: Any, rate: str, table: Any) -> None:
+    """Print a scoring run's counts and ``rate``, where its outputs are, and each failed sample's error.
+
+    ``table`` is the run's score table (a DataFrame with ``sample_id``, ``status``, ``error``).
+    """
+    console.print(f"scored {summary.n_scored}/{summary.n_samples} samples ({summary.n_failed} failed, "
+                  f"{summary.n_skipped} skipped as already done) in {summary.seconds:.1f} s: {rate}")
+    for kind, path in summary.outputs.items():
+        console.print(f"{kind}: {path}", markup=False, highlight=False)
+    for _, row in table[table["status"] != "scored"].iterrows():
+        err_console.print(f"failed: {row['sample_id']}: {row['error']}", markup=False, highlight=False, soft_wrap=True)

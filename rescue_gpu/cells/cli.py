@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cliutil import EXIT_SAMPLES_FAILED, RunProgress, console, err_console, progress
+from ..cliutil import EXIT_SAMPLES_FAILED, RunProgress, console, print_run, progress
 
 __all__ = ["register", "cells_app"]
 
@@ -116,16 +116,10 @@ def score(
 def _print_summary(summary) -> None:  # noqa: ANN001 (CellRunSummary, imported lazily)
     import pandas as pd
 
-    console.print(f"scored {summary.n_scored}/{summary.n_samples} samples ({summary.n_failed} failed, "
-                  f"{summary.n_skipped} skipped as already done) in {summary.seconds:.1f} s: "
-                  f"{summary.cells_per_s:,.0f} cells/s")
-    for kind, path in summary.outputs.items():
-        console.print(f"{kind}: {path}", markup=False, highlight=False)
     df = pd.read_parquet(summary.outputs["parquet"])
     cols = ["sample_id", "n_cells", "leukaemic_pct", "ci_low_pct", "ci_high_pct", "call", "true_pct"]
     console.print(df[df["status"] == "scored"][cols].round(2).to_string(index=False), markup=False, highlight=False)
-    for _, row in df[df["status"] != "scored"].iterrows():
-        err_console.print(f"failed: {row['sample_id']}: {row['error']}", markup=False, highlight=False, soft_wrap=True)
+    print_run(summary, f"{summary.cells_per_s:,.0f} cells/s", df)
 
 
 @cells_app.command("demo")

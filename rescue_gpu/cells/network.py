@@ -17,7 +17,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from ..errors import ModelError
-from ..model.network import adapt_conv1_weight, load_torchvision_state_dict
+from ..model.network import load_backbone, load_torchvision_state_dict
 from .spec import ARCHITECTURES
 
 __all__ = ["CellNet", "build_backbone", "build_cell_model", "FEATURE_WIDTH"]
@@ -99,27 +99,6 @@ class CellNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def _load_backbone(model: CellNet, sd: dict[str, Tensor], source: str) -> None:
-    """Copy a torchvision state dict of ``model.architecture`` (``fc.*`` ignored) into ``model.backbone``."""
-    arch = model.architecture
-    sd = {k.removeprefix("module."): v for k, v in sd.items() if not k.removeprefix("module.").startswith("fc.")}
-    if "conv1.weight" in sd:
-        sd["conv1.weight"] = adapt_conv1_weight(sd["conv1.weight"], model.in_channels)
-    expected = set(model.backbone.state_dict())
-    missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
-    if missing or unexpected:
-        raise ModelError(f"{source}: not a torchvision {arch} state dict; missing keys {_few(missing)}, "
-                         f"unexpected keys {_few(unexpected)}. Pass a {arch} state dict or change model.architecture")
-    try:
-        model.backbone.load_state_dict(sd, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"{source}: weights do not fit {arch} ({exc}); pass a {arch} state dict") from None
-
-
-def _few(keys: list[str], n: int = 20) -> str:
-    return f"{keys[:n]}{' ...' if len(keys) > n else ''}"
-
-
 def build_cell_model(*, architecture: str, in_channels: int, n_classes: int, dropout: float = 0.0,
                      pretrained: str | Path = "") -> CellNet:
     """Build a :class:`CellNet`, optionally starting the backbone from local ImageNet weights.
@@ -147,5 +126,5 @@ def build_cell_model(*, architecture: str, in_channels: int, n_classes: int, dro
             raise ModelError(f"{path}: weights file not found; set model.pretrained to a LOCAL torchvision "
                              f"{architecture} state dict (.pth/.pt or .safetensors) or to '' for random "
                              "initialisation; nothing is downloaded")
-        _load_backbone(model, load_torchvision_state_dict(path), str(path))
+        load_backbone(model, load_torchvision_state_dict(path), str(path), architecture=architecture)
     return model

@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from ..errors import CellDataError, ConfigError, ModelError
-from ..model.train import _autocast, _scaler, resolve_device
+from ..model.train import _autocast, _scaler, resolve_device, train_step
 from .metrics import grouped_binary_metrics, grouped_rates, per_class_metrics
 from .network import CellNet, build_cell_model
 from .record import CellModelRecord
@@ -300,15 +300,8 @@ def _train_epoch(run: _Run, x: torch.Tensor, y: torch.Tensor) -> float:
         xb, yb = x[idx].to(run.device, non_blocking=True), y[idx].to(run.device, non_blocking=True)
         if run.spec.augment:
             xb = augment_batch(xb, generator=run.generator, max_shift=run.spec.max_shift)
-        run.optimizer.zero_grad(set_to_none=True)
-        with _autocast(run.device):
-            logits = run.model(xb)
-        loss = run.loss(logits.float(), yb)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.schedule.step()
-        total += float(loss.detach()) * idx.numel()
+        total += train_step(run.model, run.loss, xb, yb, optimizer=run.optimizer, scaler=run.scaler,
+                            schedule=run.schedule, device=run.device) * idx.numel()
         count += idx.numel()
     return total / max(count, 1)
 

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cliutil import EXIT_SAMPLES_FAILED, RunProgress, console, err_console
+from ..cliutil import EXIT_SAMPLES_FAILED, RunProgress, print_run
 
 __all__ = ["register", "score"]
 
@@ -64,14 +64,8 @@ def score(
 def _print_summary(summary) -> None:  # noqa: ANN001 (RunSummary, imported lazily)
     import pandas as pd
 
-    console.print(f"scored {summary.n_scored}/{summary.n_samples} samples ({summary.n_failed} failed, "
-                  f"{summary.n_skipped} skipped as already done) in {summary.seconds:.1f} s: "
-                  f"{summary.samples_per_s:.2f} samples/s, {summary.events_per_s:,.0f} events/s")
-    for kind, path in summary.outputs.items():
-        console.print(f"{kind}: {path}", markup=False, highlight=False)
-    df = pd.read_csv(summary.outputs["csv"], keep_default_na=False)
-    for _, row in df[df["status"] != "scored"].iterrows():
-        err_console.print(f"failed: {row['sample_id']}: {row['error']}", markup=False, highlight=False, soft_wrap=True)
+    print_run(summary, f"{summary.samples_per_s:.2f} samples/s, {summary.events_per_s:,.0f} events/s",
+              pd.read_csv(summary.outputs["csv"], keep_default_na=False))
 
 
 def register(app: typer.Typer) -> None:

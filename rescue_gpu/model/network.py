@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from ..config import HeadSpec
 from ..errors import ModelError
 
-__all__ = ["MrdNet", "build_model", "build_head", "adapt_conv1_weight", "load_torchvision_state_dict", "FEATURES"]
+__all__ = ["MrdNet", "build_model", "build_head", "adapt_conv1_weight", "load_torchvision_state_dict", "load_backbone",
+           "FEATURES"]
 
 FEATURES = 512
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
@@ -119,21 +120,28 @@ def load_torchvision_state_dict(path: str | Path) -> dict[str, Tensor]:
     return dict(sd)
 
 
-def _load_backbone(model: MrdNet, sd: dict[str, Tensor], source: str) -> None:
-    """Copy a torchvision resnet34 state dict (``fc.*`` ignored) into ``model.backbone``."""
+def load_backbone(model: nn.Module, sd: dict[str, Tensor], source: str, *, architecture: str = "resnet34") -> None:
+    """Copy a torchvision ``architecture`` state dict (``fc.*`` ignored) into ``model.backbone``.
+
+    ``conv1`` is adapted to ``model.in_channels`` (:func:`adapt_conv1_weight`); keys must
+    match exactly, else :class:`ModelError` lists the missing and unexpected ones.
+    """
     sd = {k.removeprefix("module."): v for k, v in sd.items() if not k.removeprefix("module.").startswith("fc.")}
     if "conv1.weight" in sd:
         sd["conv1.weight"] = adapt_conv1_weight(sd["conv1.weight"], model.in_channels)
     expected = set(model.backbone.state_dict())
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or unexpected:
-        raise ModelError(f"{source}: not a torchvision resnet34 state dict; missing keys {missing[:20]}"
-                         f"{' ...' if len(missing) > 20 else ''}, unexpected keys {unexpected[:20]}"
-                         f"{' ...' if len(unexpected) > 20 else ''}")
+        raise ModelError(f"{source}: not a torchvision {architecture} state dict; missing keys {_few(missing)}, "
+                         f"unexpected keys {_few(unexpected)}; pass a {architecture} state dict")
     try:
         model.backbone.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        raise ModelError(f"{source}: weights do not fit resnet34 ({exc})") from None
+        raise ModelError(f"{source}: weights do not fit {architecture} ({exc}); pass a {architecture} state dict") from None
+
+
+def _few(keys: list[str], n: int = 20) -> str:
+    return f"{keys[:n]}{' ...' if len(keys) > n else ''}"
 
 
 def build_model(*, in_channels: int, head: HeadSpec, pretrained: str | Path = "") -> MrdNet:
@@ -158,5 +166,5 @@ def build_model(*, in_channels: int, head: HeadSpec, pretrained: str | Path = ""
     """
     model = MrdNet(in_channels=in_channels, head=head)
     if str(pretrained):
-        _load_backbone(model, load_torchvision_state_dict(pretrained), str(pretrained))
+        load_backbone(model, load_torchvision_state_dict(pretrained), str(pretrained))
     return model

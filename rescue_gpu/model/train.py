@@ -164,6 +164,20 @@ def _make_trainer(pipeline: Pipeline, in_channels: int, y_train: np.ndarray, *, 
     return _Trainer(model, opt, sched, nn.BCEWithLogitsLoss(pos_weight=pos_weight), _scaler(device), device)
 
 
+def train_step(model: torch.nn.Module, loss_fn: Any, x: torch.Tensor, y: torch.Tensor, *, optimizer: Any,
+               scaler: Any, schedule: Any, device: torch.device) -> float:
+    """One optimiser step (autocast and gradient scaling on CUDA; plain fp32 on the CPU); the batch loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with _autocast(device):
+        logits = model(x)
+    loss = loss_fn(logits.float(), y)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    schedule.step()
+    return float(loss.detach())
+
+
 def _train_one_epoch(t: _Trainer, ds: MrdImageDataset, *, epoch: int, batch_size: int, seed: int) -> float:
     t.model.train()
     ds.set_epoch(epoch)
@@ -171,15 +185,8 @@ def _train_one_epoch(t: _Trainer, ds: MrdImageDataset, *, epoch: int, batch_size
     for idx in _batches(len(ds), batch_size, np.random.default_rng([seed, epoch])):
         x, target = _stack(ds, idx)
         x, target = x.to(t.device), target.to(t.device)
-        t.optimizer.zero_grad(set_to_none=True)
-        with _autocast(t.device):
-            logits = t.model(x)
-        loss = t.loss(logits.float(), target)
-        t.scaler.scale(loss).backward()
-        t.scaler.step(t.optimizer)
-        t.scaler.update()
-        t.schedule.step()
-        total += float(loss.detach()) * len(idx)
+        total += train_step(t.model, t.loss, x, target, optimizer=t.optimizer, scaler=t.scaler, schedule=t.schedule,
+                            device=t.device) * len(idx)
         count += len(idx)
     return total / max(count, 1)
 

@@ -10,7 +10,6 @@ sample; provenance.
 
 from __future__ import annotations
 
-import datetime as _dt
 import html
 import io
 from collections.abc import Mapping
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .html import _CSS, _fig_uri, _kv, _plt, _table, png_data_uri
+from .html import _fig_uri, _kv, _plt, _table, png_data_uri, write_page
 
 __all__ = ["write_cell_report", "cell_tile", "readout_errors"]
 
@@ -143,22 +142,15 @@ def write_cell_report(path: str | Path, df: pd.DataFrame, *, store: Any, record:
                "adjusted classify-and-count": bool(pipeline.readout.adjust and record.rates)}
     evaluation = {**_calls(df), **readout_errors(df)}
     shown = df.drop(columns=["input_sha256"], errors="ignore")
-    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>Written {when}.</p>",
-        f"<h2>Summary</h2>{_kv(summary)}",
-        f"<h2>Leukaemic percentage per sample</h2><img alt='readout' src='{_readout_plot(df, cutoff)}'>"
-        if len(scored) else "<h2>Leukaemic percentage per sample</h2><p>No scored samples.</p>",
-        f"<h2>Evaluation</h2>{_kv(evaluation) if evaluation else '<p>No labels or true fractions given.</p>'}",
-        f"<h2>Most leukaemic-looking cells</h2>{_gallery(df, store, limit=max(pipeline.readout.gallery, 1))}",
-        f"<h2>Model</h2>{_kv(_model(record))}",
-        "<h2>Failed samples</h2>" + ("<p>None.</p>" if (bad := df[df["status"] != "scored"]).empty
-                                     else _table(bad[["sample_id", "patient_id", "error"]])),
-        f"<h2>All samples</h2>{_table(shown)}",
-        f"<h2>Provenance</h2>{_kv(provenance)}",
-        "</body></html>",
-    ]
-    out = Path(path)
-    out.write_text("\n".join(parts), encoding="utf-8")
-    return out
+    bad = df[df["status"] != "scored"]
+    return write_page(path, title, [
+        ("Summary", _kv(summary)),
+        ("Leukaemic percentage per sample", f"<img alt='readout' src='{_readout_plot(df, cutoff)}'>"
+         if len(scored) else "<p>No scored samples.</p>"),
+        ("Evaluation", _kv(evaluation) if evaluation else "<p>No labels or true fractions given.</p>"),
+        ("Most leukaemic-looking cells", _gallery(df, store, limit=max(pipeline.readout.gallery, 1))),
+        ("Model", _kv(_model(record))),
+        ("Failed samples", "<p>None.</p>" if bad.empty else _table(bad[["sample_id", "patient_id", "error"]])),
+        ("All samples", _table(shown)),
+        ("Provenance", _kv(provenance)),
+    ])

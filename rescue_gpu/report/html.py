@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["write_report", "png_data_uri"]
+__all__ = ["write_report", "write_page", "png_data_uri"]
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
@@ -179,6 +179,18 @@ def _failed(df: pd.DataFrame) -> str:
     return "<p>None.</p>" if bad.empty else _table(bad)
 
 
+def write_page(path: str | Path, title: str, sections: list[tuple[str, str]]) -> Path:
+    """Write one self-contained HTML page: the title, when it was written, then ``(heading, html)`` sections."""
+    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>Written {when}.</p>"]
+    parts += [f"<h2>{html.escape(heading)}</h2>{body}" for heading, body in sections]
+    parts.append("</body></html>")
+    out = Path(path)
+    out.write_text("\n".join(parts), encoding="utf-8")
+    return out
+
+
 def write_report(path: str | Path, df: pd.DataFrame, *, images: Mapping[str, np.ndarray],
                  provenance: Mapping[str, Any], n_boot: int = 200, title: str = "rescue_gpu cohort report") -> Path:
     """Write the self-contained HTML report of a run.
@@ -198,20 +210,13 @@ def write_report(path: str | Path, df: pd.DataFrame, *, images: Mapping[str, np.
     """
     threshold = float(df["threshold"].iloc[0]) if len(df) else 0.5
     shown = df.drop(columns=["input_sha256"], errors="ignore")
-    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>Written {when}.</p>",
-        f"<h2>Summary</h2>{_kv(_summary(df, threshold))}",
-        f"<h2>Scores</h2><img alt='histogram of p_mrd' src='{_histogram(df, threshold)}'>",
-        f"<h2>Evaluation</h2>{_evaluation(df, threshold, n_boot)}",
-        f"<h2>Images</h2><p>Density images in the reference UMAP (first channel), highest p_mrd first.</p>"
-        f"{_gallery(df, images)}",
-        f"<h2>Failed samples</h2>{_failed(df)}",
-        f"<h2>All samples</h2>{_table(shown)}",
-        f"<h2>Provenance</h2>{_kv(provenance)}",
-        "</body></html>",
-    ]
-    out = Path(path)
-    out.write_text("\n".join(parts), encoding="utf-8")
-    return out
+    return write_page(path, title, [
+        ("Summary", _kv(_summary(df, threshold))),
+        ("Scores", f"<img alt='histogram of p_mrd' src='{_histogram(df, threshold)}'>"),
+        ("Evaluation", _evaluation(df, threshold, n_boot)),
+        ("Images", "<p>Density images in the reference UMAP (first channel), highest p_mrd first.</p>"
+                   f"{_gallery(df, images)}"),
+        ("Failed samples", _failed(df)),
+        ("All samples", _table(shown)),
+        ("Provenance", _kv(provenance)),
+    ])
