@@ -18,11 +18,7 @@ float16, ``gallery_saliency`` (G, S, S) float16, ``gallery_index`` (G,) and
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ..cohort.runner import (SampleResult, SampleTask, Work, pending_rows, run_batches, task_batches,
-                             worker_error_text)
+from ..cohort.runner import (SampleResult, SampleTask, Work, cached_state, pending_rows, run_batches, settings_hash,
+                             task_batches, worker_engine, worker_error_text)
 from ..config import RuntimeConfig
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 from ..records import software_versions
 from .spec import CellPipeline
 
@@ -121,10 +117,6 @@ def settings_record(options: CellScoreOptions, backend: str) -> dict[str, Any]:
             "keep_identifiers": options.keep_identifiers}
 
 
-def _hash(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
 def encode_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Strings as UTF-8 bytes (uint8) and offsets (int64, ``n + 1``): a portable Zarr layout."""
     raw = [str(v).encode("utf-8") for v in values]
@@ -141,10 +133,6 @@ def decode_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:
 
 # ----------------------------------------------------------------------------- worker side
 
-_STATE: dict[tuple, Any] = {}
-_STATE_LOCK = threading.Lock()
-
-
 @dataclass
 class _CellState:
     record: Any
@@ -155,29 +143,18 @@ class _CellState:
 def _load(job: CellJob) -> _CellState:
     import copy
 
-    from ..backend import resolve_backend
-    from ..engine import make_engine
     from .record import CellModelRecord
 
     rec = CellModelRecord.load(job.model_path)
-    if rec.sha256 != job.model_sha256:
-        raise ModelError(f"{job.model_path}: the model changed since the run started (sha256 differs)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the client already said which backend is used
-        backend = resolve_backend(job.backend)
-    engine = make_engine(rec, kind=job.options.engine, device="cuda" if backend == "gpu" else "cpu",
-                         precision=job.options.precision, batch_size=job.batch_size)
+    engine, _ = worker_engine(rec, path=job.model_path, sha256=job.model_sha256, backend=job.backend,
+                              kind=job.options.engine, precision=job.options.precision, batch_size=job.batch_size)
     return _CellState(rec, engine, copy.deepcopy(rec.model).cpu().eval())
 
 
 def cell_state(job: CellJob) -> _CellState:
     """The per-process model, engine and Grad-CAM network for ``job``, loaded on first use."""
     key = (job.model_path, job.model_sha256, job.backend, job.options.engine, job.options.precision, job.batch_size)
-    with _STATE_LOCK:
-        if key not in _STATE:
-            _STATE.clear()
-            _STATE[key] = _load(job)
-        return _STATE[key]
+    return cached_state(key, lambda: _load(job))
 
 
 def _base(task: SampleTask, job: CellJob) -> dict[str, Any]:
@@ -355,7 +332,7 @@ def score_cells(
     settings = settings_record(options, runtime.backend)
     with run_lock(run_dir):
         store = RunStore(run_dir / "store.zarr")
-        job = CellJob(str(Path(model).resolve()), rec.sha256, options, _hash(settings), runtime.backend,
+        job = CellJob(str(Path(model).resolve()), rec.sha256, options, settings_hash(settings), runtime.backend,
                       runtime.batch_size)
         identity = {"settings_hash": job.settings_hash, "model_sha256": job.model_sha256}
         todo, skipped = pending_rows(rows, store, identity, same_input=same_input)

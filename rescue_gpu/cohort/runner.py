@@ -45,7 +45,7 @@ from .store import RunStore, run_lock, sample_key
 __all__ = [
     "ScoreOptions", "WorkerJob", "SampleTask", "SampleResult", "RunSummary",
     "score_cohort", "score_tasks", "file_digest", "pending_rows", "IDENTIFYING_KEYWORDS", "Work", "FLOW",
-    "run_batches", "task_batches", "worker_error_text",
+    "run_batches", "task_batches", "worker_error_text", "worker_engine", "cached_state", "settings_hash",
 ]
 
 QC_FIELDS = ("non_finite", "saturated", "debris", "doublets", "n_events_out", "n_outside")
@@ -234,11 +234,40 @@ class _WorkerState:
     xp: ModuleType
 
 
+def worker_engine(record: Any, *, path: str, sha256: str, backend: str, kind: str, precision: str,
+                  batch_size: int) -> tuple[Any, str]:
+    """Check a model loaded on a worker against the client's checksum and build its engine.
+
+    Returns ``(engine, resolved backend)``. Raises :class:`ModelError` when the model
+    directory changed since the run started.
+    """
+    from ..backend import resolve_backend
+    from ..engine import make_engine
+    from ..errors import ModelError
+
+    if record.sha256 != sha256:
+        raise ModelError(f"{path}: the model changed since the run started (sha256 differs)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the client already said which backend is used
+        resolved = resolve_backend(backend)
+    engine = make_engine(record, kind=kind, device="cuda" if resolved == "gpu" else "cpu", precision=precision,
+                         batch_size=batch_size)
+    return engine, resolved
+
+
+def cached_state(key: tuple, load: Callable[[], Any]) -> Any:
+    """This process's state for ``key`` (model, engine, ...), loaded on first use; one run's at a time."""
+    with _STATE_LOCK:
+        if key not in _STATE:
+            _STATE.clear()
+            _STATE[key] = load()
+        return _STATE[key]
+
+
 def _load_state(job: WorkerJob) -> _WorkerState:
     """Load the reference and model and build the engine (checked against the client's checksums)."""
-    from ..backend import get_xp, resolve_backend
-    from ..engine import make_engine
-    from ..errors import ModelError, ReferenceDataError
+    from ..backend import get_xp
+    from ..errors import ReferenceDataError
     from ..model.record import ModelRecord
     from ..reference import Reference
 
@@ -246,13 +275,8 @@ def _load_state(job: WorkerJob) -> _WorkerState:
     if ref.fingerprint != job.reference_fingerprint:
         raise ReferenceDataError(f"{job.reference_path}: the reference changed since the run started (fingerprint differs)")
     rec = ModelRecord.load(job.model_path)
-    if rec.sha256 != job.model_sha256:
-        raise ModelError(f"{job.model_path}: the model changed since the run started (sha256 differs)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the client already said which backend is used
-        backend = resolve_backend(job.backend)
-    engine = make_engine(rec, kind=job.engine, device="cuda" if backend == "gpu" else "cpu",
-                         precision=job.precision, batch_size=job.batch_size)
+    engine, backend = worker_engine(rec, path=job.model_path, sha256=job.model_sha256, backend=job.backend,
+                                    kind=job.engine, precision=job.precision, batch_size=job.batch_size)
     return _WorkerState(ref, rec, engine, backend, get_xp(backend))
 
 
@@ -260,11 +284,7 @@ def worker_state(job: WorkerJob) -> _WorkerState:
     """The per-process reference, model and engine for ``job``, loaded on first use."""
     key = (job.reference_path, job.reference_fingerprint, job.model_path, job.model_sha256,
            job.backend, job.engine, job.precision, job.batch_size)
-    with _STATE_LOCK:
-        if key not in _STATE:
-            _STATE.clear()  # one run's model at a time per worker
-            _STATE[key] = _load_state(job)
-        return _STATE[key]
+    return cached_state(key, lambda: _load_state(job))
 
 
 def file_digest(path: str | Path, *, chunk: int = 1 << 22) -> tuple[str, int, int]:
