@@ -17,7 +17,6 @@ only score images prepared the way its training images were:
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, ModelError
-from ..model.network import load_torchvision_state_dict
-from ..model.record import ModelRecord, state_dict_sha256
-from ..records import new_record_dir, read_record_json, software_versions
+from ..model.record import ModelRecord, verified_state_dict, write_weights_dir
+from ..records import read_record_json, software_versions
 from .network import CellNet
 from .spec import CellPipeline, CellPreprocessSpec
 
@@ -151,13 +149,7 @@ class CellModelRecord:
         ModelError
             ``directory`` exists and ``overwrite`` is false.
         """
-        from safetensors.torch import save_file
-
-        out = new_record_dir(directory, overwrite=overwrite, error=ModelError)
-        sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(sd, str(out / _WEIGHTS), metadata={"format": FORMAT})
-        (out / "model.json").write_text(json.dumps(self.metadata(), indent=2, sort_keys=True, default=str))
-        return out
+        return write_weights_dir(directory, self.model, self.metadata(), fmt=FORMAT, overwrite=overwrite)
 
     @classmethod
     def load(cls, directory: str | Path, *, map_location: str = "cpu") -> CellModelRecord:
@@ -173,16 +165,7 @@ class CellModelRecord:
         root = Path(directory)
         meta = read_record_json(root / "model.json", fmt=FORMAT, what="cell model", version=FORMAT_VERSION,
                                 error=ModelError, missing_hint="train one with 'rescue cells train'")
-        weights = root / str(meta.get("weights", _WEIGHTS))
-        if not weights.is_file():
-            raise ModelError(f"{root}: no weights file ({weights.name}); the model directory is incomplete, "
-                             "copy it again or retrain")
-        sd = load_torchvision_state_dict(weights)
-        digest = state_dict_sha256(sd)
-        if meta.get("sha256") != digest:
-            raise ModelError(f"{root}: weights sha256 {digest[:12]}... does not match model.json "
-                             f"({str(meta.get('sha256'))[:12]}...); the weights were altered or corrupted, "
-                             "copy the model again or retrain")
+        sd = verified_state_dict(root, meta)
         try:
             return _from_meta(cls, meta, sd, map_location)
         except (KeyError, TypeError, ValueError, RuntimeError, ConfigError, ModelError) as exc:

@@ -31,7 +31,8 @@ from ..errors import ModelError
 from ..records import new_record_dir, raster_from_dict, read_record_json, software_versions
 from .network import MrdNet, load_torchvision_state_dict
 
-__all__ = ["ModelRecord", "import_state_dict", "state_dict_sha256", "expected_channels", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["ModelRecord", "import_state_dict", "state_dict_sha256", "write_weights_dir", "verified_state_dict",
+           "expected_channels", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "rescue-model"
 FORMAT_VERSION = 1
@@ -132,14 +133,7 @@ class ModelRecord:
         ModelError
             ``path`` exists and ``overwrite`` is false.
         """
-        from safetensors.torch import save_file
-
-        out = new_record_dir(path, overwrite=overwrite, error=ModelError)
-        sd = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-        save_file(sd, str(out / "weights.safetensors"), metadata={"format": FORMAT})
-        meta = self.metadata()
-        (out / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        return out
+        return write_weights_dir(path, self.model, self.metadata(), fmt=FORMAT, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | Path, *, map_location: str = "cpu") -> ModelRecord:
@@ -153,11 +147,7 @@ class ModelRecord:
         """
         root = Path(path)
         meta = _read_meta(root)
-        sd = _read_weights(root, meta)
-        digest = state_dict_sha256(sd)
-        if meta.get("sha256") != digest:
-            raise ModelError(f"{root}: weights sha256 {digest[:12]}... does not match model.json "
-                             f"({str(meta.get('sha256'))[:12]}...); the weights were altered or corrupted, re-export the model")
+        sd = verified_state_dict(root, meta)
         try:
             head, raster = _head_from(meta["head"]), raster_from_dict(meta["raster"])
             model = MrdNet(in_channels=int(meta["in_channels"]), head=head)
@@ -212,6 +202,35 @@ def _mismatches(rec: ModelRecord, reference: Any) -> list[str]:
 
 def _fmt(v: Any) -> str:
     return str(list(v)) if isinstance(v, tuple) else str(v)
+
+
+def write_weights_dir(directory: str | Path, model: torch.nn.Module, meta: dict[str, Any], *, fmt: str,
+                      overwrite: bool = False) -> Path:
+    """Write ``weights.safetensors`` (the model's state dict) and ``model.json`` (``meta``) into a new directory."""
+    from safetensors.torch import save_file
+
+    out = new_record_dir(directory, overwrite=overwrite, error=ModelError)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(sd, str(out / "weights.safetensors"), metadata={"format": fmt})
+    (out / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return out
+
+
+def verified_state_dict(root: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights of a model directory, after checking their sha256 against ``model.json``.
+
+    Raises
+    ------
+    ModelError
+        No weights file, an unreadable one, or a sha256 that differs (altered or corrupt).
+    """
+    sd = _read_weights(root, meta)
+    digest = state_dict_sha256(sd)
+    if meta.get("sha256") != digest:
+        raise ModelError(f"{root}: weights sha256 {digest[:12]}... does not match model.json "
+                         f"({str(meta.get('sha256'))[:12]}...); the weights were altered or corrupted, "
+                         "copy the model again, re-export or retrain it")
+    return sd
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
