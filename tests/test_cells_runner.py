@@ -219,3 +219,21 @@ def test_cli_score_exit_codes(lib, model_dir, tmp_path, capsys):
     rc = main(["cells", "score", str(lib.samples_manifest), "--model", str(tmp_path / "nope"), "--out",
                str(tmp_path / "run2"), *common])
     assert rc == 2 and "nope" in capsys.readouterr().err
+
+
+def test_embeddings_export_caps_cells_per_sample(run, pipe, tmp_path):
+    from rescue_gpu.cells.outputs import write_embeddings
+
+    df = pd.read_parquet(run.outputs["parquet"])
+    store = RunStore(run.run_dir / "store.zarr")
+    path = write_embeddings(df, store, tmp_path / "e.npz", classes=pipe.classes.names,
+                            leukaemic_index=pipe.classes.leukaemic_index(), per_sample=7)
+    emb = np.load(path)
+    assert emb["embeddings"].shape == (3 * 7, 512)
+    cells = pd.read_parquet(run.outputs["cells"])
+    for sid in df["sample_id"]:
+        ids = list(emb["cell_id"][emb["sample_id"] == sid])
+        order = list(cells.loc[cells["sample_id"] == sid, "cell_id"])
+        assert len(ids) == 7 and ids == [c for c in order if c in ids]  # a subset, in cell order
+        rows = [order.index(c) for c in ids]
+        np.testing.assert_array_equal(emb["embeddings"][emb["sample_id"] == sid], store.array(sid, "embeddings")[rows])

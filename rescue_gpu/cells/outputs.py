@@ -4,9 +4,10 @@
   (adjusted), its interval, the call at the cutoff, the raw share, class fractions, the
   known true % where the manifest gives it, status and error.
 - ``cells.parquet``: one row per cell: sample, cell id, predicted class, leukaemic
-  probability and every class probability.
-- ``embeddings.npz``: penultimate-layer features (float16) with sample and cell ids and the
-  predicted class, for plotting (UMAP/t-SNE/PCA of the cells).
+  probability and every class probability (written a sample at a time).
+- ``embeddings.npz``: penultimate-layer features (float16) of up to 500 cells per sample,
+  with sample and cell ids and the predicted class, for plotting (UMAP/t-SNE/PCA of the
+  cells); every cell's features stay in the run store.
 - ``report.html``: see :mod:`rescue_gpu.report.cells`.
 """
 
@@ -25,8 +26,10 @@ from ..cohort.manifest import ManifestRow
 from ..cohort.outputs import write_table
 from ..cohort.store import RunStore
 
-__all__ = ["cell_score_table", "cell_table", "write_cell_outputs", "SCORE_COLUMNS"]
+__all__ = ["cell_score_table", "sample_cells", "write_cells_parquet", "write_embeddings", "write_cell_outputs",
+           "SCORE_COLUMNS", "EMBEDDINGS_PER_SAMPLE"]
 
+EMBEDDINGS_PER_SAMPLE = 500
 SCORE_COLUMNS = ("sample_id", "patient_id", "timepoint", "label", "status", "error", "n_cells", "leukaemic_pct",
                  "ci_low_pct", "ci_high_pct", "cutoff_pct", "call", "q_raw_pct", "adjusted", "true_pct")
 
@@ -71,29 +74,57 @@ def _cell_ids(store: RunStore, sid: str) -> list[str]:
     return decode_strings(store.array(sid, "cell_id_bytes"), store.array(sid, "cell_id_offsets"))
 
 
-def cell_table(df: pd.DataFrame, store: RunStore, *, classes: Sequence[str],
-               leukaemic_index: Sequence[int]) -> pd.DataFrame:
-    """One row per cell of every scored sample: ids, predicted class, leukaemic and class probabilities."""
-    parts = []
-    for sid in df.loc[df["status"] == "scored", "sample_id"]:
-        probs = store.array(sid, "probs")
-        if probs is None:
+def _scored(df: pd.DataFrame) -> list[str]:
+    return list(df.loc[df["status"] == "scored", "sample_id"])
+
+
+def sample_cells(store: RunStore, sid: str, *, classes: Sequence[str], leukaemic_index: Sequence[int]) -> pd.DataFrame:
+    """One row per cell of one stored sample: ids, predicted class, leukaemic and class probabilities."""
+    probs = store.array(sid, "probs")
+    part = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
+    part.insert(0, "p_leukaemic", probs[:, list(leukaemic_index)].sum(axis=1))
+    part.insert(0, "predicted", np.asarray(classes)[probs.argmax(axis=1)] if len(probs) else [])
+    part.insert(0, "cell_id", _cell_ids(store, sid))
+    part.insert(0, "sample_id", sid)
+    return part
+
+
+def write_cells_parquet(df: pd.DataFrame, store: RunStore, path: Path, *, classes: Sequence[str],
+                        leukaemic_index: Sequence[int]) -> Path:
+    """``cells.parquet``, written one sample (one row group) at a time: memory stays one sample's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    schema = pa.schema([("sample_id", pa.string()), ("cell_id", pa.string()), ("predicted", pa.string()),
+                        ("p_leukaemic", pa.float32()), *((f"p_{c}", pa.float32()) for c in classes)])
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for sid in _scored(df):
+            part = sample_cells(store, sid, classes=classes, leukaemic_index=leukaemic_index)
+            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
+    os.replace(tmp, path)
+    return path
+
+
+def write_embeddings(df: pd.DataFrame, store: RunStore, path: Path, *, classes: Sequence[str],
+                     leukaemic_index: Sequence[int], per_sample: int = EMBEDDINGS_PER_SAMPLE,
+                     seed: int = 0) -> Path | None:
+    """``embeddings.npz`` for plotting: up to ``per_sample`` cells of each scored sample (a random subset
+    in cell order when a sample has more; every cell's embedding stays in the run store)."""
+    parts, feats = [], []
+    for sid in _scored(df):
+        emb = store.array(sid, "embeddings")
+        if emb is None:
             continue
-        part = pd.DataFrame(probs, columns=[f"p_{c}" for c in classes])
-        part.insert(0, "p_leukaemic", probs[:, list(leukaemic_index)].sum(axis=1))
-        part.insert(0, "predicted", np.asarray(classes)[probs.argmax(axis=1)] if len(probs) else [])
-        part.insert(0, "cell_id", _cell_ids(store, sid))
-        part.insert(0, "sample_id", sid)
-        parts.append(part)
-    cols = ["sample_id", "cell_id", "predicted", "p_leukaemic", *(f"p_{c}" for c in classes)]
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
-
-
-def _write_embeddings(cells: pd.DataFrame, df: pd.DataFrame, store: RunStore, path: Path) -> Path | None:
-    feats = [store.array(sid, "embeddings") for sid in df.loc[df["status"] == "scored", "sample_id"]]
-    feats = [f for f in feats if f is not None]
-    if not feats or sum(len(f) for f in feats) != len(cells):
+        cells = sample_cells(store, sid, classes=classes, leukaemic_index=leukaemic_index)
+        keep = np.arange(len(cells))
+        if len(keep) > per_sample:
+            keep = np.sort(np.random.default_rng([seed, len(parts)]).choice(len(keep), per_sample, replace=False))
+        parts.append(cells.iloc[keep])
+        feats.append(emb[keep])
+    if not parts:
         return None
+    cells = pd.concat(parts, ignore_index=True)
     tmp = path.with_name(".embeddings.tmp.npz")
     np.savez(tmp, embeddings=np.concatenate(feats).astype(np.float16), sample_id=cells["sample_id"].to_numpy(str),
              cell_id=cells["cell_id"].to_numpy(str), predicted=cells["predicted"].to_numpy(str),
@@ -108,12 +139,10 @@ def write_cell_outputs(rows: Sequence[ManifestRow], store: RunStore, run_dir: Pa
     classes = options.pipeline.classes.names
     df = cell_score_table(rows, store, classes=classes, truth=truth)
     paths = write_table(df, run_dir)
-    cells = cell_table(df, store, classes=classes, leukaemic_index=record.leukaemic_index)
-    tmp = run_dir / ".cells.parquet.tmp"
-    cells.to_parquet(tmp, index=False)
-    os.replace(tmp, run_dir / "cells.parquet")
-    paths["cells"] = run_dir / "cells.parquet"
-    if options.keep_embeddings and (emb := _write_embeddings(cells, df, store, run_dir / "embeddings.npz")):
+    index = record.leukaemic_index
+    paths["cells"] = write_cells_parquet(df, store, run_dir / "cells.parquet", classes=classes, leukaemic_index=index)
+    if options.keep_embeddings and (emb := write_embeddings(df, store, run_dir / "embeddings.npz", classes=classes,
+                                                            leukaemic_index=index, seed=options.seed)):
         paths["embeddings"] = emb
     if options.report:
         from ..report.cells import write_cell_report

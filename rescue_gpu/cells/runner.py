@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from ..cohort.runner import (SampleResult, SampleTask, Work, cached_state, pending_rows, run_batches, settings_hash,
-                             task_batches, worker_engine, worker_error_text)
+from ..cohort.runner import (RunSummary, SampleResult, SampleTask, Work, cached_state, pending_rows, run_batches,
+                             settings_hash, task_batches, worker_engine, worker_error_text)
 from ..config import RuntimeConfig
 from ..errors import ConfigError
 from ..records import software_versions
@@ -267,25 +267,18 @@ CELLS = Work(run=score_cell_tasks, fail=_lost, warm=_warm, unit="cells")
 # ----------------------------------------------------------------------------- client side
 
 
-@dataclass
-class CellRunSummary:
-    """The outcome of :func:`score_cells`."""
+class CellRunSummary(RunSummary):
+    """The outcome of :func:`score_cells`: a :class:`RunSummary` whose processed units are cells."""
 
-    run_dir: Path
-    n_samples: int
-    n_scored: int
-    n_failed: int
-    n_skipped: int
-    n_processed: int
-    cells_processed: int
-    seconds: float
-    cluster: str
-    outputs: dict[str, Path]
+    @property
+    def cells_processed(self) -> int:
+        """Cells classified in the processing phase."""
+        return self.events_processed
 
     @property
     def cells_per_s(self) -> float:
-        """Cells processed per second of the processing phase."""
-        return self.cells_processed / self.seconds if self.seconds > 0 else 0.0
+        """Cells classified per second of the processing phase."""
+        return self.events_per_s
 
 
 def score_cells(
