@@ -21,7 +21,7 @@ from .errors import ConfigError
 __all__ = [
     "TransformSpec", "PanelSpec", "QcSpec", "PreprocessSpec", "ReferenceSpec", "RasterSpec",
     "HeadSpec", "TrainSpec", "ModelSpec", "Pipeline", "RuntimeConfig",
-    "load_pipeline", "load_runtime", "parse_memory", "from_mapping", "PIPELINES_DIR",
+    "load_pipeline", "load_runtime", "parse_memory", "from_mapping", "PIPELINES_DIR", "pipeline_path", "read_toml",
 ]
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
@@ -328,7 +328,8 @@ def from_mapping(cls: type, data: dict[str, Any], *, file: str = "<config>", pre
         raise ConfigError(f"{file}: in '{prefix or cls.__name__}': {exc}") from None
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; :class:`ConfigError` when it is missing or invalid."""
     try:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
@@ -338,12 +339,16 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
 
 
+def pipeline_path(name_or_path: str | Path) -> Path:
+    """A pipeline file's path: ``name_or_path`` itself, or ``pipelines/<name>.toml`` for a bare name."""
+    path = Path(name_or_path)
+    return PIPELINES_DIR / f"{name_or_path}.toml" if not path.suffix and not path.exists() else path
+
+
 def load_pipeline(name_or_path: str | Path = "aml-mrd") -> Pipeline:
     """Load a pipeline file by path, or by name from the package's ``pipelines/`` folder."""
-    path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        path = PIPELINES_DIR / f"{name_or_path}.toml"
-    data = _read_toml(path)
+    path = pipeline_path(name_or_path)
+    data = read_toml(path)
     pipe = from_mapping(Pipeline, data, file=str(path))
     return dataclasses.replace(pipe, source=str(path))
 
@@ -354,7 +359,7 @@ def load_runtime(path: str | Path | None = None, **overrides: Any) -> RuntimeCon
     file = "<defaults>"
     if path is not None:
         file = str(path)
-        raw = _read_toml(Path(path))
+        raw = read_toml(Path(path))
         unknown = set(raw) - {"runtime"}
         if unknown:
             raise ConfigError(f"{file}: unknown table(s) {sorted(unknown)}; only [runtime] is read")

@@ -19,10 +19,9 @@ from pathlib import Path
 
 from ..cohort.manifest import ManifestRow, read_manifest
 from ..errors import ManifestError
+from .io import STACK_SUFFIXES
 
-__all__ = ["read_cell_manifest", "input_digest", "same_input", "STACK_SUFFIXES"]
-
-STACK_SUFFIXES = (".npy", ".npz")
+__all__ = ["read_cell_manifest", "input_digest", "same_input"]
 
 
 def _scan(folder: Path) -> list[ManifestRow]:

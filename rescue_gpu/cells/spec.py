@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ..config import PIPELINES_DIR, _read_toml, from_mapping
+from ..config import from_mapping, pipeline_path, read_toml
 from ..errors import ConfigError
 
 __all__ = [
@@ -211,10 +211,8 @@ def load_cell_pipeline(name_or_path: str | Path) -> CellPipeline:
         Missing file, invalid TOML, a flow pipeline (no ``kind = "cells"``), unknown keys,
         wrong types or bad values (the message names the key and the file).
     """
-    path = Path(name_or_path)
-    if not path.suffix and not path.exists():
-        path = PIPELINES_DIR / f"{name_or_path}.toml"
-    data = _read_toml(path)
+    path = pipeline_path(name_or_path)
+    data = read_toml(path)
     if data.get("kind") != "cells":
         raise ConfigError(f"{path}: not a single-cell image pipeline (it needs kind = \"cells\"); "
                           "flow-cytometry pipelines are used by 'rescue score', not 'rescue cells'")

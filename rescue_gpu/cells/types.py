@@ -64,10 +64,3 @@ class CellSet:
     def labelled(self) -> bool:
         """Whether every cell has a class label."""
         return len(self) > 0 and bool(np.all(self.labels != ""))
-
-    def subset(self, index: np.ndarray) -> CellSet:
-        """The cells at ``index`` (an integer or boolean array), as a new set."""
-        idx = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index, dtype=np.int64)
-        imgs = self.images[idx] if isinstance(self.images, np.ndarray) else [self.images[i] for i in idx]
-        return CellSet(imgs, self.channels, self.cell_ids[idx], self.labels[idx], self.patient_ids[idx],
-                       self.sample_ids[idx], self.source)
