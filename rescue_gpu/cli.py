@@ -1,11 +1,13 @@
 """The ``rescue`` command line: a thin layer that mirrors the Python API.
 
-Exit codes: 0 success, 2 usage or configuration errors (a clear message, no
-traceback), 3 some samples failed, 1 anything unexpected.
+Exit codes: 0 success, 2 usage or configuration errors and environment faults (a read-only
+or full file system: a clear one-line message, no traceback), 3 some samples failed, 1
+anything unexpected.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 import time
 from pathlib import Path
@@ -15,13 +17,16 @@ import typer
 from rich.table import Table
 
 from .cliutil import EXIT_OK, EXIT_SAMPLES_FAILED, EXIT_USAGE, console, err_console, progress
-from .errors import RescueError
+from .errors import OutputError, RescueError, os_errno
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="rescue_gpu: MRD detection at cohort scale.")
 fcs_app = typer.Typer(no_args_is_help=True, help="Read and check FCS files.")
 ref_app = typer.Typer(no_args_is_help=True, help="Build, import and check reference UMAPs.")
 app.add_typer(fcs_app, name="fcs")
 app.add_typer(ref_app, name="reference")
+
+# OSErrors that only writing raises (read-only, full, quota, too large): one line and exit 2, wherever they come from
+_WRITE_FAULTS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 PipelineOpt = Annotated[str, typer.Option("--pipeline", help="Pipeline name in pipelines/ or a TOML path.")]
 
@@ -111,6 +116,9 @@ def reference_build(
     console.print(f"fingerprint {ref.fingerprint[:16]}, extent {tuple(round(v, 2) for v in ref.extent)}")
     for sid, err in failed.items():
         err_console.print(f"skipped {sid}: {err}", markup=False, highlight=False)
+    for sid, texts in ref.provenance.get("sample_warnings", {}).items():
+        for text in texts:
+            err_console.print(f"warning: {sid}: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 @ref_app.command("import-umap")
@@ -137,7 +145,9 @@ def project_cmd(
     sample: Annotated[Path, typer.Argument(help="An FCS file.")],
     reference: Annotated[Path, typer.Option("--reference", help="Reference directory.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for coords.npy and image PNGs.")],
-    pipeline: PipelineOpt = "aml-mrd",
+    pipeline: Annotated[Optional[str], typer.Option(
+        "--pipeline", help="Pipeline name or TOML path. Default: the one the reference was built with.",
+        show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     backend: Annotated[str, typer.Option("--backend", help="auto | cpu | gpu")] = "auto",
 ) -> None:
@@ -146,12 +156,17 @@ def project_cmd(
 
     from .backend import to_numpy
     from .cohort.stages import load_events, project, rasterise
-    from .config import load_pipeline
     from .raster import save_png
     from .reference import Reference
+    from .reference.pipeline import resolve_pipeline
 
+    resolved = resolve_pipeline(reference, pipeline)
+    if resolved.note:
+        err_console.print(resolved.note, markup=False, highlight=False, soft_wrap=True)
     ref = Reference.load(reference)
-    events = load_events(sample, load_pipeline(pipeline))
+    events = load_events(sample, resolved.pipeline)
+    for text in events.warnings:
+        err_console.print(f"warning: {sample.name}: {text}", markup=False, highlight=False, soft_wrap=True)
     t0 = time.perf_counter()
     coords = project(ref, events, seed=seed, backend=backend)
     image, outside = rasterise(ref, coords, events)
@@ -235,6 +250,8 @@ def _print_qc_table(results: list[dict], pipe) -> None:
     for rec in results:
         if rec["error"]:
             err_console.print(f"failed: {rec['row'].sample_id}: {rec['error']}", markup=False, highlight=False)
+        for text in (rec["events"].warnings if rec["events"] is not None else ()):
+            err_console.print(f"warning: {rec['row'].sample_id}: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.exit_code)
     except typer.Abort:
         err_console.print("aborted")
+        return EXIT_USAGE
+    except OSError as exc:
+        if os_errno(exc) not in _WRITE_FAULTS:
+            raise
+        err_console.print(f"error: {OutputError(exc.filename, exc)}", markup=False, highlight=False)
         return EXIT_USAGE
     except Exception as exc:
         # click's (vendored by typer) usage errors: they know how to show themselves

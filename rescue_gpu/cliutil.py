@@ -12,10 +12,29 @@ __all__ = ["EXIT_OK", "EXIT_UNEXPECTED", "EXIT_USAGE", "EXIT_SAMPLES_FAILED", "c
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
 
-console = Console()
+
+class _Console(Console):
+    """A rich ``Console`` that never hard-wraps printed text when its file is not a terminal.
+
+    Piped, redirected or captured (logs, scripts, tests), a message stays one line however
+    long its paths are; tables are still laid out to the console's width. On a terminal,
+    rich wraps as usual. Decided at each print, as the file (``sys.stderr``) may change.
+    """
+
+    @property  # type: ignore[override]
+    def soft_wrap(self) -> bool:
+        """Soft wrap (no inserted line breaks): as set, and always when not writing to a terminal."""
+        return self._soft_wrap_set or not self.is_terminal
+
+    @soft_wrap.setter
+    def soft_wrap(self, value: bool) -> None:
+        self._soft_wrap_set = bool(value)
+
+
+console = _Console()
 if not console.is_terminal:  # piped or captured: do not squeeze tables into 80 columns
-    console = Console(width=140)
-err_console = Console(stderr=True)
+    console = _Console(width=140)
+err_console = _Console(stderr=True)
 
 
 class progress:
@@ -32,9 +51,12 @@ class progress:
                              TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=err_console,
                              transient=True)
         self._task = self._bar.add_task(what, total=total, info="")
+        self._shown = False
 
     def __enter__(self) -> Callable[..., None]:
-        self._bar.start()
+        self._shown = err_console.is_terminal  # piped or captured: no bar (rich would leave an empty line in logs)
+        if self._shown:
+            self._bar.start()
         return self.advance
 
     def advance(self, i: int, n: int, **fields: Any) -> None:
@@ -43,7 +65,8 @@ class progress:
         self._bar.update(self._task, completed=i + 1, total=n, info=info)
 
     def __exit__(self, *exc: object) -> None:
-        self._bar.stop()
+        if self._shown:
+            self._bar.stop()
 
 
 class RunProgress:

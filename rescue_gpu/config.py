@@ -22,9 +22,12 @@ __all__ = [
     "TransformSpec", "PanelSpec", "QcSpec", "PreprocessSpec", "ReferenceSpec", "RasterSpec",
     "HeadSpec", "TrainSpec", "ModelSpec", "Pipeline", "RuntimeConfig",
     "load_pipeline", "load_runtime", "parse_memory", "from_mapping", "PIPELINES_DIR", "pipeline_path", "read_toml",
+    "pipeline_record", "pipeline_from_record", "DEFAULT_PIPELINE",
 ]
 
 PIPELINES_DIR = Path(__file__).resolve().parent.parent / "pipelines"
+#: The pipeline commands fall back to when nothing else names one.
+DEFAULT_PIPELINE = "aml-mrd"
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,9 @@ class PreprocessSpec:
     """How raw stored values become the float32 events a reference sees.
 
     ``compensation`` is ``"file"`` (the sample's own spillover matrix, if any),
-    ``"none"``, or a path to a CSV spillover matrix with channel names.
+    ``"none"``, or a path to a CSV spillover matrix with channel names. With ``"file"`` a
+    matrix that does not fit its file fails the sample (never a silent uncompensated run);
+    a file without a matrix is processed uncompensated with a warning.
     """
 
     compensation: str = "file"
@@ -351,6 +356,31 @@ def load_pipeline(name_or_path: str | Path = "aml-mrd") -> Pipeline:
     data = read_toml(path)
     pipe = from_mapping(Pipeline, data, file=str(path))
     return dataclasses.replace(pipe, source=str(path))
+
+
+def pipeline_record(pipeline: Pipeline) -> dict[str, Any]:
+    """The whole validated pipeline as a JSON-ready record (every key, defaults filled in; no ``source``).
+
+    :func:`pipeline_from_record` turns it back into an equal :class:`Pipeline`; references
+    store it so later commands can take their pipeline from the reference.
+    """
+    record = dataclasses.asdict(pipeline)
+    record.pop("source", None)
+    return record
+
+
+def pipeline_from_record(record: dict[str, Any], *, file: str = "<stored pipeline>") -> Pipeline:
+    """A :class:`Pipeline` from :func:`pipeline_record`'s output, validated like a pipeline file.
+
+    Raises
+    ------
+    ConfigError
+        A key is unknown, has the wrong type, or a value is out of range (the message
+        names the key and ``file``).
+    """
+    if not isinstance(record, dict):
+        raise ConfigError(f"{file}: a stored pipeline must be a table, got {type(record).__name__}")
+    return dataclasses.replace(from_mapping(Pipeline, record, file=file), source=file)
 
 
 def load_runtime(path: str | Path | None = None, **overrides: Any) -> RuntimeConfig:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
-from collections.abc import Iterable
+import warnings
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .config import RasterSpec
 from .errors import RescueError
 
-__all__ = ["software_versions", "read_record_json", "raster_from_dict", "new_record_dir"]
+__all__ = ["software_versions", "read_record_json", "raster_from_dict", "new_record_dir", "RecordFormatWarning",
+           "settings_checksum", "check_settings_checksum", "update_record_json"]
+
+
+class RecordFormatWarning(UserWarning):
+    """An artifact in an older format was read: it loads, but lacks a protection of the current format."""
 
 
 def software_versions(packages: Iterable[str]) -> dict[str, str]:
@@ -63,3 +71,69 @@ def new_record_dir(path: str | Path, *, overwrite: bool, error: type[RescueError
         shutil.rmtree(out)
     out.mkdir(parents=True)
     return out
+
+
+def settings_checksum(weights_sha256: str, fields: Mapping[str, Any]) -> str:
+    """sha256 of a model: its weights' sha256 and the canonical JSON of every setting that changes a call.
+
+    ``fields`` is the record's own view (rebuilt from ``model.json`` on load), so an edit
+    of any of them in ``model.json`` changes the checksum.
+    """
+    text = json.dumps({"weights_sha256": weights_sha256, "settings": dict(fields)}, sort_keys=True,
+                      separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_settings_checksum(path: Path, meta: Mapping[str, Any], computed: str, *, since: int,
+                            error: type[RescueError], covers: str, fix: str, upgrade: str) -> None:
+    """Compare ``model.json``'s ``checksum`` with the one ``computed`` from the loaded record.
+
+    Parameters
+    ----------
+    path
+        The JSON record (named in messages).
+    meta
+        Its content.
+    computed
+        :func:`settings_checksum` of the record rebuilt from ``meta`` and the weights.
+    since
+        The first format version that stores a checksum. An older record without one
+        loads with a :class:`RecordFormatWarning` (its settings cannot be verified).
+    error
+        The error to raise.
+    covers
+        What the checksum protects, for messages (e.g. ``"threshold 0.5, temperature 1.0, ..."``).
+    fix
+        What to do about an edited record.
+    upgrade
+        How to protect an older record (e.g. the ``rescue model upgrade`` command).
+
+    Raises
+    ------
+    RescueError
+        ``error``: the checksum differs (the record was edited), or a record of format
+        ``since`` or newer has none.
+    """
+    stored = meta.get("checksum")
+    version = meta.get("format_version", 0)
+    if stored is None and isinstance(version, int) and version < since:
+        warnings.warn(f"{path}: format version {version} predates checksummed settings, so edits of {covers} "
+                      f"cannot be detected; check them, then {upgrade}", RecordFormatWarning, stacklevel=3)
+        return
+    if stored is None:
+        raise error(f"{path}: no 'checksum' (format version {version} has one), so {covers} cannot be verified; {fix}")
+    if stored != computed:
+        raise error(f"{path}: {covers} do not match the record's checksum ({str(stored)[:12]}... stored, "
+                    f"{computed[:12]}... now): the file was edited after it was written; {fix}")
+
+
+def update_record_json(path: Path, changes: Mapping[str, Any], *, error: type[RescueError]) -> None:
+    """Set keys of a JSON record in place (written to a temporary file, then renamed over it)."""
+    try:
+        meta = json.loads(path.read_text())
+        meta.update(changes)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except (OSError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: cannot update ({exc.__class__.__name__}: {exc})") from None

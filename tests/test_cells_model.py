@@ -180,7 +180,7 @@ def test_save_load_round_trip(record: CellModelRecord, tmp_path: Path) -> None:
     out = record.save(tmp_path / "m")
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "weights.safetensors"]
     meta = json.loads((out / "model.json").read_text())
-    assert meta["format"] == FORMAT and meta["format_version"] == 1 and meta["sha256"] == record.sha256
+    assert meta["format"] == FORMAT and meta["format_version"] == 2 and meta["sha256"] == record.sha256
     assert meta["classes"] == list(CLASSES) and meta["channels"] == ["Ch1", "Ch6"] and meta["preprocess"]["size"] == 32
     assert {"torch", "numpy"} <= set(meta["software"])
     back = CellModelRecord.load(out)
@@ -308,3 +308,33 @@ def test_grouped_binary_metrics_match_sklearn() -> None:
                      "n_pos": int(yb.sum()), "n_neg": int((1 - yb).sum())}
     only_neg = grouped_binary_metrics(np.array([1, 1, 3]), probs[:3], leukaemic_index=[0])
     assert only_neg["sensitivity"] is None and only_neg["roc_auc"] is None and only_neg["specificity"] is not None
+
+
+@pytest.mark.parametrize("edit", [{"temperature": 1.0}, {"rates": {"tpr": 1.0, "fpr": 0.0, "n_pos": 10, "n_neg": 40}},
+                                  {"leukaemic": ["lymphocyte"]}, {"preprocess": "stretch"}])
+def test_edited_cell_model_json_is_refused(record: CellModelRecord, tmp_path: Path, edit: dict) -> None:
+    out = record.save(tmp_path / "m")
+    meta = json.loads((out / "model.json").read_text())
+    if edit == {"preprocess": "stretch"}:
+        key = next(k for k, v in meta["preprocess"].items() if isinstance(v, float))
+        edit = {"preprocess": {**meta["preprocess"], key: meta["preprocess"][key] + 0.5}}
+    (out / "model.json").write_text(json.dumps({**meta, **edit}))
+    with pytest.raises(ModelError, match=r"model\.json: its settings \(temperature .*do not match the record's "
+                                         r"checksum.*restore the original model\.json.*retrain"):
+        CellModelRecord.load(out)
+
+
+def test_format_1_cell_model_loads_with_a_warning_then_upgrades(record: CellModelRecord, tmp_path: Path) -> None:
+    from rescue_gpu.records import RecordFormatWarning
+
+    out = record.save(tmp_path / "m")
+    meta = json.loads((out / "model.json").read_text())
+    del meta["checksum"]
+    (out / "model.json").write_text(json.dumps({**meta, "format_version": 1}))
+    with pytest.warns(RecordFormatWarning, match="format version 1 predates checksummed settings"):
+        assert CellModelRecord.load(out).checksum == record.checksum
+    CellModelRecord.upgrade(out)
+    assert json.loads((out / "model.json").read_text())["checksum"] == record.checksum
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CellModelRecord.load(out)

@@ -237,3 +237,29 @@ def test_embeddings_export_caps_cells_per_sample(run, pipe, tmp_path):
         assert len(ids) == 7 and ids == [c for c in order if c in ids]  # a subset, in cell order
         rows = [order.index(c) for c in ids]
         np.testing.assert_array_equal(emb["embeddings"][emb["sample_id"] == sid], store.array(sid, "embeddings")[rows])
+
+
+def test_provenance_has_the_resolved_device_and_checksum(run, model_dir):
+    from rescue_gpu.cohort.store import RunStore
+
+    store = RunStore(run.run_dir / "store.zarr")
+    rec = CellModelRecord.load(model_dir)
+    for s in store:
+        prov = store.read(s.sample_id).record["provenance"]
+        assert (prov["backend"], prov["engine"], prov["precision"]) == ("cpu", "torch", "fp32")
+        assert prov["model_checksum"] == rec.checksum
+    settings = store.run_meta()["settings"]
+    assert (settings["backend"], settings["engine"], settings["precision"]) == ("cpu", "torch", "fp32")
+
+
+def test_resume_rescores_after_a_new_temperature(lib, model_dir, pipe, tmp_path):
+    import dataclasses
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    out = tmp_path / "run"
+    assert _score(lib, model, out, pipe, gallery=0).n_processed == 3
+    dataclasses.replace(CellModelRecord.load(model), temperature=3.0).save(model, overwrite=True)
+    again = _score(lib, model, out, pipe, gallery=0)
+    assert (again.n_skipped, again.n_processed) == (0, 3)

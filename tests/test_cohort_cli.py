@@ -175,3 +175,116 @@ def test_bad_reference_or_model_exit_2(assets: dict[str, Path], tmp_path: Path, 
     assert res.returncode == 2 and "not a reference directory" in res.stderr
     meta = json.loads((assets["model"] / "model.json").read_text())
     assert meta["reference_fingerprint"]
+
+
+# ----------------------------------------------------------------------------- warnings, identifiers, help
+
+
+def _write_manifest(path: Path, rows: list[tuple[str, Path]]) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sample_id", "path", "patient_id"])
+        w.writerows([(sid, str(p), f"P-{sid}") for sid, p in rows])
+    return path
+
+
+def _spillover_variants(src: Path, d: Path) -> tuple[Path, Path, str]:
+    """``badspill.fcs`` (one ``$SPILLOVER`` channel name changed) and ``nospill.fcs`` (no matrix) made from ``src``."""
+    from rescue_gpu.fcs.spillover import SPILLOVER_KEYWORDS
+    from rescue_gpu.fcs.types import Spillover
+    from rescue_gpu.fcs.writer import spillover_value
+
+    f = read_fcs(src)
+    kw = {k: v for k, v in f.keywords.items() if k not in SPILLOVER_KEYWORDS}
+    names = list(f.spillover.channels)
+    names[1] = names[1][:-2] + "-Q"  # e.g. BV510-A -> BV510-Q: not a $PnN of the file
+    bad = write_fcs(d / "badspill.fcs", f.events, channels=f.channels, markers=f.markers,
+                    keywords={**kw, "$SPILLOVER": spillover_value(Spillover(tuple(names), f.spillover.matrix))})
+    none = write_fcs(d / "nospill.fcs", f.events, channels=f.channels, markers=f.markers, keywords=kw)
+    return bad, none, names[1]
+
+
+def test_bad_spillover_fails_the_sample_and_warnings_reach_every_output(assets: dict[str, Path], tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    from rescue_gpu.cohort.store import RunStore
+    from rescue_gpu.preprocess.compensation import NO_FILE_MATRIX
+
+    good = (assets["cohort"] / "fcs" / "S00000.fcs").resolve()
+    bad, none, changed = _spillover_variants(good, tmp_path)
+    manifest = _write_manifest(tmp_path / "m.csv", [("S00000", good), ("badspill", bad), ("nospill", none)])
+    out = tmp_path / "run"
+    res = run_here(["score", manifest, "--reference", assets["reference"], "--model", assets["model"], "--out", out,
+                    "--in-process"], capsys)
+    assert res.returncode == 3, res.stderr[-2000:]
+    df = pd.read_csv(out / "scores.csv", keep_default_na=False).set_index("sample_id")
+    assert dict(df["status"]) == {"S00000": "scored", "badspill": "failed", "nospill": "scored"}
+    assert changed in df.loc["badspill", "error"] and '"none"' in df.loc["badspill", "error"]
+    assert df.loc["S00000", "warnings"] == "" and df.loc["nospill", "warnings"] == NO_FILE_MATRIX
+    pq = pd.read_parquet(out / "scores.parquet").set_index("sample_id")
+    assert pq.loc["nospill", "warnings"] == NO_FILE_MATRIX and pq.loc["S00000", "warnings"] == ""
+    assert f"failed: badspill: [badspill]: compensation = \"file\"" in res.stderr and changed in res.stderr
+    assert f"warning: nospill: {NO_FILE_MATRIX}" in res.stderr and "warning: S00000" not in res.stderr
+    assert RunStore(out / "store.zarr").read("nospill").record["warnings"] == [NO_FILE_MATRIX]
+    assert RunStore(out / "store.zarr").read("S00000").record["warnings"] == []
+    html = (out / "report.html").read_text()
+    assert "<h2>Warnings</h2>" in html and "no spillover matrix in the file" in html
+
+
+def test_flagged_fcs_leaves_out_identifiers_unless_kept(assets: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    from rescue_gpu.fcs.spillover import SPILLOVER_KEYWORDS
+
+    sim = read_fcs(assets["cohort"] / "fcs" / "S00000.fcs")
+    src = write_fcs(tmp_path / "S00000.fcs", sim.events, channels=sim.channels, spillover=sim.spillover,
+                    markers=[f"{m} pt J Doe" if m else "" for m in sim.markers],  # free text in $PnS
+                    keywords={k: v for k, v in sim.keywords.items() if k not in SPILLOVER_KEYWORDS})
+    orig = read_fcs(src)
+    assert orig.keywords.get("$CYTSN") and orig.keywords.get("$INST") and orig.keywords.get("$DATE")
+    manifest = _write_manifest(tmp_path / "m.csv", [("S00000", src)])
+    flagged = {}
+    for keep in (False, True):
+        out = tmp_path / f"run-{keep}"
+        res = run_here(["score", manifest, "--reference", assets["reference"], "--model", assets["model_low"],
+                        "--out", out, "--in-process", "--flag-events", "--no-report",
+                        *(["--keep-identifiers"] if keep else [])], capsys)
+        assert res.returncode == 0, res.stderr[-2000:]
+        flagged[keep] = read_fcs(out / "flagged" / "S00000.fcs")
+    plain, kept = flagged[False], flagged[True]
+    for key in ("$CYTSN", "$INST", "$FIL", "$DATE", "$BTIM", "$ETIM", "TUBE NAME", "CREATOR"):
+        assert key not in plain.keywords, key
+        assert kept.keywords[key] == orig.keywords[key], key
+    assert plain.keywords["$CYT"] == orig.keywords["$CYT"] and plain.keywords["$TIMESTEP"] == orig.keywords["$TIMESTEP"]
+    cd34 = next(i for i, m in enumerate(orig.markers) if m.upper().startswith("CD34"))
+    assert "J Doe" in orig.markers[cd34] and plain.markers[cd34] == "CD34"  # $PnS: the panel's name, no free text
+    assert plain.markers[orig.channels.index("FSC-A")] == ""
+    assert kept.markers[:-1] == orig.markers  # --keep-identifiers: $PnS verbatim
+    assert plain.spillover is not None and plain.spillover.channels == orig.spillover.channels
+
+
+def test_flagged_keywords_allow_list_drops_serial_numbers() -> None:
+    from rescue_gpu.cohort.flag import flagged_keywords
+    from rescue_gpu.fcs.types import FcsData
+
+    kw = {"$CYT": "FACSCanto II (V96300015)", "$CYTSN": "V96300015", "$TIMESTEP": "0.01", "$SRC": "J. Doe",
+          "$INSTADDRESS": "1 Main St", "$SMNO": "12345", "$OP": "op", "$PROJ": "p", "$EXP": "e", "$COM": "c",
+          "$CELLS": "marrow", "$LAST_MODIFIER": "x", "$ORIGINALITY": "Original", "$SYS": "Windows host-7",
+          "CYTNUM": "V96300015", "$P1G": "2.0", "$P1R": "1024", "$P1V": "500", "SPILL": "1,FSC-A,1"}
+    fcs = FcsData(events=np.zeros((1, 1), np.float32), channels=["FSC-A"], markers=[""], keywords=kw, version="FCS3.1")
+    plain = flagged_keywords(fcs, keep_identifiers=False)
+    assert set(plain) == {"$TIMESTEP", "$P1R", "$P2R", "RESCUE_FLAG_NOTE"}  # $CYT with a serial number left out
+    fcs.keywords["$CYT"] = "FACSCanto II"
+    assert flagged_keywords(fcs, keep_identifiers=False)["$CYT"] == "FACSCanto II"
+    kept = flagged_keywords(fcs, keep_identifiers=True)
+    assert kept["$CYTSN"] == "V96300015" and kept["$SRC"] == "J. Doe" and kept["$P1V"] == "500"
+    assert "$P1G" not in kept and "SPILL" not in kept  # the values are written gain-applied, the matrix as $SPILLOVER
+
+
+def test_score_help_says_the_pipeline_comes_from_the_reference() -> None:
+    import typer
+
+    from rescue_gpu.cli import app
+
+    for name in ("score", "train", "project"):
+        command = typer.main.get_command(app).commands[name]
+        option = next(p for p in command.params if "--pipeline" in p.opts)
+        assert option.default is None and "the reference was built with" in option.help, name

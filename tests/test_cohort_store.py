@@ -158,3 +158,114 @@ def test_store_survives_being_copied(tmp_path: Path, sample_file: Path) -> None:
     store.write(_record("S1", sample_file), {"image": np.ones((1, 4, 4), np.float32)})
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     assert RunStore(tmp_path / "b" / "store.zarr").read("S1") is not None
+
+
+# ----------------------------------------------------------------------------- damaged stores (issue 11, section 2)
+
+
+def _group(tmp_path: Path, sid: str) -> Path:
+    return tmp_path / "store.zarr" / "samples" / sample_key(sid)
+
+
+def _chunk(tmp_path: Path, sid: str, name: str = "image") -> Path:
+    return next(p for p in (_group(tmp_path, sid) / name).rglob("*") if p.is_file() and p.name != "zarr.json")
+
+
+def _two_samples(tmp_path: Path, sample_file: Path) -> RunStore:
+    store = RunStore(tmp_path / "store.zarr")
+    for sid in ("S1", "S2"):
+        store.write(_record(sid, sample_file), {"image": np.full((1, 4, 4), 0.5, np.float32)})
+    return store
+
+
+@pytest.mark.parametrize("damage", ["deleted", "garbage", "same-size garbage", "array folder deleted"])
+def test_a_sample_with_damaged_arrays_is_not_done(tmp_path: Path, sample_file: Path, damage: str) -> None:
+    store = _two_samples(tmp_path, sample_file)
+    chunk = _chunk(tmp_path, "S1")
+    if damage == "deleted":
+        chunk.unlink()  # zarr would read the fill value: an all-zero image
+    elif damage == "garbage":
+        chunk.write_bytes(os.urandom(37))
+    elif damage == "same-size garbage":
+        chunk.write_bytes(bytes(b ^ 0xFF for b in chunk.read_bytes()))
+    else:
+        shutil.rmtree(_group(tmp_path, "S1") / "image")
+    for s in (store, RunStore(tmp_path / "store.zarr")):  # this process's store and a fresh one
+        assert s.read("S1") is None and [x.sample_id for x in s] == ["S2"]
+        rows = [ManifestRow("S1", sample_file), ManifestRow("S2", sample_file)]
+        todo, skipped = pending_rows(rows, s, IDENTITY)
+        assert [r.sample_id for r in todo] == ["S1"] and skipped == 1  # resume re-scores it
+        with pytest.raises(StoreError, match=r"sample 'S1'.*run the scoring command again"):
+            s.image("S1")  # never zeros
+        df = score_table(rows, s, threshold=0.4)
+        assert df.loc[0, "status"] == "failed" and np.isnan(df.loc[0, "p_mrd"])
+        assert "'S1'" in df.loc[0, "error"] and "damaged" in df.loc[0, "error"] and "again" in df.loc[0, "error"]
+        assert df.loc[1, "status"] == "scored"
+    store.write(_record("S1", sample_file), {"image": np.ones((1, 4, 4), np.float32)})  # re-scored
+    assert store.read("S1") is not None and store.image("S1").min() == 1.0
+
+
+def test_garbage_chunk_of_a_store_without_checksums_is_a_store_error(tmp_path: Path, sample_file: Path) -> None:
+    store = _two_samples(tmp_path, sample_file)
+    for sid in ("S1", "S2"):  # as written before per-file checksums existed
+        meta = _group(tmp_path, sid) / "zarr.json"
+        doc = json.loads(meta.read_text())
+        doc["attributes"].pop("files", None)
+        meta.write_text(json.dumps(doc))
+    old = RunStore(tmp_path / "store.zarr")
+    assert [s.sample_id for s in old] == ["S1", "S2"]  # old stores still load
+    np.testing.assert_array_equal(old.image("S2"), np.full((1, 4, 4), 0.5, np.float32))
+    _chunk(tmp_path, "S1").write_bytes(os.urandom(37))
+    with pytest.raises(StoreError, match=r"sample 'S1'.*cannot be read.*remove the folder .*S1"):
+        old.image("S1")
+
+
+def test_an_empty_array_can_be_stored(tmp_path: Path, sample_file: Path) -> None:
+    store = RunStore(tmp_path / "store.zarr")
+    store.write(_record("S1", sample_file), {"coords": np.zeros((0, 2), np.float32)})
+    assert store.array("S1", "coords").shape == (0, 2)
+
+
+# ----------------------------------------------------------------------------- long sample ids (issue 11, section 3)
+
+LONG_ASCII = "patient-" + "x" * 292
+LONG_CJK = "患者样本" * 8 + "骨髓"  # 34 characters: 306 bytes once percent-encoded
+
+
+def test_short_keys_are_unchanged() -> None:
+    assert sample_key("S001") == "S001"
+    assert sample_key("batch 1/S001") == "batch%201%2FS001"
+    assert sample_key(".x") == "%2Ex"
+    assert sample_key("患者") == "%E6%82%A3%E8%80%85"
+    assert sample_key("a" * 200) == "a" * 200
+
+
+@pytest.mark.parametrize("sid", [LONG_ASCII, LONG_CJK, "a" * 201, "%" * 100])
+def test_long_sample_ids_get_bounded_readable_unique_keys(tmp_path: Path, sample_file: Path, sid: str) -> None:
+    from urllib.parse import unquote
+
+    key = sample_key(sid)
+    assert len(key.encode()) <= 200 and "/" not in key and not key.startswith(".")
+    readable = unquote(key.rsplit("+", 1)[0])
+    assert readable and sid.startswith(readable)  # a readable prefix, never half an escape
+    assert sample_key(sid + "y") != key and sample_key(sid[:-1] + "z") != key
+    store = RunStore(tmp_path / "store.zarr")
+    store.write(_record(sid, sample_file), {"image": np.ones((1, 4, 4), np.float32)})
+    assert store.read(sid).record["sample_id"] == sid and store.image(sid).shape == (1, 4, 4)
+    assert [s.sample_id for s in RunStore(tmp_path / "store.zarr")] == [sid]
+
+
+def test_a_store_with_the_old_encoding_of_a_long_id_still_loads(tmp_path: Path, sample_file: Path) -> None:
+    from urllib.parse import quote
+
+    sid = "b" * 230  # its old key (230 bytes) fitted the file system; the new one is hashed
+    store = RunStore(tmp_path / "store.zarr")
+    store.write(_record(sid, sample_file), {"image": np.ones((1, 4, 4), np.float32)})
+    old_key = quote(sid, safe="-_.")
+    os.rename(tmp_path / "store.zarr" / "samples" / sample_key(sid), tmp_path / "store.zarr" / "samples" / old_key)
+    old = RunStore(tmp_path / "store.zarr")
+    assert old.read(sid) is not None and old.image(sid).shape == (1, 4, 4)
+    assert len(pending_rows([ManifestRow(sid, sample_file)], old, IDENTITY)[0]) == 0
+    old.write(_record(sid, sample_file, p_mrd=0.9), {"image": np.ones((1, 4, 4), np.float32)})
+    assert [s.record["p_mrd"] for s in old] == [0.9]  # rewritten under the new key, the old group gone
+    assert not (tmp_path / "store.zarr" / "samples" / old_key).exists()

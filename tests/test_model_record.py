@@ -190,3 +190,75 @@ def test_cli_import_and_export(tmp_path, reference: Reference) -> None:
     res = runner.invoke(app, ["model", "import", str(tmp_path / "ext.pt"), "--head", "hidden=8",
                               "--reference", str(ref_dir), "--out", str(tmp_path / "m2")])
     assert res.exit_code != 0 and isinstance(res.exception, ModelError)
+
+
+# ----------------------------------------------------------------------------- checksum of the whole record
+
+
+def test_checksum_covers_every_setting_that_changes_a_call(record: ModelRecord) -> None:
+    import dataclasses
+
+    base = record.checksum
+    for change in ({"threshold": 0.0}, {"temperature": 1.0}, {"reference_fingerprint": "0" * 64},
+                   {"raster": dataclasses.replace(record.raster, point_radius=2)}, {"image_size": 64},
+                   {"head": HeadSpec(hidden=(32,), dropout=0.2)}):
+        other = dataclasses.replace(record, **change)
+        assert other.checksum != base, change
+    assert dataclasses.replace(record, metrics={"auc": 0.5}, provenance={}).checksum == base  # informational only
+
+
+@pytest.mark.parametrize("key, value", [("threshold", 0.0), ("temperature", 3.0), ("reference_fingerprint", "0" * 64),
+                                        ("head", {"hidden": [32], "dropout": 0.5, "activation": "relu"}),
+                                        ("raster", "point_radius=3"), ("image_size", 64)])
+def test_edited_model_json_is_refused(tmp_path, record: ModelRecord, key: str, value) -> None:
+    path = record.save(tmp_path / "m")
+    meta = json.loads((path / "model.json").read_text())
+    meta[key] = {**meta["raster"], "point_radius": 3} if value == "point_radius=3" else value
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"model\.json: its settings \(threshold .*do not match the record's "
+                                         r"checksum.*edited.*restore the original model\.json.*retrain"):
+        ModelRecord.load(path)
+
+
+def test_deleted_checksum_is_refused(tmp_path, record: ModelRecord) -> None:
+    path = record.save(tmp_path / "m")
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["format_version"] == 2 and meta["checksum"] == record.checksum
+    del meta["checksum"]
+    meta["threshold"] = 0.0
+    (path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="no 'checksum'.*cannot be verified"):
+        ModelRecord.load(path)
+
+
+def _as_format_1(path) -> None:
+    """Rewrite a model.json as the previous rescue_gpu wrote it: format version 1, no checksum."""
+    meta = json.loads((path / "model.json").read_text())
+    del meta["checksum"]
+    (path / "model.json").write_text(json.dumps({**meta, "format_version": 1}, indent=2, sort_keys=True))
+
+
+def test_format_1_model_loads_with_a_warning_then_upgrades(tmp_path, record: ModelRecord) -> None:
+    import warnings
+
+    from rescue_gpu.records import RecordFormatWarning
+
+    path = record.save(tmp_path / "m")
+    _as_format_1(path)
+    with pytest.warns(RecordFormatWarning, match=r"format version 1 predates checksummed settings.*threshold 0\.4.*"
+                                                 r"rescue model upgrade"):
+        old = ModelRecord.load(path)
+    assert old.checksum == record.checksum and old.threshold == 0.4  # computed at load
+
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["model", "upgrade", str(path)])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["format_version"] == 2 and meta["checksum"] == record.checksum and meta["metrics"] == record.metrics
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ModelRecord.load(path).checksum == record.checksum
+    (path / "model.json").write_text(json.dumps({**meta, "threshold": 0.9}))
+    with pytest.raises(ModelError, match="edited"):
+        ModelRecord.load(path)

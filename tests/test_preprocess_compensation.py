@@ -139,3 +139,63 @@ def test_resolve_spillover_modes(tmp_path):
     path.write_text("FITC-A,PE-A\n1,0.1\n0.2,1\n")
     spill, source = resolve_spillover(_fcs(None), str(path))
     assert source == f"csv:{path}" and spill.channels == ("FITC-A", "PE-A")
+
+
+# ----------------------------------------------------------------------------- a file's own matrix that does not fit
+
+
+def _file_with_spillover(tmp_path, names, *, name="s.fcs"):
+    """An FCS file of CHANNELS whose ``$SPILLOVER`` names ``names`` (None: no matrix at all)."""
+    from rescue_gpu.fcs import write_fcs
+    from rescue_gpu.fcs.writer import spillover_value
+
+    rng = np.random.default_rng(0)
+    events = rng.uniform(1000.0, 50000.0, size=(300, len(CHANNELS))).astype(np.float32)
+    kw = {} if names is None else {"$SPILLOVER": spillover_value(Spillover(tuple(names), SPILL.matrix))}
+    return write_fcs(tmp_path / name, events, channels=CHANNELS, markers=["", "", "CD7", "CD56", "CD33", ""],
+                     keywords=kw)
+
+
+def _preprocess_file(path, compensation="file"):
+    from rescue_gpu.config import PanelSpec, PreprocessSpec, QcSpec
+    from rescue_gpu.fcs import read_fcs
+    from rescue_gpu.preprocess import preprocess
+
+    spec = PreprocessSpec(compensation=compensation, qc=QcSpec(remove_debris=False, remove_doublets=False))
+    return preprocess(read_fcs(path), panel=PanelSpec(markers=("CD7", "CD56", "CD33")), spec=spec)
+
+
+def test_file_matrix_with_a_changed_channel_name_fails_the_sample(tmp_path):
+    path = _file_with_spillover(tmp_path, ("PE-A", "FITC-X", "APC-A"))  # one $SPILLOVER name changed
+    with pytest.raises(CompensationError) as err:
+        _preprocess_file(path)
+    msg = str(err.value)
+    assert str(path) in msg and "'FITC-X'" in msg  # the file and the name that does not fit
+    assert "'FITC-A'" in msg  # the file's channels, to compare with
+    assert 'compensation = "file"' in msg and '"none"' in msg and "CSV" in msg  # the fixes
+
+
+def test_malformed_file_matrix_is_irrelevant_without_file_compensation(tmp_path):
+    path = _file_with_spillover(tmp_path, ("PE-A", "FITC-X", "APC-A"))
+    events = _preprocess_file(path, compensation="none")
+    assert events.qc["compensation"] == "none" and events.warnings == ()
+
+
+def test_file_without_matrix_is_processed_with_a_warning(tmp_path):
+    from rescue_gpu.preprocess.compensation import NO_FILE_MATRIX
+
+    none = _preprocess_file(_file_with_spillover(tmp_path, None, name="none.fcs"))
+    assert none.qc["compensation"] == "file:none" and none.warnings == (NO_FILE_MATRIX,)
+    assert ";" not in NO_FILE_MATRIX  # the warnings column joins warnings with "; "
+    good = _preprocess_file(_file_with_spillover(tmp_path, SPILL.channels, name="good.fcs"))
+    assert good.qc["compensation"] == "file:$SPILLOVER" and good.warnings == ()
+
+
+def test_qc_gate_that_cannot_run_is_a_warning(tmp_path):
+    from rescue_gpu.config import PanelSpec, PreprocessSpec
+    from rescue_gpu.fcs import read_fcs
+    from rescue_gpu.preprocess import preprocess
+
+    fcs = read_fcs(_file_with_spillover(tmp_path, SPILL.channels))
+    events = preprocess(fcs, panel=PanelSpec(markers=("CD7", "CD56", "CD33")), spec=PreprocessSpec())
+    assert any(w.startswith("QC gate not run: doublets") and "FSC-H" in w for w in events.warnings)

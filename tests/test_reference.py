@@ -130,3 +130,142 @@ def test_import_pickle_needs_trust(fitted_umap, tmp_path):
 def test_pipeline_raster_settings_reach_the_reference():
     pipe = load_pipeline("aml-mrd")
     assert pipe.raster.size == 128 and pipe.raster.channels == ("density",)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_deleted_fingerprint_is_an_error(small_ref, tmp_path, verify):
+    path = small_ref.save(tmp_path / "ref")
+    meta = json.loads((path / "reference.json").read_text())
+    del meta["fingerprint"]
+    (path / "reference.json").write_text(json.dumps(meta))
+    with pytest.raises(ReferenceDataError, match=r"reference\.json: no 'fingerprint'.*restore reference\.json.*rebuild"):
+        Reference.load(path, verify=verify)
+    (path / "reference.json").write_text(json.dumps({**meta, "fingerprint": None}))
+    with pytest.raises(ReferenceDataError, match="no 'fingerprint'"):
+        Reference.load(path, verify=verify)
+
+
+@pytest.mark.parametrize("edit", [{"markers": ["m0", "m1", "m3", "m2"]}, {"preprocess_fingerprint": ""},
+                                  {"extent": [0.0, 1.0, 0.0, 1.0]}])
+def test_edited_reference_json_is_refused(small_ref, tmp_path, edit):
+    path = small_ref.save(tmp_path / "ref")
+    meta = json.loads((path / "reference.json").read_text())
+    (path / "reference.json").write_text(json.dumps({**meta, **edit}))
+    with pytest.raises(ReferenceDataError, match="fingerprint does not match its contents"):
+        Reference.load(path)
+
+
+def test_edited_umap_params_and_raster_are_refused(small_ref, tmp_path):
+    path = small_ref.save(tmp_path / "ref")
+    meta = json.loads((path / "reference.json").read_text())
+    for key, sub in (("umap", "n_neighbors"), ("raster", "point_radius")):
+        edited = {**meta, key: {**meta[key], sub: meta[key][sub] + 1}}
+        (path / "reference.json").write_text(json.dumps(edited))
+        with pytest.raises(ReferenceDataError, match="fingerprint does not match"):
+            Reference.load(path)
+
+
+# ----------------------------------------------------------------------------- the pipeline a reference was built with
+
+
+def _custom_pipeline():
+    import dataclasses
+
+    from rescue_gpu.config import PanelSpec
+
+    pipe = load_pipeline("aml-mrd")
+    panel = PanelSpec(markers=CUSTOM_MARKERS, scatter=("FSC-A", "SSC-A"), aliases=pipe.panel.aliases)
+    return dataclasses.replace(pipe, name="lab-8", panel=panel, raster=RasterSpec(size=32))
+
+
+CUSTOM_MARKERS = ("CD45", "CD34", "CD117", "CD13", "CD33", "HLA-DR", "CD7", "CD56")
+
+
+def _tiny_ref(pipe, *, stored: bool, settings: bool = True):
+    from rescue_gpu.cohort.stages import pipeline_settings
+    from rescue_gpu.config import pipeline_record
+    from rescue_gpu.preprocess import preprocess_fingerprint
+    from rescue_gpu.projection.transform import UmapParams
+
+    n = len(pipe.panel.markers) + len(pipe.panel.scatter)
+    rng = np.random.default_rng(0)
+    return Reference(train_events=rng.random((50, n), dtype=np.float32), embedding=rng.random((50, 2), dtype=np.float32),
+                     params=UmapParams(random_state=0), markers=(*pipe.panel.markers, *pipe.panel.scatter),
+                     preprocess_fingerprint=preprocess_fingerprint(pipe.panel, pipe.preprocess), raster=pipe.raster,
+                     settings=pipeline_settings(pipe) if settings else {},
+                     pipeline=pipeline_record(pipe) if stored else None)
+
+
+def test_pipeline_record_round_trips_through_json():
+    from rescue_gpu.config import pipeline_from_record, pipeline_record
+
+    for pipe in (load_pipeline("aml-mrd"), _custom_pipeline()):
+        back = pipeline_from_record(json.loads(json.dumps(pipeline_record(pipe))), file="x")
+        assert pipeline_record(back) == pipeline_record(pipe) and back.source == "x"
+
+
+def test_reference_stores_its_whole_pipeline_and_commands_take_it(tmp_path):
+    from rescue_gpu.config import pipeline_record
+    from rescue_gpu.reference.pipeline import resolve_pipeline
+
+    pipe = _custom_pipeline()
+    path = _tiny_ref(pipe, stored=True).save(tmp_path / "ref")
+    meta = json.loads((path / "reference.json").read_text())
+    assert meta["pipeline"]["panel"]["markers"] == list(pipe.panel.markers)
+    assert {"panel", "preprocess", "reference", "raster", "model"} <= set(meta["pipeline"])
+    assert Reference.load(path).pipeline == meta["pipeline"]
+    got = resolve_pipeline(path)
+    assert got.note == "" and pipeline_record(got.pipeline) == pipeline_record(pipe)
+    assert resolve_pipeline(path, uses_model=True).note == ""
+
+
+def test_a_disagreeing_pipeline_is_an_error_naming_what_differs(tmp_path):
+    from rescue_gpu.config import PIPELINES_DIR
+    from rescue_gpu.errors import ConfigError
+    from rescue_gpu.reference.pipeline import resolve_pipeline
+
+    pipe = _custom_pipeline()
+    path = _tiny_ref(pipe, stored=True).save(tmp_path / "ref")
+    with pytest.raises(ConfigError) as err:
+        resolve_pipeline(path, "aml-mrd")
+    msg = str(err.value)
+    assert "--pipeline aml-mrd" in msg and str(path) in msg and "panel.markers" in msg
+    assert "not in the reference CD19, CD38" in msg and "raster.size: reference 32, --pipeline 128" in msg
+    assert "Leave out --pipeline" in msg
+    text = (PIPELINES_DIR / "aml-mrd.toml").read_text()  # the same science with other training settings is fine
+    old = 'markers = ["CD45", "CD34", "CD117", "CD33", "CD13", "HLA-DR", "CD7", "CD56", "CD19", "CD38"]'
+    assert old in text and "size = 128" in text and "max_epochs = 40" in text
+    text = text.replace(old, f"markers = {list(CUSTOM_MARKERS)}".replace("'", '"'))
+    (tmp_path / "same.toml").write_text(text.replace("size = 128", "size = 32").replace("max_epochs = 40", "max_epochs = 3"))
+    assert resolve_pipeline(path, str(tmp_path / "same.toml")).pipeline.model.train.max_epochs == 3
+
+
+def test_older_references_without_a_stored_pipeline_still_work(tmp_path):
+    from rescue_gpu.errors import ConfigError
+    from rescue_gpu.reference.pipeline import resolve_pipeline
+
+    pipe = _custom_pipeline()
+    legacy = _tiny_ref(pipe, stored=False).save(tmp_path / "legacy")  # as written before pipelines were stored
+    assert json.loads((legacy / "reference.json").read_text())["pipeline"] is None
+    got = resolve_pipeline(legacy)
+    assert got.pipeline.panel == pipe.panel and got.pipeline.preprocess == pipe.preprocess and got.note == ""
+    assert got.pipeline.raster == pipe.raster
+    noted = resolve_pipeline(legacy, uses_model=True)
+    assert "training settings come from the default pipeline 'aml-mrd'" in noted.note
+    bare = _tiny_ref(load_pipeline("aml-mrd"), stored=False, settings=False).save(tmp_path / "bare")
+    got = resolve_pipeline(bare)
+    assert got.pipeline.name == "aml-mrd" and "records no pipeline" in got.note and "--pipeline" in got.note
+    other = _tiny_ref(pipe, stored=False, settings=False).save(tmp_path / "other")
+    with pytest.raises(ConfigError, match="records no pipeline.*preprocesses differently.*pass --pipeline"):
+        resolve_pipeline(other)
+
+
+def test_an_edited_stored_pipeline_is_refused(tmp_path):
+    from rescue_gpu.reference.pipeline import resolve_pipeline
+
+    path = _tiny_ref(_custom_pipeline(), stored=True).save(tmp_path / "ref")
+    meta = json.loads((path / "reference.json").read_text())
+    meta["pipeline"]["preprocess"]["compensation"] = "none"
+    (path / "reference.json").write_text(json.dumps(meta))
+    with pytest.raises(ReferenceDataError, match="does not match the reference's preprocessing fingerprint"):
+        resolve_pipeline(path)

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from ..cohort.manifest import ManifestRow
-from ..cohort.outputs import write_table
+from ..cohort.outputs import replacing, write_table
 from ..cohort.store import RunStore
 
 __all__ = ["cell_score_table", "sample_cells", "write_cells_parquet", "write_embeddings", "write_cell_outputs",
@@ -60,8 +59,7 @@ def _num(v: Any) -> float:
 def cell_score_table(rows: Sequence[ManifestRow], store: RunStore, *, classes: Sequence[str],
                      truth: dict[str, float] | None = None) -> pd.DataFrame:
     """One row per manifest sample with its readout (see the module docstring)."""
-    records = [_score_row(m, (got.record if (got := store.read(m.sample_id)) else None), classes, truth or {})
-               for m in rows]
+    records = [_score_row(m, store.record(m.sample_id), classes, truth or {}) for m in rows]  # damaged: failed
     cols = [*SCORE_COLUMNS, *(f"frac_{c}" for c in classes), "input_sha256"]
     df = pd.DataFrame.from_records(records, columns=cols)
     df["n_cells"] = df["n_cells"].astype("Int64")
@@ -95,14 +93,12 @@ def write_cells_parquet(df: pd.DataFrame, store: RunStore, path: Path, *, classe
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(f".{path.name}.tmp")
     schema = pa.schema([("sample_id", pa.string()), ("cell_id", pa.string()), ("predicted", pa.string()),
                         ("p_leukaemic", pa.float32()), *((f"p_{c}", pa.float32()) for c in classes)])
-    with pq.ParquetWriter(tmp, schema) as writer:
+    with replacing(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         for sid in _scored(df):
             part = sample_cells(store, sid, classes=classes, leukaemic_index=leukaemic_index)
             writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
-    os.replace(tmp, path)
     return path
 
 
@@ -125,11 +121,10 @@ def write_embeddings(df: pd.DataFrame, store: RunStore, path: Path, *, classes: 
     if not parts:
         return None
     cells = pd.concat(parts, ignore_index=True)
-    tmp = path.with_name(".embeddings.tmp.npz")
-    np.savez(tmp, embeddings=np.concatenate(feats).astype(np.float16), sample_id=cells["sample_id"].to_numpy(str),
-             cell_id=cells["cell_id"].to_numpy(str), predicted=cells["predicted"].to_numpy(str),
-             p_leukaemic=cells["p_leukaemic"].to_numpy(np.float32))
-    os.replace(tmp, path)
+    with replacing(path, ".embeddings.tmp.npz") as tmp:  # np.savez adds .npz to a name without it
+        np.savez(tmp, embeddings=np.concatenate(feats).astype(np.float16),
+                 sample_id=cells["sample_id"].to_numpy(str), cell_id=cells["cell_id"].to_numpy(str),
+                 predicted=cells["predicted"].to_numpy(str), p_leukaemic=cells["p_leukaemic"].to_numpy(np.float32))
     return path
 
 
@@ -147,8 +142,7 @@ def write_cell_outputs(rows: Sequence[ManifestRow], store: RunStore, run_dir: Pa
     if options.report:
         from ..report.cells import write_cell_report
 
-        tmp = run_dir / ".report.html.tmp"
-        write_cell_report(tmp, df, store=store, record=record, pipeline=options.pipeline, provenance=provenance)
-        os.replace(tmp, run_dir / "report.html")
+        with replacing(run_dir / "report.html") as tmp:
+            write_cell_report(tmp, df, store=store, record=record, pipeline=options.pipeline, provenance=provenance)
         paths["report"] = run_dir / "report.html"
     return df, paths

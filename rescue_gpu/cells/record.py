@@ -6,10 +6,17 @@ Layout of ``MODEL_DIR``::
     model.json            format "rescue-cell-model", architecture, dropout, classes, the
                           leukaemic ones, input plane names, image size, preprocessing,
                           temperature, validation rates of the grouped leukaemic call,
-                          metrics, provenance, software versions and the weights' sha256
+                          metrics, provenance, software versions, the weights' sha256
+                          and the record's checksum
 
 The sha256 is :func:`~rescue_gpu.model.record.state_dict_sha256` (over the tensors, not
-the file bytes); :meth:`CellModelRecord.load` recomputes and compares it. A model must
+the file bytes). The ``checksum`` (format version 2) covers the weights' sha256 and
+every setting that changes a call or a readout: architecture, dropout, classes, the
+leukaemic ones, input planes, image size, preprocessing, temperature and the validation
+rates of the adjusted count. :meth:`CellModelRecord.load` recomputes both and refuses a
+difference; format version 1 records load with a
+:class:`~rescue_gpu.records.RecordFormatWarning` (the same migration as the MRD model,
+see :mod:`rescue_gpu.model.record`; ``rescue model upgrade`` protects them). A model must
 only score images prepared the way its training images were:
 :meth:`CellModelRecord.check_pipeline` lists every difference from a pipeline.
 """
@@ -17,6 +24,7 @@ only score images prepared the way its training images were:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,14 +34,16 @@ import torch
 
 from ..errors import ConfigError, ModelError
 from ..model.record import ModelRecord, verified_state_dict, write_weights_dir
-from ..records import read_record_json, software_versions
+from ..records import (RecordFormatWarning, check_settings_checksum, read_record_json, settings_checksum,
+                       software_versions, update_record_json)
 from .network import CellNet
 from .spec import CellPipeline, CellPreprocessSpec
 
 __all__ = ["CellModelRecord", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "rescue-cell-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CHECKSUM_SINCE = 2  # first format version whose model.json has a checksum
 _WEIGHTS = "weights.safetensors"
 
 
@@ -87,6 +97,18 @@ class CellModelRecord:
     # the same cached weights digest as ModelRecord (recomputed only when a tensor changes)
     sha256 = ModelRecord.sha256
 
+    def checksum_fields(self) -> dict[str, Any]:
+        """Every setting besides the weights that changes a call or a readout (what :attr:`checksum` covers)."""
+        return {"architecture": self.architecture, "dropout": float(self.model.dropout),
+                "classes": list(self.classes), "leukaemic": list(self.leukaemic), "channels": list(self.channels),
+                "image_size": int(self.image_size), "preprocess": dataclasses.asdict(self.preprocess),
+                "temperature": float(self.temperature), "rates": self.rates}
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the weights and :meth:`checksum_fields`."""
+        return settings_checksum(self.sha256, self.checksum_fields())
+
     @property
     def in_channels(self) -> int:
         """Planes of the network input."""
@@ -138,7 +160,7 @@ class CellModelRecord:
             "preprocess": dataclasses.asdict(self.preprocess), "temperature": float(self.temperature),
             "rates": self.rates, "metrics": self.metrics, "provenance": self.provenance,
             "software": software_versions(("rescue_gpu", "torch", "torchvision", "numpy", "safetensors")),
-            "weights": _WEIGHTS, "sha256": self.sha256,
+            "weights": _WEIGHTS, "sha256": self.sha256, "checksum": self.checksum,
         }
 
     def save(self, directory: str | Path, *, overwrite: bool = False) -> Path:
@@ -160,17 +182,47 @@ class CellModelRecord:
         ModelError
             Not a cell model directory, missing or unreadable files, another format or a
             newer format version, weights whose sha256 differs from ``model.json``
-            (altered or corrupt), or ``model.json`` and weights that do not fit together.
+            (altered or corrupt), ``model.json`` and weights that do not fit together, or
+            settings that do not match the record's checksum (``model.json`` edited).
+
+        Warns
+        -----
+        RecordFormatWarning
+            A format version 1 record (no checksum): loaded, its settings unverified.
         """
         root = Path(directory)
         meta = read_record_json(root / "model.json", fmt=FORMAT, what="cell model", version=FORMAT_VERSION,
                                 error=ModelError, missing_hint="train one with 'rescue cells train'")
         sd = verified_state_dict(root, meta)
         try:
-            return _from_meta(cls, meta, sd, map_location)
+            rec = _from_meta(cls, meta, sd, map_location)
         except (KeyError, TypeError, ValueError, RuntimeError, ConfigError, ModelError) as exc:
             raise ModelError(f"{root}: model.json and weights do not fit together "
                              f"({exc.__class__.__name__}: {exc})") from None
+        check_settings_checksum(
+            root / "model.json", meta, rec.checksum, since=CHECKSUM_SINCE, error=ModelError,
+            covers=(f"its settings (temperature {rec.temperature:g}, classes, leukaemic classes, input channels, "
+                    "image size, preprocessing, validation rates)"),
+            fix="restore the original model.json from a copy, or retrain the model ('rescue cells train')",
+            upgrade=f"run 'rescue model upgrade {root}' to protect them (or retrain)")
+        return rec
+
+    @classmethod
+    def upgrade(cls, directory: str | Path) -> CellModelRecord:
+        """Write the current format version and checksum into an older cell model's ``model.json`` (see :meth:`load`).
+
+        Raises
+        ------
+        ModelError
+            As :meth:`load`, or ``model.json`` cannot be rewritten.
+        """
+        root = Path(directory)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecordFormatWarning)
+            rec = cls.load(root)
+        update_record_json(root / "model.json", {"format_version": FORMAT_VERSION, "checksum": rec.checksum},
+                           error=ModelError)
+        return rec
 
     def check_pipeline(self, pipeline: CellPipeline) -> None:
         """Raise :class:`ModelError` listing every way images prepared by ``pipeline`` differ from the training images.

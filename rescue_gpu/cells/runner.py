@@ -20,18 +20,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..cohort.runner import (RunSummary, SampleResult, SampleTask, Work, cached_state, pending_rows, run_batches,
-                             settings_hash, task_batches, worker_engine, worker_error_text)
+from ..cohort.runner import (RunSummary, SampleResult, SampleTask, Work, announce_device, cached_state, pending_rows,
+                             resolve_run_device, run_batches, settings_hash, task_batches, worker_engine,
+                             worker_error_text)
 from ..config import RuntimeConfig
 from ..errors import ConfigError
 from ..records import software_versions
 from .spec import CellPipeline
+
+if TYPE_CHECKING:
+    from ..backend import DevicePlan
 
 __all__ = ["CellScoreOptions", "CellJob", "score_cells", "score_cell_tasks", "CELLS", "encode_strings",
            "decode_strings", "CellRunSummary"]
@@ -96,10 +100,11 @@ class CellJob:
 
     model_path: str
     model_sha256: str
-    options: CellScoreOptions
+    options: CellScoreOptions  # its engine and precision are the client's resolved values
     settings_hash: str
-    backend: str = "auto"
+    backend: str = "auto"  # resolved on the client ("cpu" | "gpu"); a worker refuses "auto"
     batch_size: int = 256
+    model_checksum: str = ""  # CellModelRecord.checksum
 
     @property
     def keep_identifiers(self) -> bool:
@@ -107,14 +112,27 @@ class CellJob:
         return self.options.keep_identifiers
 
 
-def settings_record(options: CellScoreOptions, backend: str) -> dict[str, Any]:
-    """The settings that change a sample's stored result (hashed for resume)."""
+def settings_record(options: CellScoreOptions, device: DevicePlan | str) -> dict[str, Any]:
+    """The settings that change a sample's stored result (hashed for resume).
+
+    ``device`` is the run's :class:`~rescue_gpu.backend.DevicePlan` (a backend name is
+    resolved here): the resolved backend, engine kind and precision, never ``"auto"``.
+    """
+    from ..backend import DevicePlan, plan_run_device
+
+    plan = device if isinstance(device, DevicePlan) else plan_run_device(
+        str(device), engine=_engine_kind(options), precision=options.precision)
     p = options.pipeline
     science = {"classes": asdict(p.classes), "input": asdict(p.input), "preprocess": asdict(p.preprocess),
                "readout": asdict(p.readout)}
-    return {"pipeline": science, "engine": options.engine, "precision": options.precision, "backend": backend,
+    return {"pipeline": science, **plan.record(),
             "keep_embeddings": options.keep_embeddings, "gallery": options.n_gallery, "seed": options.seed,
             "keep_identifiers": options.keep_identifiers}
+
+
+def _engine_kind(options: CellScoreOptions) -> str:
+    """The engine kind to resolve: ``"auto"`` means torch when embeddings are kept (TensorRT gives logits only)."""
+    return "torch" if options.engine == "auto" and options.keep_embeddings else options.engine
 
 
 def encode_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -147,19 +165,23 @@ def _load(job: CellJob) -> _CellState:
 
     rec = CellModelRecord.load(job.model_path)
     engine, _ = worker_engine(rec, path=job.model_path, sha256=job.model_sha256, backend=job.backend,
-                              kind=job.options.engine, precision=job.options.precision, batch_size=job.batch_size)
+                              kind=job.options.engine, precision=job.options.precision, batch_size=job.batch_size,
+                              checksum=job.model_checksum)
     return _CellState(rec, engine, copy.deepcopy(rec.model).cpu().eval())
 
 
 def cell_state(job: CellJob) -> _CellState:
     """The per-process model, engine and Grad-CAM network for ``job``, loaded on first use."""
-    key = (job.model_path, job.model_sha256, job.backend, job.options.engine, job.options.precision, job.batch_size)
+    key = (job.model_path, job.model_sha256, job.model_checksum, job.backend, job.options.engine,
+           job.options.precision, job.batch_size)
     return cached_state(key, lambda: _load(job))
 
 
 def _base(task: SampleTask, job: CellJob) -> dict[str, Any]:
     rec: dict[str, Any] = {"sample_id": task.sample_id, "status": "failed", "error": "", "n_cells": None,
                            "provenance": {"settings_hash": job.settings_hash, "model_sha256": job.model_sha256,
+                                          "model_checksum": job.model_checksum, "backend": job.backend,
+                                          "engine": job.options.engine, "precision": job.options.precision,
                                           "software": software_versions(_PACKAGES)}}
     if job.keep_identifiers:
         rec["provenance"]["input_path"] = task.path
@@ -310,8 +332,13 @@ def score_cells(
 
     Raises
     ------
-    ManifestError, ConfigError, ModelError, StoreError
+    ManifestError, ConfigError, ModelError, StoreError, BackendError
         Before any sample is processed.
+
+    Warns
+    -----
+    BackendFallbackWarning
+        Once, on the client, when ``runtime.backend = "auto"`` finds no GPU.
     """
     from ..cohort.store import RunStore, run_lock
     from .manifest import read_cell_manifest, same_input
@@ -322,19 +349,23 @@ def score_cells(
     rec = CellModelRecord.load(model)
     rec.check_pipeline(options.pipeline)
     run_dir = Path(out)
-    settings = settings_record(options, runtime.backend)
+    device = resolve_run_device(runtime, engine=_engine_kind(options), precision=options.precision,
+                                scheduler=None if in_process else scheduler)
+    settings = settings_record(options, device)
     with run_lock(run_dir):
         store = RunStore(run_dir / "store.zarr")
-        job = CellJob(str(Path(model).resolve()), rec.sha256, options, settings_hash(settings), runtime.backend,
-                      runtime.batch_size)
-        identity = {"settings_hash": job.settings_hash, "model_sha256": job.model_sha256}
+        resolved = replace(options, engine=device.engine, precision=device.precision)  # workers get no "auto"
+        job = CellJob(str(Path(model).resolve()), rec.sha256, resolved, settings_hash(settings), device.backend,
+                      runtime.batch_size, model_checksum=rec.checksum)
+        identity = {"settings_hash": job.settings_hash, "model_sha256": job.model_sha256,
+                    "model_checksum": job.model_checksum}
         todo, skipped = pending_rows(rows, store, identity, same_input=same_input)
         store.set_run({**identity, "kind": "cells", "settings": settings, "software": software_versions(_PACKAGES),
                        "n_samples": len(rows)})
         cluster, progress, seconds = run_batches(
             task_batches(todo, options.samples_per_task), job, work=CELLS, store=store, skipped=skipped,
             runtime=runtime, window=options.window, scheduler=scheduler, in_process=in_process,
-            dashboard=dashboard_address, on_start=on_start, on_progress=on_progress)
+            dashboard=dashboard_address, on_start=announce_device(on_start, device), on_progress=on_progress)
         provenance = {**identity, "cluster": cluster, "settings": settings, "software": software_versions(_PACKAGES),
                       "model": str(model) if options.keep_identifiers else Path(model).name}
         table, outputs = write_cell_outputs(rows, store, run_dir, record=rec, options=options, truth=truth,

@@ -13,9 +13,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cliutil import EXIT_SAMPLES_FAILED, RunProgress, print_run
+from ..cliutil import EXIT_SAMPLES_FAILED, RunProgress, err_console, print_run
 
-__all__ = ["register", "score"]
+__all__ = ["register", "score", "print_warnings"]
 
 
 def score(
@@ -23,7 +23,10 @@ def score(
     reference: Annotated[Path, typer.Option("--reference", help="Reference directory.")],
     model: Annotated[Path, typer.Option("--model", help="Model directory.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory (store.zarr, scores, report); run again to resume.")],
-    pipeline: Annotated[str, typer.Option("--pipeline", help="Pipeline name or TOML path (the reference's).")] = "aml-mrd",
+    pipeline: Annotated[Optional[str], typer.Option(
+        "--pipeline", help="Pipeline name or TOML path. Default: the pipeline the reference was built with "
+                           "(stored in it); one given here must have the reference's panel, preprocessing and raster.",
+        show_default=False)] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="Runtime config TOML ([runtime]).")] = None,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Existing Dask scheduler: tcp://host:8786 or a scheduler JSON file.")] = None,
     in_process: Annotated[bool, typer.Option("--in-process", help="No Dask: score in this process (debugging).")] = False,
@@ -44,12 +47,16 @@ def score(
     dashboard_address: Annotated[str, typer.Option("--dashboard-address", help="Embedded cluster dashboard (':0' any port).")] = ":8787",
 ) -> None:
     """Score a cohort: read, preprocess, project, rasterise and classify every sample on Dask."""
-    from ..config import load_pipeline, load_runtime
+    from ..config import load_runtime
+    from ..reference.pipeline import resolve_pipeline
     from .runner import ScoreOptions, score_cohort
 
     runtime = load_runtime(config, backend=backend, workers=workers, threads_per_worker=threads_per_worker,
                            memory_limit=memory_limit, batch_size=batch_size)
-    options = ScoreOptions(pipeline=load_pipeline(pipeline), seed=seed, engine=engine, precision=precision,
+    resolved = resolve_pipeline(reference, pipeline)
+    if resolved.note:
+        err_console.print(resolved.note, markup=False, highlight=False, soft_wrap=True)
+    options = ScoreOptions(pipeline=resolved.pipeline, seed=seed, engine=engine, precision=precision,
                            samples_per_task=samples_per_task, window=window, keep_coords=keep_coords,
                            keep_identifiers=keep_identifiers, flag_events=flag_events, report=report)
     with RunProgress() as bar:
@@ -64,8 +71,22 @@ def score(
 def _print_summary(summary) -> None:  # noqa: ANN001 (RunSummary, imported lazily)
     import pandas as pd
 
-    print_run(summary, f"{summary.samples_per_s:.2f} samples/s, {summary.events_per_s:,.0f} events/s",
-              pd.read_csv(summary.outputs["csv"], keep_default_na=False))
+    table = pd.read_csv(summary.outputs["csv"], keep_default_na=False)
+    print_run(summary, f"{summary.samples_per_s:.2f} samples/s, {summary.events_per_s:,.0f} events/s", table)
+    print_warnings(table)
+
+
+def print_warnings(table) -> None:  # noqa: ANN001 (a pandas DataFrame, imported lazily)
+    """Print each sample's warnings (the ``warnings`` column, ``"; "``-joined) on stderr, one per line."""
+    if "warnings" not in table.columns:
+        return
+    flagged = table[table["warnings"].astype(str) != ""]
+    for _, row in flagged.iterrows():
+        for text in str(row["warnings"]).split("; "):
+            err_console.print(f"warning: {row['sample_id']}: {text}", markup=False, highlight=False, soft_wrap=True)
+    if len(flagged):
+        err_console.print(f"{len(flagged)} sample(s) with warnings: see the 'warnings' column of scores.csv and report.html",
+                          markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

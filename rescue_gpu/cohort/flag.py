@@ -9,27 +9,53 @@
    removed by QC or outside the canvas get 0.
 
 The flagged file holds every original event with its original parameters (linear values,
-``$PnE``/``$PnG`` already applied, float32) plus ``RESCUE_FLAG``. Identifying keywords
-are copied only with ``keep_identifiers``.
+``$PnE``/``$PnG`` already applied, float32) plus ``RESCUE_FLAG``.
+
+Keywords. Without ``keep_identifiers`` the file keeps an allow-list, so that a keyword a
+vendor invents is left out rather than copied: the layout keywords the writer owns, the
+file's spillover matrix (as ``$SPILLOVER``), ``$PnN`` and ``$PnR`` of every parameter,
+``$PnS`` reduced to the pipeline's panel marker names (a matched parameter gets e.g.
+``CD34``, any other none: ``$PnS`` is free text and can hold anything), and
+:data:`KEPT_KEYWORDS` (``$CYT`` only when it holds nothing serial-number-like). Everything
+else is left out, among it ``$CYTSN``, ``$SRC``, ``$FIL``, ``$OP``, ``$INST``,
+``$INSTADDRESS``, ``$SMNO``, ``$PROJ``, ``$EXP``, ``$COM``, ``$CELLS``, ``$SYS``,
+``$DATE``, ``$BTIM``, ``$ETIM``, ``$BEGINDATETIME``, ``$ENDDATETIME``, ``$LAST_MODIFIED``,
+``$LAST_MODIFIER``, ``$ORIGINALITY``, ``$PLATEID``, ``$PLATENAME``, ``$WELLID``,
+``$CARRIERID``, ``$CARRIERTYPE``, ``$LOCATIONID``, gating keywords and every keyword
+without a ``$`` (``CYTNUM``, ``TUBE NAME``, ``EXPERIMENT NAME``, ...). With
+``keep_identifiers`` every keyword is copied, ``$PnS`` verbatim, except those that would
+describe the written values wrongly (``$PnG``, ``$PnE``, ``$PnB``, ``$PnDATATYPE``, the
+old spillover keywords).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..backend import to_numpy
-from ..config import Pipeline
+from ..config import PanelSpec, Pipeline
 from ..errors import RescueError
+from ..fcs.spillover import SPILLOVER_KEYWORDS
 from ..model.saliency import grad_cam
 
-__all__ = ["grad_cam", "driving_region", "flag_sample", "FLAG_PARAMETER", "SAFE_KEYWORDS"]
+__all__ = ["grad_cam", "driving_region", "flag_sample", "flagged_keywords", "flagged_markers", "FLAG_PARAMETER",
+           "KEPT_KEYWORDS", "SAFE_KEYWORDS"]
 
 FLAG_PARAMETER = "RESCUE_FLAG"
-SAFE_KEYWORDS = ("$CYT", "$CYTSN", "$TIMESTEP", "$VOL", "$TR")
+#: Keywords of the sample kept in its flagged file without ``keep_identifiers`` (an allow-list):
+#: instrument model, time step, volume and trigger. ``$CYT`` is dropped when serial-number-like.
+KEPT_KEYWORDS = ("$CYT", "$TIMESTEP", "$VOL", "$TR")
+SAFE_KEYWORDS = KEPT_KEYWORDS  # the former name
+#: A value that looks like a serial number: 5+ digits in a row, "S/N", "SN:" or "serial".
+_SERIAL_LIKE = re.compile(r"\d{5,}|\bS/?N\b|serial", re.IGNORECASE)
+#: Keywords never copied: they would describe the written (linear, float32, gain applied) values wrongly,
+#: or carry a second spillover matrix beside the $SPILLOVER the writer writes.
+_NOT_COPIED = re.compile(r"^(\$P\d+(E|G|B|R|DATATYPE)|\$COMP|\$DFC\d+TO\d+)$")
 
 
 def driving_region(cam: np.ndarray, *, mass: float = 0.5) -> np.ndarray:
@@ -45,9 +71,36 @@ def driving_region(cam: np.ndarray, *, mass: float = 0.5) -> np.ndarray:
     return region.reshape(cam.shape)
 
 
-def _keywords(fcs: Any, keep_identifiers: bool) -> dict[str, str]:
-    kw = fcs.keywords if keep_identifiers else {k: v for k, v in fcs.keywords.items() if k in SAFE_KEYWORDS}
-    out = {k: v for k, v in kw.items() if k not in ("$SPILLOVER", "SPILL", "$COMP", "$DFC")}
+def _kept(key: str, value: str) -> bool:
+    """Whether a keyword is on the allow-list (:data:`KEPT_KEYWORDS`, ``$CYT`` without a serial number)."""
+    return key in KEPT_KEYWORDS and not (key == "$CYT" and _SERIAL_LIKE.search(value))
+
+
+def flagged_markers(fcs: Any, panel: PanelSpec, keep_identifiers: bool) -> list[str]:
+    """``$PnS`` of the flagged file's original parameters.
+
+    With ``keep_identifiers`` the file's own texts; otherwise the panel's marker name for
+    each parameter the panel matched (``"CD34"`` for ``"CD34 PerCP-Cy5.5"``) and none for
+    the others, so free text in ``$PnS`` does not travel.
+    """
+    if keep_identifiers:
+        return list(fcs.markers)
+    from ..preprocess.panel import match_panel
+
+    names = [""] * fcs.n_parameters
+    if panel.markers:
+        for marker, col in zip(panel.markers, match_panel(fcs.channels, fcs.markers, panel)):
+            names[col] = marker
+    return names
+
+
+def flagged_keywords(fcs: Any, keep_identifiers: bool) -> dict[str, str]:
+    """The keywords a flagged file copies from its sample (see the module docstring), plus its own."""
+    spill = set(SPILLOVER_KEYWORDS)
+    if keep_identifiers:
+        out = {k: v for k, v in fcs.keywords.items() if k not in spill and not _NOT_COPIED.match(k)}
+    else:
+        out = {k: v for k, v in fcs.keywords.items() if _kept(k, v)}
     for i in range(1, fcs.n_parameters + 1):
         out[f"$P{i}R"] = fcs.keywords.get(f"$P{i}R", "262144")
     out[f"$P{fcs.n_parameters + 1}R"] = "2"
@@ -87,7 +140,8 @@ def flag_sample(
     mass
         Share of the attribution whose pixels form the driving region.
     keep_identifiers
-        Copy every keyword (names, dates, ``$SRC``, ``$FIL``) instead of the instrument ones only.
+        Copy every keyword (names, dates, serial numbers, ``$SRC``, ``$FIL``) and the
+        ``$PnS`` texts verbatim instead of the allow-list (see the module docstring).
     """
     from ..fcs import read_fcs, write_fcs
     from ..preprocess import preprocess
@@ -107,7 +161,8 @@ def flag_sample(
     linear = np.asarray(linear_values(fcs), dtype=np.float32)
     tmp = Path(out).with_suffix(".fcs.tmp")
     write_fcs(tmp, np.column_stack([linear, flags]), channels=[*fcs.channels, FLAG_PARAMETER],
-              markers=[*fcs.markers, "MRD flag"], keywords=_keywords(fcs, keep_identifiers),
+              markers=[*flagged_markers(fcs, pipeline.panel, keep_identifiers), "MRD flag"],
+              keywords=flagged_keywords(fcs, keep_identifiers),
               spillover=fcs.spillover)
     os.replace(tmp, out)
     return int(flags.sum())

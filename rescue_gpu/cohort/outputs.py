@@ -3,26 +3,37 @@
 One row per manifest sample, in manifest order. The manifest gives ``sample_id``,
 ``patient_id``, ``timepoint`` and ``label`` (so editing those columns needs no re-run);
 the store gives the scores, QC counts and status. No FCS keyword is copied here.
+
+``warnings`` holds a sample's non-fatal warnings (e.g. a ``"file"`` compensation on a file
+without a spillover matrix, a QC gate that could not run, a flagged file not written),
+joined by ``"; "`` (a ``;`` inside one warning becomes ``,``); empty when there are none.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ..errors import writing
 from .manifest import ManifestRow
 from .store import RunStore
 
-__all__ = ["COLUMNS", "QC_COLUMNS", "score_table", "write_outputs", "write_table"]
+__all__ = ["COLUMNS", "QC_COLUMNS", "score_table", "write_outputs", "write_table", "join_warnings", "replacing"]
 
 COLUMNS = ("sample_id", "patient_id", "timepoint", "p_mrd", "call", "threshold", "status", "error",
-           "n_events", "n_events_used", "label")
+           "n_events", "n_events_used", "label", "warnings")
 QC_COLUMNS = ("non_finite", "saturated", "debris", "doublets", "n_events_out", "n_outside")
+
+
+def join_warnings(warnings: Sequence[str] | None) -> str:
+    """One cell of the ``warnings`` column: the warnings joined by ``"; "`` ("" when none)."""
+    return "; ".join(str(w).replace(";", ",") for w in (warnings or ()))
 
 
 def _row(m: ManifestRow, record: dict[str, Any] | None, threshold: float) -> dict[str, Any]:
@@ -34,6 +45,7 @@ def _row(m: ManifestRow, record: dict[str, Any] | None, threshold: float) -> dic
         "p_mrd": float(p) if p is not None else math.nan, "call": rec.get("call") or "",
         "threshold": float(threshold), "status": rec.get("status", "failed"), "error": rec.get("error") or "",
         "n_events": rec.get("n_events"), "n_events_used": rec.get("n_events_used"),
+        "warnings": join_warnings(rec.get("warnings")),
     }
     out.update({k: qc.get(k) for k in QC_COLUMNS})
     out["input_sha256"] = (rec.get("provenance") or {}).get("input_sha256", "")
@@ -42,25 +54,45 @@ def _row(m: ManifestRow, record: dict[str, Any] | None, threshold: float) -> dic
 
 def score_table(rows: Sequence[ManifestRow], store: RunStore, *, threshold: float) -> pd.DataFrame:
     """The scores of ``rows`` (manifest order) as read back from ``store``."""
-    records = [_row(m, (got.record if (got := store.read(m.sample_id)) else None), threshold) for m in rows]
+    records = [_row(m, store.record(m.sample_id), threshold) for m in rows]  # damaged samples: failed
     df = pd.DataFrame.from_records(records, columns=[*COLUMNS, *QC_COLUMNS, "input_sha256"])
     for col in ("n_events", "n_events_used", *QC_COLUMNS):
         df[col] = df[col].astype("Int64")
     return df
 
 
-def _replace(tmp: Path, final: Path) -> Path:
-    os.replace(tmp, final)
-    return final
+@contextmanager
+def replacing(final: Path, tmp_name: str | None = None) -> Iterator[Path]:
+    """A temporary path beside ``final`` (``.<name>.tmp``), renamed to ``final`` when the block succeeds.
+
+    On failure the temporary file is removed (a full disk gets its space back) and
+    ``final`` is left as it was.
+
+    Raises
+    ------
+    OutputError
+        The file system is read-only or full (or similar); the message names ``final``.
+    """
+    tmp = final.with_name(tmp_name or f".{final.name}.tmp")
+    try:
+        with writing(final):
+            yield tmp
+            os.replace(tmp, final)
+    finally:
+        with suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def write_table(df: pd.DataFrame, run_dir: Path) -> dict[str, Path]:
-    """Write ``scores.csv`` and ``scores.parquet`` (each via a temporary file and an atomic rename)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    csv_tmp, pq_tmp = run_dir / ".scores.csv.tmp", run_dir / ".scores.parquet.tmp"
-    df.to_csv(csv_tmp, index=False, float_format="%.6g")
-    df.to_parquet(pq_tmp, index=False)
-    return {"csv": _replace(csv_tmp, run_dir / "scores.csv"), "parquet": _replace(pq_tmp, run_dir / "scores.parquet")}
+    """Write ``scores.csv`` and ``scores.parquet`` (via temporary files, renamed once both are written)."""
+    with writing(run_dir):
+        run_dir.mkdir(parents=True, exist_ok=True)
+    csv, parquet = run_dir / "scores.csv", run_dir / "scores.parquet"
+    with replacing(csv) as csv_tmp:  # nested, so that a failure names the file being written
+        df.to_csv(csv_tmp, index=False, float_format="%.6g")
+        with replacing(parquet) as pq_tmp:
+            df.to_parquet(pq_tmp, index=False)
+    return {"csv": csv, "parquet": parquet}
 
 
 def write_outputs(df: pd.DataFrame, store: RunStore, run_dir: Path, *, report: bool = True,
@@ -70,9 +102,9 @@ def write_outputs(df: pd.DataFrame, store: RunStore, run_dir: Path, *, report: b
     if report:
         from ..report.html import write_report
 
-        tmp = run_dir / ".report.html.tmp"
-        write_report(tmp, df, images=_gallery_images(df, store), provenance=provenance or {})
-        paths["report"] = _replace(tmp, run_dir / "report.html")
+        with replacing(run_dir / "report.html") as tmp:
+            write_report(tmp, df, images=_gallery_images(df, store), provenance=provenance or {})
+        paths["report"] = run_dir / "report.html"
     return paths
 
 

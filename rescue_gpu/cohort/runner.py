@@ -27,12 +27,11 @@ import json
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,10 +41,14 @@ from ..records import software_versions
 from .manifest import ManifestRow, read_manifest
 from .store import RunStore, run_lock, sample_key
 
+if TYPE_CHECKING:
+    from ..backend import DevicePlan
+
 __all__ = [
     "ScoreOptions", "WorkerJob", "SampleTask", "SampleResult", "RunSummary",
     "score_cohort", "score_tasks", "file_digest", "pending_rows", "IDENTIFYING_KEYWORDS", "Work", "FLOW",
     "run_batches", "task_batches", "worker_error_text", "worker_engine", "cached_state", "settings_hash",
+    "settings_record", "resolve_run_device", "announce_device",
 ]
 
 QC_FIELDS = ("non_finite", "saturated", "debris", "doublets", "n_events_out", "n_outside")
@@ -115,14 +118,15 @@ class WorkerJob:
     pipeline: Pipeline
     settings_hash: str
     seed: int = 0
-    backend: str = "auto"
-    engine: str = "auto"
-    precision: str = "auto"
+    backend: str = "auto"  # resolved on the client ("cpu" | "gpu"); a worker refuses "auto"
+    engine: str = "auto"  # resolved engine kind
+    precision: str = "auto"  # resolved precision
     batch_size: int = 64
     keep_coords: bool = False
     keep_identifiers: bool = False
     flag_dir: str | None = None
     flag_mass: float = 0.5
+    model_checksum: str = ""  # ModelRecord.checksum: weights and every setting that changes a call
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,11 @@ class SampleResult:
     def failed(self) -> bool:
         """Whether the sample failed."""
         return self.record.get("status") != "scored"
+
+    @property
+    def warnings(self) -> list[str]:
+        """The sample's non-fatal warnings (record field ``warnings``; empty when none)."""
+        return list(self.record.get("warnings") or [])
 
 
 @dataclass
@@ -204,12 +213,63 @@ class Work:
 _PACKAGES = ("rescue_gpu", "numpy", "torch", "zarr", "dask", "distributed", "cupy", "dask-cuda")
 
 
-def settings_record(options: ScoreOptions, backend: str) -> dict[str, Any]:
-    """The settings that change what a sample's stored result is (hashed for resume)."""
+def resolve_run_device(runtime: RuntimeConfig, *, engine: str = "auto", precision: str = "auto",
+                       scheduler: str | None = None) -> DevicePlan:
+    """Resolve a run's backend, engine kind and precision once, on the client (a :class:`~rescue_gpu.backend.DevicePlan`).
+
+    An in-process run or an embedded cluster runs on this machine, so this process is
+    asked; with ``scheduler`` (an existing cluster) every worker is asked
+    (:func:`~rescue_gpu.backend.device_probe`). ``"auto"`` without a GPU warns once.
+
+    Raises
+    ------
+    BackendError, ModelError
+        See :func:`~rescue_gpu.backend.plan_run_device`.
+    ConfigError
+        The scheduler cannot be reached.
+    """
+    from ..backend import device_probe, plan_run_device
+
+    probes = None
+    if scheduler and runtime.backend != "cpu":
+        from .cluster import open_client
+
+        with open_client(runtime, scheduler=scheduler) as (client, _):
+            probes = client.run(device_probe)
+    return plan_run_device(runtime.backend, engine=engine, precision=precision, probes=probes)
+
+
+def announce_device(on_start: Callable[[str, int, int], None] | None,
+                    plan: DevicePlan) -> Callable[[str, int, int], None] | None:
+    """``on_start`` with the resolved device appended to the cluster description (shown by the CLI)."""
+    if on_start is None:
+        return None
+
+    def start(cluster: str, n_todo: int, n_skipped: int) -> None:
+        on_start(f"{cluster}; {plan.describe()}", n_todo, n_skipped)
+    return start
+
+
+def _device_record(device: DevicePlan | str, engine: str, precision: str) -> dict[str, str]:
+    """Resolved ``backend``, ``engine``, ``precision``: from a DevicePlan, or resolved here from a backend name."""
+    from ..backend import DevicePlan, plan_run_device
+
+    plan = device if isinstance(device, DevicePlan) else plan_run_device(str(device), engine=engine, precision=precision)
+    return plan.record()
+
+
+def settings_record(options: ScoreOptions, device: DevicePlan | str) -> dict[str, Any]:
+    """The settings that change what a sample's stored result is (hashed for resume).
+
+    ``device`` is the run's :class:`~rescue_gpu.backend.DevicePlan` (a backend name is
+    resolved here), so the record holds the resolved backend, engine kind and precision,
+    never ``"auto"``: a run resumed on another machine re-scores rather than mixing GPU-
+    and CPU-projected samples.
+    """
     from ..preprocess import preprocess_fingerprint
 
     return {"preprocess_fingerprint": preprocess_fingerprint(options.pipeline.panel, options.pipeline.preprocess),
-            "seed": options.seed, "backend": backend, "engine": options.engine, "precision": options.precision,
+            "seed": options.seed, **_device_record(device, options.engine, options.precision),
             "keep_coords": options.keep_coords, "keep_identifiers": options.keep_identifiers,
             "flag_events": options.flag_events, "flag_mass": options.flag_mass}
 
@@ -235,21 +295,29 @@ class _WorkerState:
 
 
 def worker_engine(record: Any, *, path: str, sha256: str, backend: str, kind: str, precision: str,
-                  batch_size: int) -> tuple[Any, str]:
-    """Check a model loaded on a worker against the client's checksum and build its engine.
+                  batch_size: int, checksum: str = "") -> tuple[Any, str]:
+    """Check a model loaded on a worker against the client's checksums and build its engine.
 
-    Returns ``(engine, resolved backend)``. Raises :class:`ModelError` when the model
-    directory changed since the run started.
+    ``backend``, ``kind`` and ``precision`` are the client's resolved values. Returns
+    ``(engine, backend)``.
+
+    Raises
+    ------
+    ModelError
+        The model directory changed since the run started (weights sha256 or checksum differ).
+    BackendError
+        ``backend`` is not resolved (``"auto"``), or is ``"gpu"`` on a worker without one.
     """
     from ..backend import resolve_backend
     from ..engine import make_engine
-    from ..errors import ModelError
+    from ..errors import BackendError, ModelError
 
-    if record.sha256 != sha256:
-        raise ModelError(f"{path}: the model changed since the run started (sha256 differs)")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the client already said which backend is used
-        resolved = resolve_backend(backend)
+    if record.sha256 != sha256 or (checksum and record.checksum != checksum):
+        raise ModelError(f"{path}: the model changed since the run started (its checksum differs); run again")
+    if backend not in ("cpu", "gpu"):
+        raise BackendError(f"a worker was given backend {backend!r}; the client resolves it to 'cpu' or 'gpu' "
+                           "(resolve_run_device) before the run")
+    resolved = resolve_backend(backend)
     engine = make_engine(record, kind=kind, device="cuda" if resolved == "gpu" else "cpu", precision=precision,
                          batch_size=batch_size)
     return engine, resolved
@@ -276,13 +344,14 @@ def _load_state(job: WorkerJob) -> _WorkerState:
         raise ReferenceDataError(f"{job.reference_path}: the reference changed since the run started (fingerprint differs)")
     rec = ModelRecord.load(job.model_path)
     engine, backend = worker_engine(rec, path=job.model_path, sha256=job.model_sha256, backend=job.backend,
-                                    kind=job.engine, precision=job.precision, batch_size=job.batch_size)
+                                    kind=job.engine, precision=job.precision, batch_size=job.batch_size,
+                                    checksum=job.model_checksum)
     return _WorkerState(ref, rec, engine, backend, get_xp(backend))
 
 
 def worker_state(job: WorkerJob) -> _WorkerState:
     """The per-process reference, model and engine for ``job``, loaded on first use."""
-    key = (job.reference_path, job.reference_fingerprint, job.model_path, job.model_sha256,
+    key = (job.reference_path, job.reference_fingerprint, job.model_path, job.model_sha256, job.model_checksum,
            job.backend, job.engine, job.precision, job.batch_size)
     return cached_state(key, lambda: _load_state(job))
 
@@ -298,11 +367,13 @@ def file_digest(path: str | Path, *, chunk: int = 1 << 22) -> tuple[str, int, in
 
 
 def _base_record(task: SampleTask, job: WorkerJob) -> dict[str, Any]:
-    rec: dict[str, Any] = {"sample_id": task.sample_id, "status": "failed", "error": "", "p_mrd": None, "call": "",
-                           "n_events": None, "n_events_used": None, "qc": {},
+    rec: dict[str, Any] = {"sample_id": task.sample_id, "status": "failed", "error": "", "warnings": [], "p_mrd": None,
+                           "call": "", "n_events": None, "n_events_used": None, "qc": {},
                            "provenance": {"settings_hash": job.settings_hash,
                                           "reference_fingerprint": job.reference_fingerprint,
-                                          "model_sha256": job.model_sha256, "software": software_versions(_PACKAGES)}}
+                                          "model_sha256": job.model_sha256, "model_checksum": job.model_checksum,
+                                          "backend": job.backend, "engine": job.engine, "precision": job.precision,
+                                          "software": software_versions(_PACKAGES)}}
     if job.keep_identifiers:
         rec["provenance"]["input_path"] = task.path
     return rec
@@ -350,13 +421,18 @@ def _prepare(task: SampleTask, job: WorkerJob, state: _WorkerState) -> tuple[Sam
     qc = {k: v for k, v in events.qc.items() if k != "n_events_in"}
     qc["n_outside"] = int(outside)
     rec.update(status="scored", n_events=int(events.qc["n_events_in"]), qc=qc,
-               n_events_used=int(events.n_events - outside),
+               n_events_used=int(events.n_events - outside), warnings=_warning_texts(events.warnings, task, job),
                seconds={"preprocess": round(t1 - t0, 4), "project": round(t2 - t1, 4),
                         "rasterise": round(time.perf_counter() - t2, 4)})
     arrays = {"image": np.ascontiguousarray(image, dtype=np.float32)}
     if job.keep_coords:
         arrays["coords"] = np.ascontiguousarray(to_numpy(coords), dtype=np.float32)
     return SampleResult(rec, arrays), coords
+
+
+def _warning_texts(warnings: Iterable[str], task: SampleTask, job: WorkerJob) -> list[str]:
+    """A sample's warnings for its record; its file path is replaced unless identifiers are kept."""
+    return [w if job.keep_identifiers else w.replace(task.path, f"[{task.sample_id}]") for w in warnings]
 
 
 def _infer(results: list[SampleResult], state: _WorkerState) -> None:
@@ -392,7 +468,9 @@ def _flag(result: SampleResult, task: SampleTask, coords: Any, job: WorkerJob, s
                         keep_identifiers=job.keep_identifiers)
         result.record["flagged"] = {"file": out.name, "n_flagged": int(n)}
     except Exception as exc:
-        result.record["flagged"] = {"error": worker_error_text(exc, task, job)}
+        text = worker_error_text(exc, task, job)
+        result.record["flagged"] = {"error": text}
+        result.record.setdefault("warnings", []).append(f"flagged FCS file not written: {text}")
 
 
 def _limit_threads() -> None:
@@ -581,8 +659,14 @@ def score_cohort(
 
     Raises
     ------
-    ManifestError, ConfigError, ModelError, ReferenceDataError, StoreError
+    ManifestError, ConfigError, ModelError, ReferenceDataError, StoreError, BackendError
         Before any sample is processed.
+
+    Warns
+    -----
+    BackendFallbackWarning
+        Once, on the client, when ``runtime.backend = "auto"`` finds no GPU (the device is
+        also shown in the ``on_start`` description).
     """
     from ..model.record import ModelRecord
     from ..reference import Reference
@@ -590,25 +674,27 @@ def score_cohort(
     rows = list(inputs) if not isinstance(inputs, (str, Path)) else read_manifest(inputs)
     ref, rec = Reference.load(reference), ModelRecord.load(model)
     _check_fit(ref, rec, options.pipeline)
+    device = resolve_run_device(runtime, engine=options.engine, precision=options.precision,
+                                scheduler=None if in_process else scheduler)
     run_dir = Path(out)
     with run_lock(run_dir):
         store = RunStore(run_dir / "store.zarr")
-        job = _make_job(reference, ref, model, rec, options, runtime, run_dir)
+        job = _make_job(reference, ref, model, rec, options, runtime, run_dir, device)
         identity = {"settings_hash": job.settings_hash, "reference_fingerprint": job.reference_fingerprint,
-                    "model_sha256": job.model_sha256}
+                    "model_sha256": job.model_sha256, "model_checksum": job.model_checksum}
         todo, skipped = pending_rows(rows, store, identity)
-        store.set_run({**identity, "settings": settings_record(options, runtime.backend), "software": software_versions(_PACKAGES),
+        store.set_run({**identity, "settings": settings_record(options, device), "software": software_versions(_PACKAGES),
                        "threshold": rec.threshold, "n_samples": len(rows)})
         batches = task_batches(todo, options.samples_per_task)
         cluster, progress, seconds = run_batches(batches, job, work=FLOW, store=store, skipped=skipped,
                                                  runtime=runtime, window=options.window, scheduler=scheduler,
                                                  in_process=in_process, dashboard=dashboard_address,
-                                                 on_start=on_start, on_progress=on_progress)
+                                                 on_start=announce_device(on_start, device), on_progress=on_progress)
         from .outputs import score_table, write_outputs
 
         table = score_table(rows, store, threshold=rec.threshold)
         outputs = write_outputs(table, store, run_dir, report=options.report,
-                                provenance={**identity, "settings": settings_record(options, runtime.backend),
+                                provenance={**identity, "settings": settings_record(options, device),
                                             "cluster": cluster, "software": software_versions(_PACKAGES),
                                             "reference": str(reference) if options.keep_identifiers else Path(reference).name,
                                             "model": str(model) if options.keep_identifiers else Path(model).name,
@@ -619,15 +705,15 @@ def score_cohort(
 
 
 def _make_job(ref_path: str | Path, ref: Any, model_path: str | Path, rec: Any, options: ScoreOptions,
-              runtime: RuntimeConfig, run_dir: Path) -> WorkerJob:
+              runtime: RuntimeConfig, run_dir: Path, device: DevicePlan) -> WorkerJob:
     flag_dir = None
     if options.flag_events:
         (run_dir / "flagged").mkdir(parents=True, exist_ok=True)
         flag_dir = str((run_dir / "flagged").resolve())
     return WorkerJob(str(Path(ref_path).resolve()), ref.fingerprint, str(Path(model_path).resolve()), rec.sha256,
-                     options.pipeline, settings_hash(settings_record(options, runtime.backend)), options.seed,
-                     runtime.backend, options.engine, options.precision, runtime.batch_size, options.keep_coords,
-                     options.keep_identifiers, flag_dir, options.flag_mass)
+                     options.pipeline, settings_hash(settings_record(options, device)), options.seed,
+                     device.backend, device.engine, device.precision, runtime.batch_size, options.keep_coords,
+                     options.keep_identifiers, flag_dir, options.flag_mass, model_checksum=rec.checksum)
 
 
 def run_batches(batches: list[list[SampleTask]], job: Any, *, work: Work, store: RunStore, skipped: int,
@@ -678,9 +764,20 @@ def _warm_workers(client: Any, job: Any, work: Work) -> None:
 
 
 def _drain(results: Iterable[SampleResult], store: RunStore, progress: _Progress) -> None:
-    for res in results:
-        store.write(res.record, res.arrays)
-        progress.add(res)
+    """Write each result as it arrives (the client is the single writer of the store).
+
+    A write that fails (an :class:`OutputError` on a full disk, ...) stops the run: no
+    more work is taken (the executor's generator is closed) and every sample written
+    before it stays complete, so the same command run again resumes from there.
+    """
+    try:
+        for res in results:
+            store.write(res.record, res.arrays)
+            progress.add(res)
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
 
 
 FLOW = Work(run=score_tasks, fail=_lost, warm=_warm, unit="events")

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Pipeline
+from ..config import Pipeline, pipeline_record
 from ..errors import RescueError
 from ..fcs import read_fcs
 from ..preprocess import Events, preprocess, preprocess_fingerprint
@@ -72,10 +72,16 @@ def build_reference_from_rows(
     backend: str = "cpu",
     on_sample: Callable[[int, int], None] | None = None,
 ) -> Reference:
-    """Preprocess the selected samples and fit a reference; failed samples are skipped and recorded."""
+    """Preprocess the selected samples and fit a reference; failed samples are skipped and recorded.
+
+    The reference stores the whole pipeline (with ``events_per_sample`` as used), so that
+    training and scoring take it from the reference; each sample's warnings are recorded
+    in ``provenance["sample_warnings"]``.
+    """
     spec = pipeline.reference
     if events_per_sample is not None:
         spec = dataclasses.replace(spec, events_per_sample=events_per_sample)
+    warned: dict[str, list[str]] = {}
     selected = [r for r in rows if r.in_reference is not False]
     failed: dict[str, str] = {}
     markers: list[tuple[str, ...]] = []
@@ -86,6 +92,8 @@ def build_reference_from_rows(
                 failed[row.sample_id] = err
                 continue
             markers.append(tuple(ev.markers))
+            if ev.warnings:
+                warned[row.sample_id] = list(ev.warnings)
             yield row.sample_id, ev.values
 
     pooled = list(samples())
@@ -93,6 +101,8 @@ def build_reference_from_rows(
         raise RescueError(f"no sample could be preprocessed for the reference; first error: {next(iter(failed.values()), 'no samples selected')}")
     ref = build_reference(pooled, markers=markers[0], spec=spec, raster=pipeline.raster,
                           preprocess_fingerprint=preprocess_fingerprint(pipeline.panel, pipeline.preprocess),
-                          settings=pipeline_settings(pipeline), backend=backend)
+                          settings=pipeline_settings(pipeline), backend=backend,
+                          pipeline=pipeline_record(dataclasses.replace(pipeline, reference=spec)))
     ref.provenance["failed_samples"] = failed
+    ref.provenance["sample_warnings"] = warned
     return ref

@@ -22,11 +22,10 @@ import numpy as np
 
 from ..errors import BackendError, ModelError
 from ..model.record import ModelRecord
-from ._common import resolve_device, resolve_precision
+from ._common import KINDS, plan_engine, resolve_device, resolve_precision
 
 __all__ = ["Engine", "KINDS", "make_engine", "clear_engine_cache", "export_onnx", "available_kinds"]
 
-KINDS = ("auto", "torch", "compiled", "cuda-graphs", "onnx", "tensorrt")
 _CACHE_SIZE = 4
 _cache: OrderedDict[tuple, Engine] = OrderedDict()
 _lock = threading.Lock()
@@ -68,11 +67,8 @@ def available_kinds(device: str = "auto") -> list[str]:
 
 
 def _resolve_kind(kind: str, device_type: str) -> str:
-    if kind not in KINDS:
-        raise ModelError(f"unknown engine kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if kind != "auto":
-        return kind
-    return "tensorrt" if device_type == "cuda" and _tensorrt_importable() else "torch"
+    """The concrete kind (see :func:`~rescue_gpu.engine._common.plan_engine`, shared with the run's device plan)."""
+    return plan_engine(kind, device_type, tensorrt=_tensorrt_importable())
 
 
 def _build(record: ModelRecord, kind: str, device: Any, precision: str, batch_size: int) -> Engine:

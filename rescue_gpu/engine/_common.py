@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +13,12 @@ import torch
 
 from ..errors import BackendError, ModelError
 
-__all__ = ["PRECISIONS", "resolve_device", "resolve_precision", "to_torch", "to_numpy_images", "check_images",
-           "batches", "cache_dir", "is_cupy", "output_dims"]
+__all__ = ["PRECISIONS", "KINDS", "resolve_device", "resolve_precision", "plan_engine", "plan_precision", "to_torch",
+           "to_numpy_images", "check_images", "batches", "cache_dir", "is_cupy", "output_dims"]
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+KINDS = ("auto", "torch", "compiled", "cuda-graphs", "onnx", "tensorrt")
+_GPU_KINDS = ("cuda-graphs", "tensorrt")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -28,36 +30,72 @@ def is_cupy(a: Any) -> bool:
 def resolve_device(device: str) -> torch.device:
     """``"auto" | "cpu" | "gpu" | "cuda" | "cuda:N"`` to a :class:`torch.device`.
 
-    ``"auto"`` takes the first CUDA device torch sees and warns when it falls back to
-    the CPU. Raises :class:`BackendError` for a GPU request without a CUDA device.
+    The shared decision of :func:`rescue_gpu.backend.torch_device`: ``"auto"`` takes
+    torch's current CUDA device and warns (``BackendFallbackWarning``) when it falls back
+    to the CPU. Raises :class:`BackendError` for a GPU request without a CUDA device.
     """
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        warnings.warn("device='auto': running the network on the CPU because torch sees no CUDA device",
-                      RuntimeWarning, stacklevel=3)
-        return torch.device("cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device in ("gpu", "cuda") or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise BackendError(f"device={device!r} was requested but torch sees no CUDA device "
-                               "(torch.cuda.is_available() is False); use device='cpu' or a CUDA build of torch")
-        return torch.device("cuda", torch.cuda.current_device() if ":" not in device else int(device.split(":")[1]))
-    raise BackendError(f"unknown device {device!r}; choose 'auto', 'cpu', 'gpu', 'cuda' or 'cuda:N'")
+    from ..backend import torch_device
+
+    return torch_device(device)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` to ``"fp32"`` on the CPU and ``"fp16"`` on a GPU; checks the others."""
+def tensorrt_importable() -> bool:
+    """Whether the ``tensorrt`` package can be imported here (it is not imported)."""
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def plan_engine(kind: str, device_type: str, *, tensorrt: bool | None = None) -> str:
+    """The concrete engine kind for ``kind`` on a ``"cpu"`` or ``"cuda"`` device.
+
+    ``"auto"`` is TensorRT on a GPU where it is importable (``tensorrt``; None: look
+    here), else torch.
+
+    Raises
+    ------
+    ModelError
+        An unknown kind.
+    BackendError
+        A GPU-only kind (``"cuda-graphs"``, ``"tensorrt"``) on the CPU.
+    """
+    if kind not in KINDS:
+        raise ModelError(f"unknown engine kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind == "auto":
+        trt = tensorrt_importable() if tensorrt is None else tensorrt
+        return "tensorrt" if device_type == "cuda" and trt else "torch"
+    if kind in _GPU_KINDS and device_type != "cuda":
+        raise BackendError(f"kind={kind!r} needs a CUDA device (device resolved to 'cpu'); use kind='torch' or 'onnx'")
+    return kind
+
+
+def plan_precision(precision: str, device_type: str, kind: str = "torch") -> str:
+    """The concrete precision for ``precision`` on a ``"cpu"`` or ``"cuda"`` device with engine ``kind``.
+
+    ``"auto"`` is fp32 on the CPU and for ONNX Runtime, fp16 on a GPU. Device queries
+    (bf16 support) are left to :func:`resolve_precision` on the machine that runs it.
+
+    Raises
+    ------
+    ModelError
+        An unknown precision, fp16 on the CPU, or reduced precision with ONNX Runtime.
+    """
     if precision not in PRECISIONS:
         raise ModelError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp16" and device.type == "cpu":
+        return "fp32" if device_type != "cuda" or kind == "onnx" else "fp16"
+    if precision == "fp16" and device_type != "cuda":
         raise ModelError("precision='fp16' is for GPUs; on the CPU use 'fp32' or 'bf16'")
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise BackendError(f"{torch.cuda.get_device_name(device)} has no bf16 support; use precision='fp16'")
+    if precision != "fp32" and kind == "onnx":
+        raise ModelError(f"kind='onnx' runs fp32 only (got precision={precision!r}); use kind='torch' or 'tensorrt' "
+                         "for reduced precision")
     return precision
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` to ``"fp32"`` on the CPU and ``"fp16"`` on a GPU; checks the others (bf16 support here)."""
+    prec = plan_precision(precision, device.type)
+    if prec == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise BackendError(f"{torch.cuda.get_device_name(device)} has no bf16 support; use precision='fp16'")
+    return prec
 
 
 def to_torch(images: Any) -> torch.Tensor:

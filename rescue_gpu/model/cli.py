@@ -1,4 +1,4 @@
-"""The ``rescue model`` sub-commands: ``import`` and ``export-onnx``.
+"""The ``rescue model`` sub-commands: ``import``, ``export-onnx`` and ``upgrade``.
 
 Wire them in with :func:`register` (``register(app)`` adds a ``model`` sub-app).
 Errors are raised as :class:`~rescue_gpu.errors.RescueError` subclasses, which the
@@ -99,6 +99,32 @@ def export_onnx_cmd(
                   markup=False, highlight=False)
 
 
+@model_app.command("upgrade")
+def upgrade_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory (MRD or cell model) written by an older rescue_gpu.")],
+) -> None:
+    """Protect an older model's threshold, temperature and other settings with a checksum (rewrites its model.json).
+
+    Check the settings first: they are taken as they are now. A current model is left as it is.
+    """
+    import json
+
+    from ..cliutil import console
+    from ..errors import ModelError
+
+    try:
+        fmt = json.loads((model_dir / "model.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{model_dir / 'model.json'}: unreadable ({exc.__class__.__name__}: {exc})") from None
+    if fmt == "rescue-cell-model":
+        from ..cells.record import CellModelRecord as Record
+    else:
+        from .record import ModelRecord as Record  # type: ignore[assignment]
+    rec = Record.upgrade(model_dir)
+    console.print(f"{model_dir}: model.json is format version {rec.metadata()['format_version']}, "
+                  f"checksum {rec.checksum[:16]}", markup=False, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``model`` sub-app (``import``, ``export-onnx``) to ``app``."""
+    """Add the ``model`` sub-app (``import``, ``export-onnx``, ``upgrade``) to ``app``."""
     app.add_typer(model_app, name="model")

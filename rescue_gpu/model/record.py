@@ -6,11 +6,22 @@ Layout of ``MODEL_DIR``::
                           ``torch.save`` is also read, with ``torch.load(weights_only=True)``
     model.json            format, architecture, head spec, in_channels, image_size, raster
                           settings, reference fingerprint, threshold, temperature, metrics,
-                          provenance, software versions and the sha256 of the weights
+                          provenance, software versions, the sha256 of the weights and the
+                          record's checksum
 
 The weights' sha256 is taken over the tensors (name, dtype, shape, bytes, in name
 order), not over the file bytes, so it is the same for ``.safetensors`` and ``.pt``
-files and for a model in memory; :meth:`ModelRecord.load` recomputes and compares it.
+files and for a model in memory. The record's ``checksum`` (format version 2) covers
+everything that changes a call: the weights' sha256, architecture, head, in_channels,
+image_size, raster settings, reference fingerprint, threshold and temperature (not
+metrics or provenance). :meth:`ModelRecord.load` recomputes both and refuses a
+difference; a cohort run resumes only samples scored with an equal checksum.
+
+Format version 1 (no checksum) still loads, with a
+:class:`~rescue_gpu.records.RecordFormatWarning`, the checksum computed at load:
+refusing it would force every lab to retrain, and its weights are still verified.
+``rescue model upgrade MODEL_DIR`` (:meth:`ModelRecord.upgrade`) writes the checksum
+into it once its threshold and temperature have been checked.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,14 +40,16 @@ import torch
 
 from ..config import HeadSpec, RasterSpec
 from ..errors import ModelError
-from ..records import new_record_dir, raster_from_dict, read_record_json, software_versions
+from ..records import (RecordFormatWarning, check_settings_checksum, new_record_dir, raster_from_dict,
+                       read_record_json, settings_checksum, software_versions, update_record_json)
 from .network import MrdNet, load_torchvision_state_dict
 
 __all__ = ["ModelRecord", "import_state_dict", "state_dict_sha256", "write_weights_dir", "verified_state_dict",
            "expected_channels", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "rescue-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CHECKSUM_SINCE = 2  # first format version whose model.json has a checksum
 ARCHITECTURE = "resnet34"
 _TV_TOP = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
@@ -114,6 +128,18 @@ class ModelRecord:
             object.__setattr__(self, "_sha_cache", cached)
         return cached[1]
 
+    def checksum_fields(self) -> dict[str, Any]:
+        """Every setting besides the weights that changes a call (what :attr:`checksum` covers)."""
+        return {"architecture": ARCHITECTURE, "head": dataclasses.asdict(self.head),
+                "in_channels": int(self.in_channels), "image_size": int(self.image_size),
+                "raster": dataclasses.asdict(self.raster), "reference_fingerprint": self.reference_fingerprint,
+                "threshold": float(self.threshold), "temperature": float(self.temperature)}
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the weights and :meth:`checksum_fields`: equal checksums give equal calls."""
+        return settings_checksum(self.sha256, self.checksum_fields())
+
     def metadata(self) -> dict[str, Any]:
         """The ``model.json`` record."""
         return {
@@ -123,6 +149,7 @@ class ModelRecord:
             "reference_fingerprint": self.reference_fingerprint, "threshold": float(self.threshold),
             "temperature": float(self.temperature), "metrics": self.metrics, "provenance": self.provenance,
             "software": software_versions(("rescue_gpu", "torch", "torchvision", "numpy", "safetensors")), "weights": "weights.safetensors", "sha256": self.sha256,
+            "checksum": self.checksum,
         }
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
@@ -142,8 +169,15 @@ class ModelRecord:
         Raises
         ------
         ModelError
-            Not a model directory, unreadable files, a newer format, or weights whose
-            sha256 differs from ``model.json`` (altered or corrupt).
+            Not a model directory, unreadable files, a newer format, weights whose
+            sha256 differs from ``model.json`` (altered or corrupt), or settings
+            (threshold, temperature, head, raster, reference fingerprint, input
+            channels/size) that do not match the record's checksum (``model.json`` edited).
+
+        Warns
+        -----
+        RecordFormatWarning
+            A format version 1 record (no checksum): loaded, its settings unverified.
         """
         root = Path(path)
         meta = _read_meta(root)
@@ -159,6 +193,33 @@ class ModelRecord:
                       provenance=meta.get("provenance", {}))
         except (KeyError, TypeError, RuntimeError) as exc:
             raise ModelError(f"{root}: model.json and weights do not fit together ({exc.__class__.__name__}: {exc})") from None
+        check_settings_checksum(
+            root / "model.json", meta, rec.checksum, since=CHECKSUM_SINCE, error=ModelError,
+            covers=(f"its settings (threshold {rec.threshold:g}, temperature {rec.temperature:g}, head, raster, "
+                    "reference fingerprint, input channels/size)"),
+            fix="restore the original model.json from a copy, or retrain the model ('rescue train') or re-import "
+                "its weights ('rescue model import --threshold ...')",
+            upgrade=f"run 'rescue model upgrade {root}' to protect them (or retrain)")
+        return rec
+
+    @classmethod
+    def upgrade(cls, path: str | Path) -> ModelRecord:
+        """Write the current format version and checksum into an older model directory's ``model.json``.
+
+        The settings are taken as they are now (check the threshold and temperature
+        first); the weights are verified. A current record is left as it is.
+
+        Raises
+        ------
+        ModelError
+            As :meth:`load`, or ``model.json`` cannot be rewritten.
+        """
+        root = Path(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecordFormatWarning)
+            rec = cls.load(root)
+        update_record_json(root / "model.json", {"format_version": FORMAT_VERSION, "checksum": rec.checksum},
+                           error=ModelError)
         return rec
 
     def check_compatible(self, reference: Any) -> None:

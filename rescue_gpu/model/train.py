@@ -49,19 +49,14 @@ __all__ = ["resolve_device", "patient_folds", "FoldResult", "train_model", "fit_
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` (CUDA if present, else CPU with a warning), ``"cpu"``, ``"cuda"``/``"gpu"`` or ``"cuda:N"``."""
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        warnings.warn("device='auto': training on the CPU because torch sees no CUDA device", RuntimeWarning, stacklevel=2)
-        return torch.device("cpu")
-    name = "cuda" if device == "gpu" else device
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} was requested but torch sees no CUDA device; use --device cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    """``"auto"`` (CUDA if present, else CPU with a warning), ``"cpu"``, ``"cuda"``/``"gpu"`` or ``"cuda:N"``.
+
+    The shared decision of :func:`rescue_gpu.backend.torch_device` (one rule and one error
+    type, :class:`~rescue_gpu.errors.BackendError`, for training and inference).
+    """
+    from ..backend import torch_device
+
+    return torch_device(device)
 
 
 def patient_folds(y: np.ndarray, groups: np.ndarray, *, folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -394,7 +389,9 @@ def train_model(
     ModelError
         ``out`` exists, or fewer than two classes remain after failed/unlabelled samples are left out.
     ConfigError
-        Fewer patients than folds, or an unusable device.
+        Fewer patients than folds.
+    BackendError
+        An unusable device (e.g. ``"cuda"`` without a CUDA device).
     """
     from .record import ModelRecord
 

@@ -36,18 +36,24 @@ def train_cmd(
     reference: Annotated[Path, typer.Option("--reference", help="Reference directory the samples are projected into.")],
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (must not exist).")],
     folds: Annotated[Optional[int], typer.Option("--folds", help="Cross-validation folds (default: the pipeline's).")] = None,
-    pipeline: Annotated[str, typer.Option("--pipeline", help="Pipeline name in pipelines/ or a TOML path.")] = "aml-mrd",
+    pipeline: Annotated[Optional[str], typer.Option(
+        "--pipeline", help="Pipeline name in pipelines/ or a TOML path. Default: the pipeline the reference was built "
+                           "with (stored in it); one given here must have the reference's panel, preprocessing and "
+                           "raster, and may differ in its training settings.", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Maximum epochs per fold (default: the pipeline's).")] = None,
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder of the projected-events cache (default: <out>-cache).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Train an MRD model with patient-level cross-validation, then on all samples; save it with its CV metrics."""
     from ..cohort.manifest import read_manifest
-    from ..config import load_pipeline
     from ..reference import Reference
+    from ..reference.pipeline import resolve_pipeline
     from .train import train_model
 
-    pipe = load_pipeline(pipeline)
+    resolved = resolve_pipeline(reference, pipeline, uses_model=True)
+    if resolved.note:
+        err_console.print(resolved.note, markup=False, highlight=False, soft_wrap=True)
+    pipe = resolved.pipeline
     if epochs is not None:
         pipe = dataclasses.replace(pipe, model=dataclasses.replace(
             pipe.model, train=dataclasses.replace(pipe.model.train, max_epochs=epochs)))

@@ -15,10 +15,16 @@ from typing import Any
 import numpy as np
 
 from ..backend import array_module
-from ..errors import CompensationError
+from ..errors import CompensationError, FcsFormatError
+from ..fcs.spillover import parse_spillover
 from ..fcs.types import FcsData, Spillover
 
-__all__ = ["compensate", "spillover_from_csv", "resolve_spillover", "spillover_indices", "compensation_matrix"]
+__all__ = ["compensate", "spillover_from_csv", "resolve_spillover", "spillover_indices", "compensation_matrix",
+           "unusable_file_spillover", "NO_FILE_MATRIX"]
+
+#: The per-sample warning of ``compensation = "file"`` on a file that carries no matrix.
+NO_FILE_MATRIX = ('no spillover matrix in the file, so its events are not compensated (compensation = "file"): '
+                  'set compensation = "none" if the files are compensated already, or give a matrix CSV')
 
 _MAX_CONDITION = 1e12
 
@@ -183,6 +189,31 @@ def spillover_from_csv(path: str | PathLike[str]) -> Spillover:
     return Spillover(channels=tuple(header), matrix=matrix, source=f"csv:{path}")
 
 
+def unusable_file_spillover(fcs: FcsData) -> str | None:
+    """Why the spillover keyword a file carries cannot be used, or None when it is usable or absent.
+
+    The reader keeps a malformed matrix out of :attr:`FcsData.spillover` (with a
+    warning); this parses the keywords again to tell "no matrix" from "a matrix that
+    does not fit the file" (e.g. a ``$SPILLOVER`` channel name that is no ``$PnN``).
+    """
+    if fcs.spillover is not None:
+        return None
+    try:
+        parse_spillover(fcs.keywords, fcs.channels, path=None)
+    except FcsFormatError as exc:
+        return exc.reason
+    return None
+
+
+def _unusable_file_matrix(fcs: FcsData, reason: str) -> CompensationError:
+    return CompensationError(
+        f'compensation = "file" but the file\'s spillover matrix cannot be used: {reason} '
+        f"(the file's channels are {_list(fcs.channels)}); fix the matrix in the file (export it again from the "
+        'acquisition software), or set [preprocess] compensation in the pipeline to "none" (no compensation) '
+        "or to a spillover CSV"
+    )
+
+
 def resolve_spillover(fcs: FcsData, compensation: str) -> tuple[Spillover | None, str]:
     """Choose the spillover matrix for a sample from the pipeline's ``compensation`` setting.
 
@@ -191,8 +222,10 @@ def resolve_spillover(fcs: FcsData, compensation: str) -> tuple[Spillover | None
     fcs
         The sample.
     compensation
-        ``"file"`` (the sample's own matrix; none in the file means no compensation),
-        ``"none"``, or a path to a CSV matrix (see :func:`spillover_from_csv`).
+        ``"file"`` (the sample's own matrix; a file without one is not compensated, and
+        :func:`~rescue_gpu.preprocess.pipeline.preprocess` records the warning
+        :data:`NO_FILE_MATRIX`), ``"none"``, or a path to a CSV matrix (see
+        :func:`spillover_from_csv`).
 
     Returns
     -------
@@ -200,12 +233,23 @@ def resolve_spillover(fcs: FcsData, compensation: str) -> tuple[Spillover | None
         The matrix to apply (None: do not compensate) and a description of the choice
         for the QC record: ``"file:<keyword>"``, ``"file:none"``, ``"none"`` or
         ``"csv:<path>"``.
+
+    Raises
+    ------
+    CompensationError
+        With ``"file"``: the file carries a spillover matrix that does not fit it (wrong
+        count, non-numbers, a channel name that is not one of its ``$PnN``). Such a
+        sample is never processed uncompensated: its events would not be comparable
+        with compensated ones. With a CSV: the file cannot be read or is malformed.
     """
     choice = compensation.strip()
     if choice.lower() == "none":
         return None, "none"
     if choice.lower() == "file":
         if fcs.spillover is None:
+            reason = unusable_file_spillover(fcs)
+            if reason is not None:
+                raise _unusable_file_matrix(fcs, reason)
             return None, "file:none"
         return fcs.spillover, f"file:{fcs.spillover.source}"
     spill = spillover_from_csv(choice)

@@ -12,6 +12,15 @@ Order of work, all on the array module ``xp`` (the events cross to the device on
 Output columns: the panel markers in panel order, then the ``panel.scatter`` channels
 in their order. Without panel markers: every parameter except time and event counters,
 in file order, named by ``$PnN``.
+
+Fatal or not. A problem that makes the events untrustworthy raises (the sample fails):
+a missing panel marker, or, with ``compensation = "file"``, a spillover matrix in the file
+that does not fit it (e.g. a ``$SPILLOVER`` channel name that is no ``$PnN``): such a sample
+is never processed uncompensated behind the user's back. A decision that changes the
+events but leaves them usable is a warning in :attr:`Events.warnings` (shown by every
+command, in ``scores.csv``'s ``warnings`` column, the run store and ``report.html``):
+a ``"file"`` compensation on a file without any matrix, a QC gate that could not run,
+and the reader's non-fatal notes on the file.
 """
 
 from __future__ import annotations
@@ -30,12 +39,12 @@ from ..config import PanelSpec, PreprocessSpec, TransformSpec
 from ..errors import CompensationError, PanelError, PreprocessError
 from ..fcs.types import FcsData, Spillover
 from .amplification import decode_amplification
-from .compensation import compensate, resolve_spillover, spillover_indices
+from .compensation import NO_FILE_MATRIX, compensate, resolve_spillover, spillover_indices
 from .panel import default_channels, is_scatter, match_channels, match_panel
 from .qc import qc_mask
 from .transforms import apply_transform
 
-__all__ = ["Events", "preprocess", "preprocess_fingerprint", "FINGERPRINT_VERSION"]
+__all__ = ["Events", "preprocess", "preprocess_fingerprint", "sample_warnings", "FINGERPRINT_VERSION"]
 
 FINGERPRINT_VERSION = 1
 
@@ -61,6 +70,9 @@ class Events:
     kept
         Boolean mask over the file's events: which ones passed QC (row ``i`` of
         ``values`` is the ``i``-th True event), to map results back to the file.
+    warnings
+        Non-fatal decisions that changed how the sample was processed (see
+        :func:`sample_warnings`); empty when there were none.
     """
 
     values: Any
@@ -69,6 +81,7 @@ class Events:
     qc: dict[str, Any] = field(default_factory=dict)
     fingerprint: str = ""
     kept: Any = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def n_events(self) -> int:
@@ -147,6 +160,28 @@ def _transform(block: Any, names: list[str], scatter: list[bool], spec: Preproce
     return out
 
 
+def sample_warnings(fcs: FcsData, qc: dict[str, Any], compensation: str) -> tuple[str, ...]:
+    """The non-fatal warnings of one preprocessed sample, one sentence each.
+
+    Parameters
+    ----------
+    fcs
+        The sample; the reader's notes are in ``fcs.extra["warnings"]`` (those about the
+        spillover keyword are left out: compensation reports on the matrix itself).
+    qc
+        The QC record; each of its ``qc_skipped`` reasons is a warning.
+    compensation
+        Where the matrix came from (``qc["compensation"]``); ``"file:none"`` (a
+        ``"file"`` compensation on a file without a matrix) is a warning.
+    """
+    notes = [str(w) for w in (fcs.extra or {}).get("warnings", ()) if not str(w).lower().startswith("spillover")]
+    out = [f"FCS file: {w}" for w in notes]
+    if compensation == "file:none":
+        out.append(NO_FILE_MATRIX)
+    out += [f"QC gate not run: {reason}" for reason in qc.get("qc_skipped", ())]
+    return tuple(out)
+
+
 def _spillover(fcs: FcsData, spec: PreprocessSpec, override: Spillover | None) -> tuple[Spillover | None, str, list[int]]:
     spill, source = (override, f"override:{override.source}") if override is not None else resolve_spillover(fcs, spec.compensation)
     return spill, source, (spillover_indices(fcs.channels, spill) if spill is not None else [])
@@ -186,7 +221,9 @@ def preprocess(
     PanelError
         A marker or scatter channel is missing or ambiguous.
     CompensationError
-        The matrix does not fit the sample's channels or is singular.
+        The matrix does not fit the sample's channels or is singular; with
+        ``compensation = "file"`` also when the file's own matrix is malformed or names
+        a channel the file does not have (the message names it and says how to fix it).
     PreprocessError
         No event survives QC, or a log parameter cannot be decoded.
     """
@@ -212,7 +249,8 @@ def preprocess(
         kept = compensate(kept, channels=fcs.channels, spillover=spill)
     values = _transform(kept[:, xp.asarray(np.asarray(cols, dtype=np.int64))], names, scatter, spec, xp)
     return Events(values=values, markers=tuple(names), channels=tuple(fcs.channels[i] for i in cols),
-                  qc=qc, fingerprint=preprocess_fingerprint(panel, spec), kept=keep)
+                  qc=qc, fingerprint=preprocess_fingerprint(panel, spec), kept=keep,
+                  warnings=sample_warnings(fcs, qc, source))
 
 
 def _summary(qc: dict[str, Any]) -> str:

@@ -84,6 +84,7 @@ def build_reference(
     preprocess_fingerprint: str = "",
     settings: dict[str, Any] | None = None,
     backend: str = "cpu",
+    pipeline: dict[str, Any] | None = None,
 ) -> Reference:
     """Pool events from preprocessed samples and fit the reference UMAP.
 
@@ -98,6 +99,10 @@ def build_reference(
         Recorded so that loading can check samples were preprocessed the same way.
     backend
         ``"cpu"`` (umap-learn) or ``"gpu"``/``"auto"`` (cuML when installed).
+    pipeline
+        The whole pipeline the samples were preprocessed with
+        (:func:`rescue_gpu.config.pipeline_record`), stored so that ``rescue train`` and
+        ``rescue score`` take it from the reference.
 
     Raises
     ------
@@ -117,7 +122,8 @@ def build_reference(
     record.update(created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), fit_seconds=round(time.time() - t0, 2))
     return Reference(train_events=pooled, embedding=embedding, params=params, markers=tuple(markers),
                      preprocess_fingerprint=preprocess_fingerprint, raster=raster,
-                     extent=extent_of(embedding, padding=raster.padding), settings=settings or {}, provenance=record)
+                     extent=extent_of(embedding, padding=raster.padding), settings=settings or {}, provenance=record,
+                     pipeline=pipeline)
 
 
 def from_umap_learn(model: Any, *, markers: Sequence[str], raster: RasterSpec | None = None,

@@ -4,6 +4,8 @@ Layout of ``REF_DIR``::
 
     reference.json     format, version, markers, UMAP parameters, preprocessing
                        fingerprint and settings, raster settings and extent,
+                       the whole pipeline it was built with ("pipeline"; null in
+                       references made before it was stored, and in imported ones),
                        provenance, software versions, sha256 of every array
     arrays.zarr/       train_events (N x d float32), embedding (N x 2 float32)
 
@@ -63,6 +65,10 @@ class Reference:
         ``(x_min, x_max, y_min, y_max)`` canvas of every image.
     settings
         The panel and preprocessing settings (for the record).
+    pipeline
+        The whole validated pipeline the reference was built with
+        (:func:`rescue_gpu.config.pipeline_record`), or None when not known;
+        :func:`rescue_gpu.reference.pipeline.resolve_pipeline` reads it.
     provenance
         Samples used, events per sample, dropped rows, software versions, creation time.
     """
@@ -76,6 +82,7 @@ class Reference:
     extent: tuple[float, float, float, float] = (0.0, 1.0, 0.0, 1.0)
     settings: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    pipeline: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.train_events = np.ascontiguousarray(self.train_events, dtype=np.float32)
@@ -119,7 +126,7 @@ class Reference:
             "umap": dataclasses.asdict(self.params),
             "preprocess_fingerprint": self.preprocess_fingerprint,
             "raster": dataclasses.asdict(self.raster), "extent": list(self.extent),
-            "settings": self.settings, "provenance": self.provenance,
+            "settings": self.settings, "pipeline": self.pipeline, "provenance": self.provenance,
             "software": software_versions(("rescue_gpu", "numpy", "umap-learn", "zarr", "cuml")), "fingerprint": self.fingerprint,
             "sha256": {name: array_sha256(getattr(self, name)) for name in _ARRAYS},
         }
@@ -138,9 +145,21 @@ class Reference:
 
     @classmethod
     def load(cls, path: str | Path, *, verify: bool = True) -> Reference:
-        """Read a reference directory; with ``verify``, check every array's sha256."""
+        """Read a reference directory; with ``verify``, check every array's sha256 and the fingerprint.
+
+        The stored ``fingerprint`` covers the markers, UMAP parameters, preprocessing
+        fingerprint, raster settings, extent and arrays (see :attr:`fingerprint`); it is
+        required, so deleting it cannot switch the check off.
+
+        Raises
+        ------
+        ReferenceDataError
+            Not a reference, unreadable, a newer format, no ``fingerprint``, or (with
+            ``verify``) arrays or a fingerprint that do not match the contents.
+        """
         root = Path(path)
         meta = _read_meta(root)
+        stored = _stored_fingerprint(root, meta)
         arrays = _read_arrays(root, verify=verify, expected=meta.get("sha256", {}))
         try:
             ref = cls(
@@ -149,12 +168,26 @@ class Reference:
                 preprocess_fingerprint=meta.get("preprocess_fingerprint", ""),
                 raster=raster_from_dict(meta["raster"]),
                 extent=tuple(meta["extent"]), settings=meta.get("settings", {}), provenance=meta.get("provenance", {}),
+                pipeline=meta.get("pipeline"),
             )
         except (KeyError, TypeError) as exc:
             raise ReferenceDataError(f"{root}: reference.json lacks or mangles a field ({exc}); rebuild the reference") from None
-        if verify and meta.get("fingerprint") not in (None, ref.fingerprint):
-            raise ReferenceDataError(f"{root}: fingerprint does not match its contents; the reference was altered, rebuild it")
+        if verify and stored != ref.fingerprint:
+            raise ReferenceDataError(f"{root / 'reference.json'}: fingerprint does not match its contents (markers, UMAP "
+                                     "parameters, preprocessing, raster, extent or arrays were changed); the reference "
+                                     "was altered: restore it from a copy or rebuild it ('rescue reference build')")
         return ref
+
+
+def _stored_fingerprint(root: Path, meta: dict[str, Any]) -> str:
+    """The ``fingerprint`` of ``reference.json``; a missing or malformed one is an error, never a skipped check."""
+    stored = meta.get("fingerprint")
+    if not isinstance(stored, str) or len(stored) != 64:
+        what = "no 'fingerprint'" if stored is None else f"a malformed 'fingerprint' ({str(stored)[:20]!r})"
+        raise ReferenceDataError(f"{root / 'reference.json'}: {what}, so the reference cannot be checked against its "
+                                 "contents or its models; restore reference.json from a copy or rebuild the "
+                                 "reference ('rescue reference build')")
+    return stored
 
 
 def _read_meta(root: Path) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 Sections: cohort summary, score histogram with the threshold, evaluation (metrics with
 patient-level bootstrap intervals, confusion, ROC; only when the manifest has labels),
-image gallery, failed samples with reasons, all scores, provenance. Nothing is fetched
+image gallery, failed samples with reasons, samples scored with warnings, all scores,
+provenance. Nothing is fetched
 from the network when the file is opened.
 """
 
@@ -119,6 +120,7 @@ def _summary(df: pd.DataFrame, threshold: float) -> dict[str, Any]:
     return {"samples": len(df), "scored": len(scored), "failed": int((df["status"] != "scored").sum()),
             "called positive": int((scored["call"] == "positive").sum()),
             "called negative": int((scored["call"] == "negative").sum()),
+            "with warnings": int((df["warnings"].fillna("").astype(str) != "").sum()) if "warnings" in df else 0,
             "patients": int(df["patient_id"].replace("", np.nan).nunique()), "threshold": f"{threshold:.4g}",
             "events read (scored samples)": f"{int(scored['n_events'].fillna(0).sum()):,}"}
 
@@ -179,6 +181,21 @@ def _failed(df: pd.DataFrame) -> str:
     return "<p>None.</p>" if bad.empty else _table(bad)
 
 
+def _warned(df: pd.DataFrame) -> str:
+    """Samples with warnings (the ``warnings`` column), one warning per line."""
+    if "warnings" not in df.columns:
+        return "<p>None.</p>"
+    rows = df[df["warnings"].fillna("").astype(str) != ""]
+    if rows.empty:
+        return "<p>None.</p>"
+    body = "".join(
+        f"<tr><td>{html.escape(str(r['sample_id']))}</td><td>{html.escape(str(r['status']))}</td><td>"
+        + "<br>".join(html.escape(w) for w in str(r["warnings"]).split("; ")) + "</td></tr>"
+        for _, r in rows.iterrows())
+    return ("<p>Samples with non-fatal warnings: each was processed, but not quite as the pipeline asks.</p>"
+            f"<table><tr><th>sample_id</th><th>status</th><th>warnings</th></tr>{body}</table>")
+
+
 def write_page(path: str | Path, title: str, sections: list[tuple[str, str]]) -> Path:
     """Write one self-contained HTML page: the title, when it was written, then ``(heading, html)`` sections."""
     when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -217,6 +234,7 @@ def write_report(path: str | Path, df: pd.DataFrame, *, images: Mapping[str, np.
         ("Images", "<p>Density images in the reference UMAP (first channel), highest p_mrd first.</p>"
                    f"{_gallery(df, images)}"),
         ("Failed samples", _failed(df)),
+        ("Warnings", _warned(df)),
         ("All samples", _table(shown)),
         ("Provenance", _kv(provenance)),
     ])
