@@ -53,7 +53,9 @@ def mixed_manifest(assets: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     rng = np.random.default_rng(0)
     write_fcs(d / "otherpanel.fcs", rng.uniform(0, 1000, (2000, 4)).astype("f4"),
               channels=["FSC-A", "SSC-A", "FL1-A", "FL2-A"], markers=["", "", "CD3", "CD4"])
-    bad = [{"sample_id": s, "path": f"{s}.fcs", "patient_id": "PX"} for s in ("garbage", "truncated", "missing", "otherpanel")]
+    (d / "adir.fcs").mkdir()
+    bad = [{"sample_id": s, "path": f"{s}.fcs", "patient_id": "PX"}
+           for s in ("garbage", "truncated", "missing", "otherpanel", "adir")]
     with open(d / "manifest.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=["sample_id", "path", "patient_id", "timepoint", "label"])
         w.writeheader()
@@ -83,7 +85,8 @@ def test_dask_run_isolates_failures_and_exits_3(dask_run) -> None:
     assert "truncated" in err["truncated"]
     assert "file not found" in err["missing"]
     assert "panel marker" in err["otherpanel"]
-    for sid in ("garbage", "truncated", "missing", "otherpanel"):
+    assert "is a directory, not an FCS file" in err["adir"] and "unexpected" not in err["adir"]
+    for sid in ("garbage", "truncated", "missing", "otherpanel", "adir"):
         assert f"failed: {sid}:" in res.stderr
 
 
@@ -94,7 +97,7 @@ def test_outputs_have_the_documented_columns(dask_run) -> None:
                 "n_events_used", "debris", "doublets", "saturated", "non_finite"]
     assert set(expected) <= set(df.columns)
     pq = pd.read_parquet(out / "scores.parquet")
-    assert list(pq["sample_id"]) == list(df["sample_id"]) and len(pq) == 7
+    assert list(pq["sample_id"]) == list(df["sample_id"]) and len(pq) == 8
     scored = pq[pq["status"] == "scored"]
     assert scored["p_mrd"].between(0, 1).all() and (scored["call"] == "positive").all()  # threshold 0
     assert (scored["n_events"] == 2500).all() and (scored["n_events_used"] <= scored["n_events"]).all()
@@ -144,7 +147,7 @@ def test_in_process_run_equals_dask_and_resume_skips(dask_run, assets: dict[str,
     np.testing.assert_allclose(pd.to_numeric(a["p_mrd"]), pd.to_numeric(b["p_mrd"]), rtol=1e-5, atol=1e-6)
     again = run_here(["score", mixed_manifest, "--reference", assets["reference"], "--model", assets["model_low"],
                      "--out", tmp_path / "run", "--in-process", "--flag-events", "--no-report"], capsys)
-    assert again.returncode == 3 and "4 to score, 3 already done" in again.stdout  # failed ones are retried
+    assert again.returncode == 3 and "5 to score, 3 already done" in again.stdout  # failed ones are retried
 
 
 def test_directory_input_scores_every_file(assets: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

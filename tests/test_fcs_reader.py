@@ -498,3 +498,400 @@ def test_describe_and_inspect_many(tmp_path: Path) -> None:
     assert "FCS3.1" in text and "events:     10" in text and "FSC-A" in text and "spillover:  none" in text
     out, refused = inspect_many([good, bad])
     assert refused == 1 and "REFUSED: file has only 10 bytes" in out and str(bad) in out
+
+
+# --------------------------------------------------------------------------- hostile input (issue 11, part 1)
+
+
+def with_keyword_first(content: bytes, key: str, value: str) -> bytes:
+    """``content`` (from :func:`build_fcs`, '/' delimiter) with ``/key/value`` put at the start of
+    its TEXT; the HEADER and the 20-digit ``$BEGINDATA``/``$ENDDATA`` are moved to match."""
+    extra = f"{key}/{value}/".encode("utf-8")
+    t0, t1 = int(content[10:18]), int(content[18:26])
+    text = content[t0 : t1 + 1]
+    for k in (b"$BEGINDATA", b"$ENDDATA"):
+        old = text[text.index(k + b"/") + len(k) + 1 :][:20]
+        text = text.replace(k + b"/" + old, k + b"/" + str(int(old) + len(extra)).zfill(20).encode())
+    text = text[:1] + extra + text[1:]
+    fields = [int(content[10 + 8 * i : 18 + 8 * i]) for i in range(6)]
+    fields[1] += len(extra)
+    fields[2:4] = [f + len(extra) if f else 0 for f in fields[2:4]]
+    header = content[:10] + "".join(f"{v:>8d}" for v in fields).encode()
+    return header + text + content[t1 + 1 :]
+
+
+def build_utf8(values: np.ndarray, utf8: dict[str, str], **kwargs) -> bytes:
+    """:func:`build_fcs` with the keywords ``utf8`` written in UTF-8 (``build_fcs`` writes Latin-1)."""
+    holders = {k: "#" * len(v.encode("utf-8")) for k, v in utf8.items()}
+    content = build_fcs(values, keywords={**kwargs.pop("keywords", {}), **holders}, **kwargs)
+    for key, value in utf8.items():
+        old = f"/{key}/{holders[key]}/".encode()
+        assert content.count(old) == 1
+        content = content.replace(old, f"/{key}/{value}/".encode("utf-8"))
+    return content
+
+
+# item 1: numbers in keywords are plain ASCII
+
+
+@pytest.mark.parametrize("name", ["\u00b3", "\u0663", "1\u00b3", "\uff13"])
+def test_spillover_index_with_unicode_digit_is_format_error(name: str) -> None:
+    """'³'.isdigit() is true but int('³') fails; int('٣') is 3: neither is a channel index."""
+    with pytest.raises(FcsFormatError, match="absent from") as err:
+        parse_spillover({"$SPILLOVER": f"2,{name},FL1,1,0,0,1"}, ["FSC", "SSC", "FL1"], path="s.fcs")
+    assert "s.fcs" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["\u0661", "nan", "inf", "1e999", "1_0", "0x1"])
+def test_spillover_number_not_plain_ascii_is_format_error(value: str) -> None:
+    with pytest.raises(FcsFormatError, match=r"SPILL holds .* not a finite number") as err:
+        parse_spillover({"SPILL": f"2,FL1,FL2,1,{value},0,1"}, ["FL1", "FL2"], path="s.fcs")
+    assert "s.fcs" in str(err.value)
+
+
+@pytest.mark.parametrize("count", ["\u00b2", "\u0662", "2_"])
+def test_spillover_count_not_plain_ascii_is_format_error(count: str) -> None:
+    with pytest.raises(FcsFormatError, match="does not start with a channel count"):
+        parse_spillover({"$SPILLOVER": f"{count},FL1,FL2,1,0,0,1"}, ["FL1", "FL2"])
+    with pytest.raises(FcsFormatError, match="does not start with a channel count"):
+        parse_spillover({"$COMP": f"{count},1,0,0,1"}, ["FL1", "FL2"])
+
+
+def test_spillover_repeated_channel_is_format_error() -> None:
+    with pytest.raises(FcsFormatError, match="more than once"):
+        parse_spillover({"$SPILLOVER": "2,FL1,fl1,1,0,0,1"}, ["FL1", "FL2"])
+
+
+def test_dfc_with_non_ascii_index_is_ignored() -> None:
+    """'$DFC١TO2' (Arabic-Indic one) is not a $DFCiTOj keyword: \\d would have matched it."""
+    assert parse_spillover({"$DFC\u0661TO2": "10"}, ["FL1 Log", "FL2 Log"]) is None
+
+
+def test_bit_flipped_spillover_name_is_a_warning_not_a_crash(tmp_path: Path) -> None:
+    """The fuzz finding: the top bit of the byte '3' of an index-based name makes it '³'."""
+    vals = random_ints(10, 3, 1024)
+    content = build_fcs(vals, names=["FSC", "SSC", "FL1"], keywords={"$SPILLOVER": "2,3,1,1,0,0,1"})
+    flipped = content.replace(b"$SPILLOVER/2,3,", b"$SPILLOVER/2,\xb3,")
+    assert len(flipped) == len(content) and flipped != content
+    fd = read_fcs(write(tmp_path, flipped))
+    assert fd.spillover is None and any("spillover ignored" in w for w in fd.extra["warnings"])
+    np.testing.assert_array_equal(fd.events, vals)
+    assert "REFUSED" not in describe(tmp_path / "x.fcs")
+
+
+@pytest.mark.parametrize(("key", "value"), [("$TOT", "\u0661\u0660"), ("$TOT", "1_0"), ("$PAR", "\u0662"),
+                                            ("$P1B", "\uff11\uff16"), ("$TOT", "10\u00b3"), ("$BEGINSTEXT", "\u00b3")])
+def test_keyword_numbers_must_be_plain_ascii(tmp_path: Path, key: str, value: str) -> None:
+    """int('١٠') == int('1_0') == 10 in Python; an FCS file must spell numbers in ASCII."""
+    vals = random_ints(10, 2, 1024)
+    err = assert_refused(write(tmp_path, build_utf8(vals, {key: value})), rf"\{key} is not a number")
+    assert value in str(err)
+
+
+def test_nextdata_not_plain_ascii_ends_the_chain_with_a_warning(tmp_path: Path) -> None:
+    vals = random_ints(10, 2, 1024)
+    path = write(tmp_path, build_utf8(vals, {"$NEXTDATA": "\u00b3"}))
+    fd = read_fcs(path)
+    np.testing.assert_array_equal(fd.events, vals)
+    assert any("$NEXTDATA of data set 0 is not a number: '\u00b3'" in w for w in fd.extra["warnings"])
+    with pytest.raises(FcsFormatError, match="data set 1 cannot be reached"):
+        read_fcs(path, dataset=1)
+
+
+def test_fractional_integer_keyword_is_refused(tmp_path: Path) -> None:
+    vals = random_ints(10, 2, 1024)
+    assert_refused(write(tmp_path, build_fcs(vals, keywords={"$TOT": "10.5"})), r"\$TOT is not an integer")
+
+
+def test_integral_float_spelling_is_accepted(tmp_path: Path) -> None:
+    vals = random_ints(10, 2, 1024)
+    np.testing.assert_array_equal(read_fcs(write(tmp_path, build_fcs(vals, keywords={"$TOT": "1E1"}))).events, vals)
+
+
+@pytest.mark.parametrize("rng", ["\u0661\u0660\u0662\u0664", "nan", "1e999", "1_024"])
+def test_range_not_plain_ascii_keeps_every_bit(tmp_path: Path, rng: str) -> None:
+    vals = random_ints(50, 2, 65536)
+    content = build_utf8(vals, {"$P1R": rng}) if not rng.isascii() else build_fcs(vals, ranges=[rng, 65536])
+    fd = read_fcs(write(tmp_path, content))
+    np.testing.assert_array_equal(fd.events, vals)
+    assert np.isnan(fd.ranges()[0]) and fd.ranges()[1] == 65536
+
+
+def test_amplification_and_gain_not_plain_ascii_read_as_defaults(tmp_path: Path) -> None:
+    vals = random_ints(5, 2, 1024)
+    fd = read_fcs(write(tmp_path, build_utf8(vals, {"$P1E": "\u0664,1", "$P1G": "\u0662"}, keywords={"$P2G": "2.5"})))
+    assert fd.amplification()[0] == (0.0, 0.0)
+    np.testing.assert_array_equal(fd.gains(), [1.0, 2.5])
+
+
+# item 2: sizes are checked before anything is built or allocated
+
+
+@pytest.mark.parametrize("par", ["99999999", "999999999999", "9" * 30])
+def test_huge_par_without_datatype_is_refused_at_once(tmp_path: Path, par: str) -> None:
+    """Once: > 3 GB in 60 s building per-parameter lists over range(1, $PAR + 1)."""
+    vals = random_ints(10, 2, 1024)
+    path = write(tmp_path, build_fcs(vals, datatype=None, keywords={"$PAR": par}))
+    err = assert_refused(path, rf"\$PAR is {par} but the TEXT holds only \d+ keywords")
+    assert "every parameter needs its own" in str(err)
+
+
+def test_par_larger_than_its_pnb_keywords_names_the_missing_ones(tmp_path: Path) -> None:
+    vals = random_ints(10, 2, 1024)
+    path = write(tmp_path, build_fcs(vals, keywords={"$PAR": "9"}))
+    assert_refused(path, r"\$P3B, \$P4B, \$P5B, \$P6B, \$P7B and 2 more are missing: \$PAR says 9 parameters")
+
+
+@pytest.mark.parametrize("tot", ["1" + "0" * 30, str(2**63), "4294967296"])
+def test_huge_tot_is_refused_without_allocating(tmp_path: Path, tot: str) -> None:
+    import tracemalloc
+
+    vals = random_ints(10, 2, 1024)
+    path = write(tmp_path, build_fcs(vals, keywords={"$TOT": tot}))
+    tracemalloc.start()
+    try:
+        assert_refused(path, "no DATA segment fits|truncated")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_huge_pnb_is_refused(tmp_path: Path) -> None:
+    vals = random_ints(10, 2, 1024)
+    assert_refused(write(tmp_path, build_fcs(vals, keywords={"$P1B": "99999999999"})), r"\$P1B is 99999999999")
+
+
+# item 3: only the data set asked for is parsed
+
+
+def stacked_headers(count: int, text_pad: int) -> bytes:
+    """``count`` HEADERs 58 bytes apart, each ``$NEXTDATA`` 58 on, all sharing one padded TEXT."""
+    vals = random_ints(20, 2, 1024)
+    one = build_fcs(vals, nextdata=58, keywords={"$COM": "x" * text_pad}, offsets=lambda s, e: {"header": (0, 0)})
+    t0, t1 = int(one[10:18]), int(one[18:26])
+    shift = 58 * (count - 1)
+    text = one[t0 : t1 + 1]
+    for k in (b"$BEGINDATA", b"$ENDDATA"):  # data set 0's DATA moves by shift
+        old = text[text.index(k + b"/") + len(k) + 1 :][:20]
+        text = text.replace(k + b"/" + old, k + b"/" + str(int(old) + shift).zfill(20).encode())
+    headers = [one[:10] + "".join(f"{v:>8d}" for v in (t0 + shift - 58 * k, t1 + shift - 58 * k, 0, 0, 0, 0)).encode()
+               for k in range(count)]
+    return b"".join(headers) + text + one[t1 + 1 :]
+
+
+def test_stacked_headers_sharing_one_text_are_not_all_parsed(tmp_path: Path) -> None:
+    """Once: 46 s and 3.95 GB for data set 0 of 10,000 HEADERs sharing a 400 kB TEXT."""
+    import time
+
+    path = write(tmp_path, stacked_headers(10_000, 400_000))
+    t0 = time.perf_counter()
+    fd = read_fcs(path)
+    assert time.perf_counter() - t0 < 2.0
+    assert fd.n_datasets == 1 and fd.events.shape == (20, 2)
+    assert any("$NEXTDATA of data set 0 is 58" in w and "chain ends at data set 0" in w for w in fd.extra["warnings"])
+    with pytest.raises(FcsFormatError, match="data set 1 cannot be reached"):
+        read_fcs(path, dataset=1)
+
+
+def chain_of(vals: np.ndarray, copies: int, last: int | None = None) -> tuple[bytes, int]:
+    """``copies`` equal data sets chained by ``$NEXTDATA``; the last link is ``last`` (0: none)."""
+    length = len(build_fcs(vals, nextdata=1))
+    sets = [build_fcs(vals, nextdata=length) for _ in range(copies - 1)]
+    sets.append(build_fcs(vals, nextdata=0 if last is None else last))
+    return b"".join(sets), length
+
+
+def test_long_chain_reads_any_data_set(tmp_path: Path) -> None:
+    vals = random_ints(7, 3, 1024)
+    content, _ = chain_of(vals, 50)
+    path = write(tmp_path, content)
+    for k in (0, 17, 49):
+        fd = read_fcs(path, dataset=k)
+        assert fd.n_datasets == 50 and fd.dataset == k
+        np.testing.assert_array_equal(fd.events, vals)
+    with pytest.raises(FcsFormatError, match="data set 50 requested but the file holds 50"):
+        read_fcs(path, dataset=50)
+
+
+def test_chain_loop_to_an_earlier_data_set_is_refused(tmp_path: Path) -> None:
+    vals = random_ints(7, 3, 1024)
+    length = len(build_fcs(vals, nextdata=1))
+    content, _ = chain_of(vals, 3, last=-length)  # data set 2 points back to data set 1
+    assert_refused(write(tmp_path, content), r"\$NEXTDATA of data set 2 points back to byte \d+: a cycle \(data set 1")
+
+
+def test_chain_pointing_back_into_a_text_ends_with_a_warning(tmp_path: Path) -> None:
+    vals = random_ints(7, 3, 1024)
+    length = len(build_fcs(vals, nextdata=1))
+    content, _ = chain_of(vals, 3, last=-2 * length + 100)  # into data set 0's TEXT
+    path = write(tmp_path, content)
+    fd = read_fcs(path, dataset=1)
+    assert fd.n_datasets == 3 and any("not past the HEADER and TEXT already read" in w for w in fd.extra["warnings"])
+    np.testing.assert_array_equal(fd.events, vals)
+
+
+def test_only_the_requested_data_set_keeps_its_keywords(tmp_path: Path) -> None:
+    a = random_ints(10, 2, 1024)
+    b = np.random.default_rng(2).normal(size=(7, 4)).astype(np.float32)
+    fd = read_fcs(write(tmp_path, two_datasets(a, b)), dataset=1)
+    assert fd.keywords["$PAR"] == "4" and fd.keywords["$DATATYPE"] == "F"
+
+
+def test_broken_link_after_the_requested_data_set_is_a_warning(tmp_path: Path) -> None:
+    """A data set after the one read that is not FCS ends the chain; the ones before are intact."""
+    vals = random_ints(5, 2, 1024)
+    first = build_fcs(vals, nextdata=len(build_fcs(vals)))
+    path = write(tmp_path, first + b"NOTFCS" + b"\0" * 100)
+    fd = read_fcs(path)
+    assert fd.n_datasets == 1
+    assert any("data set 1 (at byte" in w and "not an FCS file" in w for w in fd.extra["warnings"])
+    np.testing.assert_array_equal(fd.events, vals)
+    with pytest.raises(FcsFormatError, match="data set 1 cannot be reached"):
+        read_fcs(path, dataset=1)
+
+
+# item 4: a keyword written twice must agree with itself
+
+
+def test_conflicting_duplicate_datatype_is_refused(tmp_path: Path) -> None:
+    """Once: '/$DATATYPE/I' before a float file's TEXT read it as uint32 garbage."""
+    vals = np.random.default_rng(1).normal(size=(30, 3)).astype(np.float32)
+    content = with_keyword_first(build_fcs(vals, datatype="F"), "$DATATYPE", "I")
+    err = assert_refused(write(tmp_path, content), r"keyword \$DATATYPE is given twice with different values, 'I' and 'F'")
+    assert "re-export" in str(err)
+
+
+def test_identical_duplicate_keyword_is_fine(tmp_path: Path) -> None:
+    vals = np.random.default_rng(1).normal(size=(30, 3)).astype(np.float32)
+    for value in ("F", " F "):
+        content = with_keyword_first(build_fcs(vals, datatype="F"), "$DATATYPE", value)
+        np.testing.assert_array_equal(read_fcs(write(tmp_path, content)).events, vals)
+
+
+def test_duplicate_keys_differing_in_case_conflict() -> None:
+    with pytest.raises(FcsFormatError, match=r"\$P1N is given twice with different values, 'A' and 'B'"):
+        parse_text(b"/$P1N/A/$p1n/B/", path="f.fcs")
+    assert parse_text(b"/$P1N/A/ $p1n /A/") == {"$P1N": "A"}
+
+
+def test_supplemental_text_contradicting_the_primary_is_refused(tmp_path: Path) -> None:
+    vals = random_ints(10, 2, 1024)
+    pad = {"$BEGINSTEXT": "0" * 10, "$ENDSTEXT": "0" * 10}
+    supplemental = b"/$DATATYPE/F/$COM/extra/"
+    start = len(build_fcs(vals, keywords=pad))
+    where = {"$BEGINSTEXT": str(start).zfill(10), "$ENDSTEXT": str(start + len(supplemental) - 1).zfill(10)}
+    path = write(tmp_path, build_fcs(vals, keywords=where, trailing=supplemental))
+    assert_refused(path, r"\$DATATYPE is given twice with different values, 'I' and 'F' \(in the TEXT and in the supplemental TEXT\)")
+    same = build_fcs(vals, keywords=where, trailing=supplemental.replace(b"/F/", b"/I/"))
+    fd = read_fcs(write(tmp_path, same, "same.fcs"))
+    assert fd.keywords["$COM"] == "extra"
+    np.testing.assert_array_equal(fd.events, vals)
+
+
+# item 5: $NEXTDATA into the HEADER
+
+
+@pytest.mark.parametrize("nextdata", [1, 2, 57])
+def test_nextdata_into_the_header_reads_data_set_0_with_a_warning(tmp_path: Path, nextdata: int) -> None:
+    """Once: "not an FCS file: it starts with b'S3.1  '" for an intact data set 0."""
+    vals = random_ints(5, 2, 1024)
+    path = write(tmp_path, build_fcs(vals, nextdata=nextdata))
+    fd = read_fcs(path)
+    np.testing.assert_array_equal(fd.events, vals)
+    assert fd.n_datasets == 1
+    assert any(f"$NEXTDATA of data set 0 is {nextdata}, which points into that data set's own HEADER" in w
+               for w in fd.extra["warnings"])
+    with pytest.raises(FcsFormatError, match="own HEADER") as err:
+        read_fcs(path, dataset=1)
+    assert "not an FCS file" not in str(err.value)
+    assert "warning:    $NEXTDATA of data set 0" in describe(path)
+
+
+def test_nextdata_into_its_own_text_reads_data_set_0_with_a_warning(tmp_path: Path) -> None:
+    vals = random_ints(5, 2, 1024)
+    fd = read_fcs(write(tmp_path, build_fcs(vals, nextdata=100)))
+    np.testing.assert_array_equal(fd.events, vals)
+    assert any("is 100, which points to byte 100, not past the HEADER and TEXT" in w for w in fd.extra["warnings"])
+
+
+def test_negative_nextdata_before_the_file_is_a_warning(tmp_path: Path) -> None:
+    vals = random_ints(5, 2, 1024)
+    fd = read_fcs(write(tmp_path, build_fcs(vals, nextdata=-5)))
+    assert any("outside the file: byte -5 is before its start" in w for w in fd.extra["warnings"])
+
+
+# item 6: paths that are not readable files
+
+
+def test_directory_is_refused_as_a_directory(tmp_path: Path) -> None:
+    err = assert_refused(tmp_path, "is a directory, not an FCS file")
+    assert "IsADirectoryError" not in str(err) and "pass the FCS files inside it" in str(err)
+
+
+def test_missing_file_says_it_does_not_exist(tmp_path: Path) -> None:
+    assert_refused(tmp_path / "absent.fcs", "cannot read the file: file not found; check the path")
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() == 0,
+                    reason="root reads files whatever their permissions")
+def test_unreadable_file_says_permission_denied(tmp_path: Path) -> None:
+    path = write(tmp_path, build_fcs(random_ints(5, 2, 1024)))
+    path.chmod(0)
+    try:
+        assert_refused(path, "permission denied")
+    finally:
+        path.chmod(0o600)
+
+
+def test_inspect_many_reports_a_directory_and_goes_on(tmp_path: Path) -> None:
+    good = write(tmp_path, build_fcs(random_ints(10, 2, 1024)), "good.fcs")
+    out, refused = inspect_many([tmp_path, good])
+    assert refused == 1 and "REFUSED: is a directory" in out and "events:     10" in out
+
+
+# item 7: one masking rule for integer columns, mixed file or not
+
+
+def test_mixed_file_masks_integer_columns_like_a_uniform_file(tmp_path: Path) -> None:
+    """Once: integer columns of a $PnDATATYPE file were not masked (output float64)."""
+    n = 60
+    ints = random_ints(n, 2, 2**16, seed=5)  # high bits set, $PnR 1024 and 4096 drop them
+    floats = np.random.default_rng(3).normal(size=(n, 1)).astype(np.float32)
+    ranges = [1024, 262144, 4096]
+    cols = np.hstack([ints[:, :1].astype("<u2").view(np.uint8).reshape(n, 2),
+                      floats.astype("<f4").view(np.uint8).reshape(n, 4),
+                      ints[:, 1:].astype("<u2").view(np.uint8).reshape(n, 2)])
+    mixed = build_fcs(np.zeros((n, 3)), version="FCS3.2", bits=[16, 32, 16], ranges=ranges,
+                      data=np.ascontiguousarray(cols).tobytes(), keywords={"$P2DATATYPE": "F"})
+    uniform = build_fcs(ints, bits=[16, 16], ranges=[1024, 4096])
+    got = read_fcs(write(tmp_path, mixed, "mixed.fcs")).events
+    ref = read_fcs(write(tmp_path, uniform, "uniform.fcs")).events
+    assert got.dtype == np.float64 and ref.dtype == np.uint16
+    np.testing.assert_array_equal(got[:, [0, 2]], ref.astype(np.float64))
+    np.testing.assert_array_equal(ref, ints & np.array([1023, 4095], dtype=np.uint64))
+    np.testing.assert_array_equal(got[:, 1], floats[:, 0].astype(np.float64))
+
+
+def test_mixed_file_masks_24_bit_and_8_bit_columns(tmp_path: Path) -> None:
+    n = 40
+    a = random_ints(n, 1, 2**24, seed=1)[:, 0]
+    b = random_ints(n, 1, 2**8, seed=2)[:, 0]
+    f = np.random.default_rng(4).normal(size=n).astype(np.float32)
+    cols = np.hstack([a.astype("<u4").view(np.uint8).reshape(n, 4)[:, :3], b.astype(np.uint8).reshape(n, 1),
+                      f.astype("<f4").view(np.uint8).reshape(n, 4)])
+    content = build_fcs(np.zeros((n, 3)), version="FCS3.2", bits=[24, 8, 32], ranges=[2**20, 16, 262144],
+                        data=np.ascontiguousarray(cols).tobytes(), keywords={"$P3DATATYPE": "F"})
+    got = read_fcs(write(tmp_path, content)).events
+    np.testing.assert_array_equal(got[:, 0], (a & (2**20 - 1)).astype(np.float64))
+    np.testing.assert_array_equal(got[:, 1], (b & 15).astype(np.float64))
+
+
+def test_mixed_file_refuses_64_bit_integers_float64_cannot_hold(tmp_path: Path) -> None:
+    n = 4
+    big = np.array([1, 2, 3, 2**60 + 1], dtype=np.uint64)
+    f = np.ones(n, dtype="<f8")
+    cols = np.hstack([big.astype("<u8").view(np.uint8).reshape(n, 8), f.view(np.uint8).reshape(n, 8)])
+    content = build_fcs(np.zeros((n, 2)), version="FCS3.2", bits=[64, 64], ranges=[2**63, 262144],
+                        data=np.ascontiguousarray(cols).tobytes(), keywords={"$P2DATATYPE": "D"})
+    assert_refused(write(tmp_path, content), "above 2\\*\\*53 .* cannot be returned exactly as float64")

@@ -104,6 +104,22 @@ def test_log_amplified_integer_sample_is_decoded():
     assert out.qc["qc_skipped"] == []
 
 
+def test_mixed_data_types_decode_pne_per_column():
+    """FCS 3.2 ``$PnDATATYPE``: ``$PnE`` applies to an integer column even when ``$DATATYPE`` is F."""
+    rng = np.random.default_rng(6)
+    ev = rng.integers(0, 1023, size=(300, 3)).astype(np.float64)
+    ev[:, 0] = rng.uniform(200, 900, 300)  # FSC stored as float, above the debris cut
+    ev[:, 2] = rng.uniform(0, 1000, 300)  # a float fluorescence column: $PnE must not apply
+    kw = {"$DATATYPE": "F", "$P2DATATYPE": "I", "$P1R": "1024", "$P2R": "1024", "$P3R": "1024",
+          "$P2E": "4,0", "$P3E": "4,1"}
+    fcs = FcsData(events=ev, channels=["FSC-H", "FL1-H", "FL2-H"], markers=["", "CD45", "CD34"], keywords=kw,
+                  version="FCS3.2")
+    spec = PreprocessSpec(qc=QcSpec(remove_doublets=False, debris_fsc_min=0.0))
+    out = preprocess(fcs, panel=PanelSpec(markers=("CD34", "CD45"), scatter=("FSC-H",)), spec=spec)
+    np.testing.assert_allclose(out.values[:, 1], fut.logicle(10 ** (4 * ev[:, 1:2] / 1024), None)[:, 0], atol=1e-6)
+    np.testing.assert_allclose(out.values[:, 0], fut.logicle(ev[:, 2:3], None)[:, 0], atol=1e-6)
+
+
 def test_empty_panel_uses_all_but_time():
     ev = preprocess(_sample(), panel=PanelSpec(), spec=PreprocessSpec())
     assert ev.markers == tuple(CHANNELS[:7])

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,6 +38,7 @@ import numpy as np
 
 from ..config import Pipeline, RuntimeConfig
 from ..errors import ConfigError, RescueError
+from ..fcs.reader import check_readable
 from ..records import software_versions
 from .manifest import ManifestRow, read_manifest
 from .store import RunStore, run_lock, sample_key
@@ -405,6 +407,7 @@ def _prepare(task: SampleTask, job: WorkerJob, state: _WorkerState) -> tuple[Sam
     rec = _base_record(task, job)
     t0 = time.perf_counter()
     try:
+        check_readable(task.path)  # a directory, FIFO or missing file: a clear FcsFormatError
         digest, size, mtime = file_digest(task.path)
         rec["provenance"].update(input_sha256=digest, input_size=size, input_mtime_ns=mtime)
         events = load_events(task.path, job.pipeline, xp=state.xp)
@@ -519,7 +522,7 @@ def _same_input(path: Path, prov: dict[str, Any]) -> bool:
         st = path.stat()
     except OSError:
         return False
-    if st.st_size != prov.get("input_size"):
+    if not stat.S_ISREG(st.st_mode) or st.st_size != prov.get("input_size"):
         return False
     if st.st_mtime_ns == prov.get("input_mtime_ns"):
         return True

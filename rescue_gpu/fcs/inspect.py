@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from ..errors import FcsFormatError
+from ..errors import RescueError
 from .reader import read_fcs
 from .types import FcsData
 
@@ -70,12 +70,13 @@ def describe(path: str | os.PathLike[str], *, dataset: int = 0) -> str:
     str
         Version, event and parameter counts, the channel/marker table, spillover
         presence and source and the number of data sets; for a file the reader
-        refuses, the path and the reason (``REFUSED: ...``).
+        refuses (or a path that is not a readable file), the path and the reason
+        (``REFUSED: ...``), so one bad file does not hide the others of a listing.
     """
     try:
         data = read_fcs(path, dataset=dataset)  # a full read, so truncated DATA shows up
-    except FcsFormatError as exc:
-        return f"{os.fspath(path)}\nREFUSED: {exc.reason}"
+    except RescueError as exc:
+        return f"{os.fspath(path)}\nREFUSED: {getattr(exc, 'reason', exc)}"
     return describe_data(data)
 
 

@@ -5,33 +5,48 @@ range needs, floats as written, with no ``$PnE``/``$PnG`` scaling. It is toleran
 known quirks of real cytometers (HEADER and TEXT offsets that disagree, ``$ENDDATA`` off
 by one, offsets of 0 in the HEADER, keys padded with spaces, ``$PnB`` not a multiple of 8)
 and refuses everything else with an :class:`~rescue_gpu.errors.FcsFormatError` that names
-the file and the problem, never with wrong numbers.
+the file and the problem, never with wrong numbers, a crash or a hang.
+
+Hostile input is bounded by the file's size: every number in a keyword is parsed as plain
+ASCII (:mod:`.numbers`); ``$PAR`` is checked against the keywords the TEXT holds before any
+per-parameter work, and ``$TOT`` x bytes per event against the DATA segment and the file
+before anything is allocated; a keyword written twice with different values is refused.
+Of a ``$NEXTDATA`` chain only the requested data set is parsed in full; the others are
+tokenised only to follow the chain, each must start after every HEADER and TEXT already
+seen (so no byte of TEXT is read twice), and a link that points back to the start of a
+data set already seen (a loop) is refused. A link that points outside the file, into a
+HEADER or TEXT already seen, or at something that is not a data set ends the chain with a
+warning: the data sets before it are read as usual.
 
 Decoding is vectorised: uniform 8/16/32/64-bit layouts are read straight into the output
 array (one copy of the DATA segment in memory, masked and byte-swapped in place); 24-bit
-and mixed-width layouts are assembled column by column from chunks of the file.
+and mixed-width layouts are assembled column by column from chunks of the file, each
+integer column masked to its ``$PnR`` bits exactly as in a uniform file.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import numpy as np
 
 from ..errors import FcsFormatError
+from .numbers import ascii_float_or_none, ascii_int
 from .spillover import parse_spillover
 from .types import FcsData, Spillover
 
-__all__ = ["read_fcs", "parse_text"]
+__all__ = ["read_fcs", "parse_text", "check_readable"]
 
 HEADER_BYTES = 58
 _VERSIONS = ("FCS2.0", "FCS3.0", "FCS3.1", "FCS3.2")
 _BYTEORDERS = {"1,2,3,4": "<", "1,2": "<", "4,3,2,1": ">", "2,1": ">", "1": "<"}
 _CHUNK_BYTES = 1 << 23  # 8 MiB of DATA per chunk on the column-by-column path
 _MAX_DATASETS = 10_000
+_EXACT_IN_FLOAT64 = 1 << 53
 
 PathLike = str | os.PathLike[str]
 
@@ -55,6 +70,11 @@ class _Dataset:
     keywords: dict[str, str]
     warnings: list[str] = field(default_factory=list)
 
+    @property
+    def end_of_text(self) -> int:
+        """Absolute offset of the last byte of its HEADER and primary TEXT."""
+        return self.base + max(HEADER_BYTES - 1, self.header.text[1])
+
 
 @dataclass(frozen=True)
 class _Layout:
@@ -72,7 +92,7 @@ class _Layout:
 
     @property
     def out_dtype(self) -> np.dtype:
-        """Native dtype of the decoded array: exact for every stored value."""
+        """Native dtype of the decoded array (float64 for mixed integer/float layouts)."""
         if all(k == "u" for k in self.kinds):
             itemsize = {1: 1, 2: 2, 3: 4, 4: 4}.get(max(self.widths), 8)
             return np.dtype(f"u{itemsize}")
@@ -84,6 +104,53 @@ class _Layout:
     def uniform(self) -> bool:
         """True when every parameter shares one kind and a numpy-native width."""
         return len(set(zip(self.kinds, self.widths))) == 1 and self.widths[0] in (1, 2, 4, 8)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def check_readable(path: PathLike) -> None:
+    """Refuse, with a clear message, a path that is not a readable regular file.
+
+    Parameters
+    ----------
+    path
+        The path given as an FCS file.
+
+    Raises
+    ------
+    FcsFormatError
+        When ``path`` does not exist, is a directory or another non-regular file (a FIFO
+        or a device, which could block a read forever), or cannot be opened for reading.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FcsFormatError(path, "cannot read the file: file not found; check the path") from None
+    except PermissionError:
+        raise FcsFormatError(path, "cannot read the file: permission denied on a directory of its path") from None
+    except OSError as exc:
+        raise FcsFormatError(path, f"cannot read the file: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise FcsFormatError(path, "is a directory, not an FCS file: pass the FCS files inside it "
+                                   "(e.g. DIR/*.fcs) instead of the directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise FcsFormatError(path, "is not a regular file (a FIFO, socket or device): copy the FCS file "
+                                   "to disk and pass that path")
+    if not os.access(path, os.R_OK):
+        raise FcsFormatError(path, "cannot read the file: permission denied; check its permissions "
+                                   "(the user running rescue needs read access)")
+
+
+def _open(path: str) -> BinaryIO:
+    """Open ``path`` for reading after :func:`check_readable`; OS errors become FcsFormatError."""
+    check_readable(path)
+    try:
+        return open(path, "rb")
+    except PermissionError:
+        raise FcsFormatError(path, "cannot read the file: permission denied; check its permissions") from None
+    except OSError as exc:
+        raise FcsFormatError(path, f"cannot read the file: {exc.strerror or exc}") from None
 
 
 # --------------------------------------------------------------------------- HEADER
@@ -101,7 +168,7 @@ def _parse_header(raw: bytes, path: PathLike) -> _Header:
     offsets = []
     for i in range(6):
         field_ = raw[10 + 8 * i : 18 + 8 * i].strip()
-        if field_ and not field_.isdigit():
+        if field_ and not field_.isdigit():  # bytes.isdigit() is ASCII-only
             raise FcsFormatError(path, f"HEADER offset field {i + 1} is not a number: {field_!r}")
         offsets.append(int(field_ or 0))
     return _Header(version, (offsets[0], offsets[1]), (offsets[2], offsets[3]), (offsets[4], offsets[5]))
@@ -135,6 +202,21 @@ def _split_tokens(body: bytes, delim: bytes) -> list[bytes]:
     return tokens
 
 
+def _short(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:37] + "...")
+
+
+def _add_keyword(keywords: dict[str, str], key: str, value: str, path: PathLike | None, where: str) -> None:
+    """Add ``key`` unless present; a repeat with a different value is an error."""
+    old = keywords.get(key)
+    if old is None:
+        keywords[key] = value
+    elif old.strip() != value.strip():
+        raise FcsFormatError(path, f"keyword {key} is given twice with different values, {_short(old)} and "
+                                   f"{_short(value)} ({where}): the file is inconsistent and it is not known "
+                                   f"which is right; fix or re-export the file")
+
+
 def parse_text(raw: bytes, *, path: PathLike | None = None, delimiter: bytes | None = None) -> dict[str, str]:
     """Parse a TEXT (or supplemental TEXT) segment into a keyword dictionary.
 
@@ -153,11 +235,14 @@ def parse_text(raw: bytes, *, path: PathLike | None = None, delimiter: bytes | N
     dict
         Keys upper-cased and stripped of surrounding white space (``$`` kept); values
         as written. Doubled delimiters inside keys or values stand for one delimiter.
+        A keyword written twice with the same value (up to surrounding white space) is
+        kept once.
 
     Raises
     ------
     FcsFormatError
-        When the segment is empty or its delimiter is a printable letter or digit.
+        When the segment is empty, its delimiter is a printable letter or digit, or a
+        keyword is written twice with different values.
     """
     if not raw:
         raise FcsFormatError(path, "the TEXT segment is empty")
@@ -171,8 +256,8 @@ def parse_text(raw: bytes, *, path: PathLike | None = None, delimiter: bytes | N
     keywords: dict[str, str] = {}
     for key, value in zip(tokens[0::2], tokens[1::2]):
         k = _decode(key).strip().upper()
-        if k and k not in keywords:
-            keywords[k] = _decode(value)
+        if k:
+            _add_keyword(keywords, k, _decode(value), path, "in the same TEXT segment")
     return keywords
 
 
@@ -183,25 +268,12 @@ def _read_at(fh: BinaryIO, start: int, stop: int) -> bytes:
 
 
 def _int_keyword(kw: dict[str, str], key: str, path: PathLike, default: int | None = None) -> int:
-    raw = kw.get(key)
-    if raw is None or not raw.strip():
-        if default is None:
-            raise FcsFormatError(path, f"required keyword {key} is missing")
-        return default
-    try:
-        return int(raw.strip())
-    except ValueError:
-        try:
-            value = float(raw.strip())
-        except ValueError:
-            raise FcsFormatError(path, f"keyword {key} is not a number: {raw!r}") from None
-        if not value.is_integer():
-            raise FcsFormatError(path, f"keyword {key} is not an integer: {raw!r}") from None
-        return int(value)
+    """Keyword ``key`` as a plain ASCII integer (``default`` when absent or blank)."""
+    return ascii_int(kw.get(key), key, path, default=default)
 
 
-def _read_dataset(fh: BinaryIO, base: int, size: int, path: PathLike) -> _Dataset:
-    """Read the HEADER and TEXT (+ supplemental TEXT) of the data set at ``base``."""
+def _read_dataset(fh: BinaryIO, base: int, size: int, path: PathLike, *, supplemental: bool) -> _Dataset:
+    """Read the HEADER and TEXT (+ supplemental TEXT when asked) of the data set at ``base``."""
     fh.seek(base)
     header = _parse_header(fh.read(HEADER_BYTES), path)
     t0, t1 = header.text
@@ -210,14 +282,14 @@ def _read_dataset(fh: BinaryIO, base: int, size: int, path: PathLike) -> _Datase
     if base + t1 >= size:
         raise FcsFormatError(path, f"file is truncated: TEXT ends at byte {base + t1} but the file has {size} bytes")
     raw = _read_at(fh, base + t0, base + t1)
-    keywords = parse_text(raw, path=path)
-    ds = _Dataset(base, header, keywords)
-    _merge_supplemental(fh, ds, raw[:1], size, path)
+    ds = _Dataset(base, header, parse_text(raw, path=path))
+    if supplemental:
+        _merge_supplemental(fh, ds, raw[:1], size, path)
     return ds
 
 
 def _merge_supplemental(fh: BinaryIO, ds: _Dataset, delim: bytes, size: int, path: PathLike) -> None:
-    """Add supplemental TEXT keywords (primary TEXT wins on a clash)."""
+    """Add supplemental TEXT keywords; one that contradicts the primary TEXT is an error."""
     s0 = _int_keyword(ds.keywords, "$BEGINSTEXT", path, 0)
     s1 = _int_keyword(ds.keywords, "$ENDSTEXT", path, 0)
     if s0 == 0 and s1 == 0:
@@ -234,7 +306,7 @@ def _merge_supplemental(fh: BinaryIO, ds: _Dataset, delim: bytes, size: int, pat
         return
     extra = parse_text(raw, path=path, delimiter=delim)
     for key, value in extra.items():
-        ds.keywords.setdefault(key, value)
+        _add_keyword(ds.keywords, key, value, path, "in the TEXT and in the supplemental TEXT")
 
 
 def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
@@ -244,40 +316,111 @@ def _overlaps(a: tuple[int, int], b: tuple[int, int]) -> bool:
 # --------------------------------------------------------------------------- data sets
 
 
-def _scan_datasets(fh: BinaryIO, size: int, path: PathLike, upto: int | None) -> list[_Dataset]:
-    """Follow ``$NEXTDATA`` from the first data set; a cycle is an error."""
-    datasets = [_read_dataset(fh, 0, size, path)]
-    seen = {0}
-    while len(datasets) < _MAX_DATASETS:
-        current = datasets[-1]
-        nxt = _int_keyword(current.keywords, "$NEXTDATA", path, 0)
+@dataclass
+class _Chain:
+    """What following ``$NEXTDATA`` has found so far."""
+
+    bases: list[int] = field(default_factory=list)  # start of every data set seen
+    frontier: int = -1  # last byte of every HEADER and TEXT seen
+    chosen: _Dataset | None = None
+
+
+def _link_problem(chain: _Chain, index: int, nxt: int, size: int) -> str | None:
+    """What is wrong with data set ``index``'s ``$NEXTDATA`` (None when it is a usable link)."""
+    base = chain.bases[index]
+    target = base + nxt
+    head = f"$NEXTDATA of data set {index} is {nxt}"
+    if target < 0:
+        return f"{head}, which points outside the file: byte {target} is before its start"
+    if target + HEADER_BYTES > size:
+        return (f"{head}, which points outside the file: byte {target} is past the end of the file "
+                f"({size} bytes, and a data set needs a 58-byte HEADER)")
+    if base <= target < base + HEADER_BYTES:
+        return (f"{head}, which points into that data set's own HEADER (bytes {base}-{base + HEADER_BYTES - 1}), "
+                f"not to a next data set")
+    if target <= chain.frontier:
+        return (f"{head}, which points to byte {target}, not past the HEADER and TEXT already read (they end "
+                f"at byte {chain.frontier}): a next data set must follow them")
+    if index + 1 >= _MAX_DATASETS:
+        return f"the file chains more than {_MAX_DATASETS} data sets through $NEXTDATA"
+    return None
+
+
+def _chain_broken(chain: _Chain, index: int, wanted: int, problem: str, path: PathLike) -> int:
+    """Handle a broken link after data set ``index``: warn (returning the count) or refuse."""
+    if chain.chosen is None:
+        raise FcsFormatError(path, f"{problem}; data set {wanted} cannot be reached, the file holds "
+                                   f"{index + 1} readable data set(s)")
+    chain.chosen.warnings.append(f"{problem}; the data set chain ends at data set {index}")
+    return index + 1
+
+
+def _next_offset(ds: _Dataset, index: int, path: PathLike) -> int:
+    """``$NEXTDATA`` of data set ``index`` (0 when absent)."""
+    raw = ds.keywords.get("$NEXTDATA")
+    try:
+        return _int_keyword(ds.keywords, "$NEXTDATA", path, 0)
+    except FcsFormatError:
+        raise FcsFormatError(path, f"$NEXTDATA of data set {index} is not a number: {_short(raw or '')}") from None
+
+
+def _select(fh: BinaryIO, size: int, path: PathLike, wanted: int) -> tuple[_Dataset, int]:
+    """Follow ``$NEXTDATA`` from the first data set; return data set ``wanted`` and the count.
+
+    Only data set ``wanted`` is parsed in full (with its supplemental TEXT); the others are
+    tokenised for their ``$NEXTDATA`` and dropped. Every data set must start after all the
+    HEADER and TEXT bytes seen before it, so the work is bounded by the file size.
+    """
+    if size < HEADER_BYTES:
+        raise FcsFormatError(path, f"file has only {size} bytes, fewer than the 58-byte FCS HEADER")
+    if wanted < 0:
+        raise FcsFormatError(path, f"data set index {wanted} is negative")
+    chain = _Chain(bases=[0])
+    index = 0
+    while True:
+        base = chain.bases[index]
+        try:
+            ds = _read_dataset(fh, base, size, path, supplemental=index == wanted)
+        except FcsFormatError as exc:
+            if index == 0:
+                raise
+            problem = (f"data set {index} (at byte {base}, where $NEXTDATA of data set {index - 1} points) "
+                       f"is unreadable: {exc.reason}")
+            return _finish(chain, _chain_broken(chain, index - 1, wanted, problem, path), wanted, path)
+        if index == wanted:
+            chain.chosen = ds
+        try:
+            nxt = _next_offset(ds, index, path)
+        except FcsFormatError as exc:
+            return _finish(chain, _chain_broken(chain, index, wanted, exc.reason, path), wanted, path)
         if nxt == 0:
-            break
-        target = current.base + nxt
-        if target in seen:
-            raise FcsFormatError(path, f"$NEXTDATA of data set {len(datasets) - 1} points back to byte {target}: a cycle")
-        if nxt < 0 or target + HEADER_BYTES > size:
-            if upto is not None and upto >= len(datasets):
-                raise FcsFormatError(path, f"$NEXTDATA points to byte {target}, past the end of the file ({size} bytes)")
-            current.warnings.append(f"$NEXTDATA points to byte {target}, outside the file; chain ends here")
-            break
-        seen.add(target)
-        datasets.append(_read_dataset(fh, target, size, path))
-    return datasets
+            return _finish(chain, index + 1, wanted, path)
+        chain.frontier = max(chain.frontier, ds.end_of_text)
+        if base + nxt <= chain.frontier and base + nxt in chain.bases:  # only earlier bases lie there
+            j = chain.bases.index(base + nxt)
+            raise FcsFormatError(path, f"$NEXTDATA of data set {index} points back to byte {base + nxt}: a cycle "
+                                       f"(data set {j} starts there); the file's data set chain is damaged")
+        problem = _link_problem(chain, index, nxt, size)
+        if problem is not None:
+            return _finish(chain, _chain_broken(chain, index, wanted, problem, path), wanted, path)
+        chain.bases.append(base + nxt)
+        index += 1
+
+
+def _finish(chain: _Chain, count: int, wanted: int, path: PathLike) -> tuple[_Dataset, int]:
+    if chain.chosen is None:
+        raise FcsFormatError(path, f"data set {wanted} requested but the file holds {count}")
+    return chain.chosen, count
 
 
 # --------------------------------------------------------------------------- layout
 
 
-def _range_mask(kw: dict[str, str], n: int, bits: int, path: PathLike) -> int:
+def _range_mask(kw: dict[str, str], n: int, bits: int) -> int:
     """Bit mask of parameter ``n``: the bits its ``$PnR`` needs, at most ``bits``."""
     full = (1 << bits) - 1
-    raw = kw.get(f"$P{n}R", "").strip()
-    try:
-        rng = float(raw)
-    except ValueError:
-        return full
-    if not np.isfinite(rng) or rng <= 1:
+    rng = ascii_float_or_none(kw.get(f"$P{n}R", ""))
+    if rng is None or rng <= 1 or rng >= 2.0**bits:
         return full
     needed = (int(np.ceil(rng)) - 1).bit_length()
     return min((1 << needed) - 1, full)
@@ -306,7 +449,7 @@ def _param_layout(kw: dict[str, str], n: int, default: str | None, path: PathLik
         raise FcsFormatError(path, f"$P{n}B is {bits}: integers of 1 to 64 bits are supported")
     nbytes = -(-bits // 8)  # e.g. 10-bit values are stored in 2 bytes
     nbytes = 8 if nbytes > 4 else nbytes
-    return "u", nbytes, _range_mask(kw, n, min(bits, 8 * nbytes), path)
+    return "u", nbytes, _range_mask(kw, n, min(bits, 8 * nbytes))
 
 
 def _default_datatype(kw: dict[str, str], n_par: int, path: PathLike) -> str | None:
@@ -320,11 +463,29 @@ def _default_datatype(kw: dict[str, str], n_par: int, path: PathLike) -> str | N
     return "I"
 
 
-def _layout(kw: dict[str, str], path: PathLike) -> _Layout:
-    """Work out the event layout from ``$PAR``, ``$PnB``, ``$DATATYPE``, ``$BYTEORD``."""
+def _parameter_count(kw: dict[str, str], path: PathLike) -> int:
+    """``$PAR``, checked against the keywords before anything is built per parameter.
+
+    Every parameter needs its own ``$PnB``, so ``$PAR`` cannot exceed the number of
+    keywords in the TEXT (itself bounded by the file size); then each ``$PnB`` must exist.
+    """
     n_par = _int_keyword(kw, "$PAR", path)
     if n_par <= 0:
         raise FcsFormatError(path, f"$PAR is {n_par}: no parameters")
+    if n_par > len(kw):
+        raise FcsFormatError(path, f"$PAR is {n_par} but the TEXT holds only {len(kw)} keywords, while every "
+                                   f"parameter needs its own ($PnB at least): $PAR is wrong or the TEXT is cut short")
+    missing = [f"$P{n}B" for n in range(1, n_par + 1) if not kw.get(f"$P{n}B", "").strip()]
+    if missing:
+        listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        verb = "is" if len(missing) == 1 else "are"
+        raise FcsFormatError(path, f"required keyword {listed} {verb} missing: $PAR says {n_par} parameters")
+    return n_par
+
+
+def _layout(kw: dict[str, str], path: PathLike) -> _Layout:
+    """Work out the event layout from ``$PAR``, ``$PnB``, ``$DATATYPE``, ``$BYTEORD``."""
+    n_par = _parameter_count(kw, path)
     mode = kw.get("$MODE", "L").strip().upper() or "L"
     if mode != "L":
         raise FcsFormatError(path, f"$MODE {mode!r} (histogram data) is not supported; only list mode (L) is")
@@ -389,7 +550,7 @@ def _locate_failure(ds: _Dataset, need: int, size: int, cands: list[tuple[str, i
     if all(end >= size for end in ends):
         return (f"file is truncated: DATA ({spans}) ends past the end of the file ({size} bytes); "
                 f"it may hold HEADER and TEXT only")
-    return (f"$TOT={tot} events need {need} bytes of DATA but no DATA segment fits "
+    return (f"$TOT={tot[:40]} events need {need} bytes of DATA but no DATA segment fits "
             f"({spans}; file has {size} bytes)")
 
 
@@ -403,11 +564,11 @@ def _read_exact(fh: BinaryIO, buf: memoryview, path: PathLike) -> None:
 
 
 def _apply_masks(out: np.ndarray, layout: _Layout) -> None:
-    """AND every integer column with its mask, in place, when a mask drops bits."""
+    """AND every column of a uniform integer array with its mask, in place, when one drops bits."""
     if out.dtype.kind != "u":
         return
     full = np.iinfo(out.dtype).max
-    masks = np.array([m if k == "u" else full for k, m in zip(layout.kinds, layout.masks)], dtype=out.dtype)
+    masks = np.array(layout.masks, dtype=out.dtype)
     if (masks != full).any():
         np.bitwise_and(out, masks, out=out)
 
@@ -434,6 +595,21 @@ def _column(chunk: np.ndarray, offset: int, width: int, kind: str, order: str) -
     return np.ascontiguousarray(raw).view(dtype)[:, 0]
 
 
+def _masked_column(values: np.ndarray, mask: int, width: int, out_kind: str, j: int, path: PathLike) -> np.ndarray:
+    """An integer column masked to its ``$PnR`` bits (the rule of a uniform integer file).
+
+    A 64-bit value that float64 cannot hold exactly (at or above 2**53) in a mixed
+    integer/float file is refused rather than rounded.
+    """
+    full = (1 << (8 * width)) - 1
+    if mask != full:
+        values = np.bitwise_and(values, values.dtype.type(mask))
+    if out_kind == "f" and width == 8 and values.size and int(values.max()) >= _EXACT_IN_FLOAT64:
+        raise FcsFormatError(path, f"parameter {j + 1} holds 64-bit integers above 2**53 in a file that mixes "
+                                   f"integers and floats: they cannot be returned exactly as float64")
+    return values
+
+
 def _decode_columns(fh: BinaryIO, n: int, layout: _Layout, path: PathLike) -> np.ndarray:
     """Assemble mixed-width or 24-bit events column by column, a chunk of events at a time."""
     out = np.empty((n, len(layout.widths)), dtype=layout.out_dtype)
@@ -441,14 +617,17 @@ def _decode_columns(fh: BinaryIO, n: int, layout: _Layout, path: PathLike) -> np
     offsets = np.concatenate([[0], np.cumsum(layout.widths)[:-1]]).tolist()
     rows = max(1, _CHUNK_BYTES // eb)
     buf = np.empty(min(rows, max(n, 1)) * eb, dtype=np.uint8)
+    columns = list(zip(offsets, layout.widths, layout.kinds, layout.masks))
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
         view = buf[: (r1 - r0) * eb]
         _read_exact(fh, memoryview(view), path)
         chunk = view.reshape(r1 - r0, eb)
-        for j, (off, width, kind) in enumerate(zip(offsets, layout.widths, layout.kinds)):
-            out[r0:r1, j] = _column(chunk, off, width, kind, layout.order)
-    _apply_masks(out, layout)
+        for j, (off, width, kind, mask) in enumerate(columns):
+            values = _column(chunk, off, width, kind, layout.order)
+            if kind == "u":
+                values = _masked_column(values, mask, width, out.dtype.kind, j, path)
+            out[r0:r1, j] = values
     return out
 
 
@@ -468,23 +647,18 @@ def _names(kw: dict[str, str], n_par: int) -> tuple[list[str], list[str]]:
     return channels, markers
 
 
-def _select(fh: BinaryIO, size: int, path: PathLike, dataset: int) -> tuple[_Dataset, int]:
-    if size < HEADER_BYTES:
-        raise FcsFormatError(path, f"file has only {size} bytes, fewer than the 58-byte FCS HEADER")
-    if dataset < 0:
-        raise FcsFormatError(path, f"data set index {dataset} is negative")
-    datasets = _scan_datasets(fh, size, path, dataset)
-    if dataset >= len(datasets):
-        raise FcsFormatError(path, f"data set {dataset} requested but the file holds {len(datasets)}")
-    return datasets[dataset], len(datasets)
-
-
 def _events(fh: BinaryIO, ds: _Dataset, layout: _Layout, size: int, path: PathLike) -> np.ndarray:
+    """Decode DATA after checking that the events it must hold lie inside the file.
+
+    Nothing is allocated before :func:`_locate_data` has found a DATA segment of exactly
+    ``$TOT`` x bytes-per-event bytes inside the file, so the output is bounded by the file size
+    (at most 8 output bytes per stored byte, for 1-byte integers in a mixed float64 file).
+    """
     if _int_keyword(ds.keywords, "$TOT", path, -1) == 0:
         return np.empty((0, len(layout.widths)), dtype=layout.out_dtype)
     cands = _data_candidates(ds, path)
     n = _event_count(ds, layout, cands, path)
-    start = _locate_data(ds, n * layout.event_bytes, size, path, cands)
+    start = _locate_data(ds, n * layout.event_bytes, size, path, cands)  # in the file, or refused
     return _decode_data(fh, start, n, layout, path)
 
 
@@ -513,19 +687,23 @@ def read_fcs(path: PathLike, *, dataset: int = 0, only_text: bool = False) -> Fc
     -------
     FcsData
         Stored events (integers as the narrowest unsigned type that holds them,
-        masked to their ``$PnR`` bits; floats as float32/float64), names, keywords,
-        spillover and ``n_datasets``. Non-fatal oddities are listed in
-        ``extra["warnings"]``; ``extra["byteorder"]`` is ``"<"`` or ``">"``.
+        masked to their ``$PnR`` bits; floats as float32/float64; a file mixing
+        integer and float parameters as float64), names, keywords, spillover and
+        ``n_datasets``. Non-fatal oddities (a broken ``$NEXTDATA`` link after this data
+        set, an unusable spillover keyword) are listed in ``extra["warnings"]``;
+        ``extra["byteorder"]`` is ``"<"`` or ``">"``.
 
     Raises
     ------
     FcsFormatError
-        When the file is truncated, not FCS, inconsistent or uses an unsupported
-        feature; the message names the file and the problem.
+        When the path is not a readable file (missing, a directory, no permission), or
+        the file is truncated, not FCS, inconsistent or uses an unsupported feature; the
+        message names the file and the problem.
     """
     path = os.fspath(path)
+    fh = _open(path)
     try:
-        with open(path, "rb") as fh:
+        with fh:
             size = os.fstat(fh.fileno()).st_size
             ds, n_datasets = _select(fh, size, path, dataset)
             layout = _layout(ds.keywords, path)

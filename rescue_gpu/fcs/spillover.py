@@ -25,57 +25,73 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from ..errors import FcsFormatError
+from .numbers import ascii_float, ascii_int_or_none
 from .types import Spillover
 
 __all__ = ["parse_spillover", "SPILLOVER_KEYWORDS"]
 
 SPILLOVER_KEYWORDS = ("$SPILLOVER", "SPILL", "SPILLOVER")
-_DFC = re.compile(r"^\$DFC(\d+)TO(\d+)$")
+_DFC = re.compile(r"^\$DFC([0-9]+)TO([0-9]+)$", re.ASCII)
+_FL = re.compile(r"^FL([0-9]+)(?![0-9])", re.IGNORECASE | re.ASCII)
 _NOT_FLUORESCENCE = re.compile(r"^(FSC|SSC|FS|SS|TIME)\b", re.IGNORECASE)
 
 
-def _numbers(parts: Sequence[str], key: str, path: str | os.PathLike[str] | None) -> np.ndarray:
-    try:
-        return np.array([float(p) for p in parts], dtype=np.float64)
-    except ValueError:
-        raise FcsFormatError(path, f"{key} holds a value that is not a number") from None
+PathLike = str | os.PathLike[str] | None
 
 
-def _resolve(name: str, channels: Sequence[str]) -> str | None:
-    """Map a spillover name (or 1-based index) to a ``$PnN``; None when it matches none."""
+def _numbers(parts: Sequence[str], key: str, path: PathLike) -> np.ndarray:
+    """Matrix entries as float64; each must be a finite number in plain ASCII."""
+    return np.array([ascii_float(p, key, path) for p in parts], dtype=np.float64)
+
+
+def _resolve(name: str, channels: Sequence[str], folded: Sequence[str]) -> str | None:
+    """Map a spillover name (or 1-based ASCII index) to a ``$PnN``; None when it matches none.
+
+    ``folded`` is ``channels`` stripped and lower-cased, computed once by the caller.
+    """
     name = name.strip()
     if name in channels:
         return name
-    if name.isdigit() and 1 <= int(name) <= len(channels) and name not in channels:
-        return channels[int(name) - 1]
-    folded = [c.strip().lower() for c in channels]
+    index = ascii_int_or_none(name) if name.isascii() and name.isdigit() else None
+    if index is not None and 1 <= index <= len(channels):
+        return channels[index - 1]
     if name.lower() in folded:
         return channels[folded.index(name.lower())]
     return None
 
 
+def _count(key: str, first: str, value: str, path: PathLike) -> int:
+    """The leading channel count ``n`` of a spillover value, as a plain ASCII integer."""
+    n = ascii_int_or_none(first) if first.strip() else None
+    if n is None:
+        raise FcsFormatError(path, f"{key} does not start with a channel count: {value[:40]!r}")
+    return n
+
+
 def _parse_named(key: str, value: str, channels: Sequence[str], path) -> Spillover | None:
     """``$SPILLOVER``-style ``n,names...,values...``."""
     parts = [p.strip() for p in value.split(",")]
-    try:
-        n = int(parts[0])
-    except ValueError:
-        raise FcsFormatError(path, f"{key} does not start with a channel count: {value[:40]!r}") from None
+    n = _count(key, parts[0], value, path)
     if n <= 0:
         return None
     if len(parts) == 1 + n:
         return None  # names only, no matrix
     if len(parts) != 1 + n + n * n:
         raise FcsFormatError(path, f"{key} lists {len(parts) - 1} items; {n} names + {n * n} values expected")
-    names = [_resolve(p, channels) for p in parts[1 : 1 + n]]
+    folded = [c.strip().lower() for c in channels]
+    names = [_resolve(p, channels, folded) for p in parts[1 : 1 + n]]
     missing = [p for p, r in zip(parts[1 : 1 + n], names) if r is None]
     if missing:
-        raise FcsFormatError(path, f"{key} names channels absent from $PnN: {missing}")
+        raise FcsFormatError(path, f"{key} names channels absent from $PnN: {missing[:10]}")
+    repeated = sorted(name for name, count in Counter(names).items() if count > 1)  # type: ignore[type-var]
+    if repeated:
+        raise FcsFormatError(path, f"{key} names channel(s) {repeated[:10]} more than once: the matrix is ambiguous")
     matrix = _numbers(parts[1 + n :], key, path).reshape(n, n)
     return Spillover(tuple(names), matrix, source=key)  # type: ignore[arg-type]
 
@@ -87,10 +103,7 @@ def _fluorescence(channels: Sequence[str]) -> list[str]:
 def _parse_comp(value: str, channels: Sequence[str], path) -> Spillover | None:
     """FCS 2.0/3.0 ``$COMP``: ``n,values...`` without names."""
     parts = [p.strip() for p in value.split(",") if p.strip()]
-    try:
-        n = int(parts[0])
-    except (ValueError, IndexError):
-        raise FcsFormatError(path, f"$COMP does not start with a channel count: {value[:40]!r}") from None
+    n = _count("$COMP", parts[0] if parts else "", value, path)
     if n <= 0:
         return None
     if len(parts) != 1 + n * n or n > len(channels):
@@ -100,9 +113,15 @@ def _parse_comp(value: str, channels: Sequence[str], path) -> Spillover | None:
     return Spillover(tuple(names), _numbers(parts[1:], "$COMP", path).reshape(n, n), source="$COMP")
 
 
-def _fl_channel(index: int, channels: Sequence[str]) -> str | None:
-    pattern = re.compile(rf"^FL0*{index}(?!\d)", re.IGNORECASE)
-    return next((c for c in channels if pattern.match(c.strip())), None)
+def _fl_channels(channels: Sequence[str]) -> dict[int, str]:
+    """``i -> `` the first channel whose ``$PnN`` starts with ``FLi`` (``"FL1 Log"``, ``"FL01"``)."""
+    found: dict[int, str] = {}
+    for c in channels:
+        m = _FL.match(c.strip())
+        index = ascii_int_or_none(m.group(1)) if m else None
+        if index is not None:
+            found.setdefault(index, c)
+    return found
 
 
 def _parse_dfc(keywords: Mapping[str, str], channels: Sequence[str], path) -> Spillover | None:
@@ -110,11 +129,12 @@ def _parse_dfc(keywords: Mapping[str, str], channels: Sequence[str], path) -> Sp
     entries = {}
     for key, value in keywords.items():
         m = _DFC.match(key)
-        if m:
-            entries[(int(m.group(1)), int(m.group(2)))] = value
+        pair = (ascii_int_or_none(m.group(1)), ascii_int_or_none(m.group(2))) if m else (None, None)
+        if pair[0] is not None and pair[1] is not None:
+            entries[pair] = value
     indices = sorted({i for pair in entries for i in pair})
-    present = [(i, _fl_channel(i, channels)) for i in indices]
-    present = [(i, c) for i, c in present if c is not None]
+    fl = _fl_channels(channels)
+    present = [(i, fl[i]) for i in indices if i in fl]
     if not present:
         return None
     pos = {i: k for k, (i, _) in enumerate(present)}

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .numbers import ascii_float_or_none
+
 __all__ = ["Spillover", "FcsData"]
 
 
@@ -81,33 +83,37 @@ class FcsData:
         return len(self.channels)
 
     def ranges(self) -> np.ndarray:
-        """``$PnR`` of every parameter as float64 (NaN where absent or unreadable)."""
+        """``$PnR`` of every parameter as float64 (NaN where absent or not a plain ASCII number)."""
         out = np.full(self.n_parameters, np.nan)
         for i in range(self.n_parameters):
-            try:
-                out[i] = float(self.keywords.get(f"$P{i + 1}R", "nan"))
-            except ValueError:
-                pass
+            value = ascii_float_or_none(self.keywords.get(f"$P{i + 1}R", ""))
+            if value is not None:
+                out[i] = value
         return out
 
     def amplification(self) -> list[tuple[float, float]]:
-        """``$PnE`` (decades, offset) of every parameter; ``(0, 0)`` means linear."""
+        """``$PnE`` (decades, offset) of every parameter; ``(0, 0)`` means linear.
+
+        A value that is not two plain ASCII numbers reads as ``(0, 0)``.
+        """
         out: list[tuple[float, float]] = []
         for i in range(self.n_parameters):
-            raw = self.keywords.get(f"$P{i + 1}E", "0,0")
-            try:
-                f1, f2 = (float(v) for v in raw.split(",")[:2])
-            except ValueError:
-                f1, f2 = 0.0, 0.0
-            out.append((f1, f2))
+            items = self.keywords.get(f"$P{i + 1}E", "0,0").split(",")[:2]
+            f1, f2 = (ascii_float_or_none(v) for v in items) if len(items) == 2 else (None, None)
+            out.append((f1, f2) if f1 is not None and f2 is not None else (0.0, 0.0))
         return out
 
+    def data_types(self) -> list[str]:
+        """Each parameter's data type (``I``, ``F`` or ``D``): ``$PnDATATYPE`` (FCS 3.2), else ``$DATATYPE``."""
+        default = self.keywords.get("$DATATYPE", "I").strip().upper() or "I"
+        return [self.keywords.get(f"$P{i + 1}DATATYPE", "").strip().upper() or default
+                for i in range(self.n_parameters)]
+
     def gains(self) -> np.ndarray:
-        """``$PnG`` of every parameter (1.0 where absent)."""
+        """``$PnG`` of every parameter (1.0 where absent or not a plain ASCII number)."""
         out = np.ones(self.n_parameters)
         for i in range(self.n_parameters):
-            try:
-                out[i] = float(self.keywords.get(f"$P{i + 1}G", "1"))
-            except ValueError:
-                pass
+            value = ascii_float_or_none(self.keywords.get(f"$P{i + 1}G", ""))
+            if value is not None:
+                out[i] = value
         return out

@@ -140,10 +140,8 @@ def linear_values(fcs: FcsData, *, xp: ModuleType | None = None) -> Any:
 
 
 def _decode(fcs: FcsData, stored: Any) -> Any:
-    """Linear values: ``$PnE``/``$PnG`` applied (``$PnE`` only for integer data)."""
-    amp = fcs.amplification()
-    if fcs.keywords.get("$DATATYPE", "I").strip().upper() in ("F", "D"):
-        amp = [(0.0, 0.0)] * fcs.n_parameters
+    """Linear values: ``$PnE``/``$PnG`` applied (``$PnE`` only to integer columns, per ``$PnDATATYPE``)."""
+    amp = [(0.0, 0.0) if kind in ("F", "D") else e for e, kind in zip(fcs.amplification(), fcs.data_types())]
     return decode_amplification(stored, decades_offsets=amp, ranges=fcs.ranges(), gains=fcs.gains())
 
 
