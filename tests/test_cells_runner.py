@@ -16,10 +16,11 @@ from rescue_gpu.cells.manifest import input_digest, read_cell_manifest
 from rescue_gpu.cells.network import build_cell_model
 from rescue_gpu.cells.readout import AccRates, sample_readout
 from rescue_gpu.cells.record import CellModelRecord
-from rescue_gpu.cells.runner import CellScoreOptions, decode_strings, encode_strings, score_cells
+from rescue_gpu.cells.assay import CellScoreOptions, score_cells
+from rescue_gpu.runner.store import decode_strings, encode_strings
 from rescue_gpu.cells.spec import load_cell_pipeline
 from rescue_gpu.cells.workflow import with_overrides
-from rescue_gpu.cohort.store import RunStore
+from rescue_gpu.runner.store import RunStore
 from rescue_gpu.config import RuntimeConfig
 from rescue_gpu.errors import ConfigError, ManifestError, ModelError
 from rescue_gpu.simulate.cells import simulate_cell_library
@@ -240,7 +241,7 @@ def test_embeddings_export_caps_cells_per_sample(run, pipe, tmp_path):
 
 
 def test_provenance_has_the_resolved_device_and_checksum(run, model_dir):
-    from rescue_gpu.cohort.store import RunStore
+    from rescue_gpu.runner.store import RunStore
 
     store = RunStore(run.run_dir / "store.zarr")
     rec = CellModelRecord.load(model_dir)

@@ -27,7 +27,7 @@ class _Result:
 
 def run_here(args: list, capsys: pytest.CaptureFixture) -> _Result:
     """``rescue score`` in this process (``cli.main``: the same exit-code mapping, no torch import per call)."""
-    from rescue_gpu.cohort.cli import _main
+    from rescue_gpu.flow.cli import _main
 
     capsys.readouterr()
     rc = _main([str(a) for a in args])
@@ -206,7 +206,7 @@ def _spillover_variants(src: Path, d: Path) -> tuple[Path, Path, str]:
 
 def test_bad_spillover_fails_the_sample_and_warnings_reach_every_output(assets: dict[str, Path], tmp_path: Path,
                                                                          capsys: pytest.CaptureFixture) -> None:
-    from rescue_gpu.cohort.store import RunStore
+    from rescue_gpu.runner.store import RunStore
     from rescue_gpu.preprocess.compensation import NO_FILE_MATRIX
 
     good = (assets["cohort"] / "fcs" / "S00000.fcs").resolve()
@@ -262,7 +262,7 @@ def test_flagged_fcs_leaves_out_identifiers_unless_kept(assets: dict[str, Path],
 
 
 def test_flagged_keywords_allow_list_drops_serial_numbers() -> None:
-    from rescue_gpu.cohort.flag import flagged_keywords
+    from rescue_gpu.flow.flag import flagged_keywords
     from rescue_gpu.fcs.types import FcsData
 
     kw = {"$CYT": "FACSCanto II (V96300015)", "$CYTSN": "V96300015", "$TIMESTEP": "0.01", "$SRC": "J. Doe",

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rescue_gpu.cohort.store import RunStore
+from rescue_gpu.runner.store import RunStore
 
 from .test_cohort_fixtures import N_SAMPLES, build_assets
 
@@ -24,7 +24,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _score_args(assets: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "rescue_gpu.cohort.cli", "score", str(assets["manifest"]),
+    return [sys.executable, "-m", "rescue_gpu.flow.cli", "score", str(assets["manifest"]),
             "--reference", str(assets["reference"]), "--model", str(assets["model"]), "--out", str(out),
             "--keep-coords", "--no-report", *extra]
 
@@ -65,7 +65,7 @@ def test_kill_9_then_resume_equals_uninterrupted(assets: dict[str, Path], tmp_pa
     assert f"{N_SAMPLES - n_before} to score, {n_before} already done" in " ".join(resumed.stdout.split())
 
     clean = tmp_path / "clean"  # uninterrupted, in this process (saves a torch import)
-    from rescue_gpu.cohort.cli import _main
+    from rescue_gpu.flow.cli import _main
 
     assert _main(_score_args(assets, clean, "--in-process")[3:]) == 0
 
@@ -89,13 +89,13 @@ def test_kill_9_then_resume_equals_uninterrupted(assets: dict[str, Path], tmp_pa
 
 
 def _rows(assets: dict[str, Path], n: int = 2) -> list:
-    from rescue_gpu.cohort import read_manifest
+    from rescue_gpu.runner.manifest import read_manifest
 
     return read_manifest(assets["manifest"])[:n]
 
 
 def _options(**kw):
-    from rescue_gpu.cohort.runner import ScoreOptions
+    from rescue_gpu.flow.assay import ScoreOptions
 
     from .test_cohort_fixtures import tiny_pipeline
 
@@ -103,7 +103,7 @@ def _options(**kw):
 
 
 def _score(assets: dict[str, Path], model: Path, out: Path, **kw):
-    from rescue_gpu.cohort.runner import score_cohort
+    from rescue_gpu.flow.assay import score_cohort
     from rescue_gpu.config import RuntimeConfig
 
     return score_cohort(_rows(assets), reference=assets["reference"], model=model, out=out, options=_options(),
@@ -143,7 +143,8 @@ def test_resume_after_a_model_edit_refuses_then_rescores(assets: dict[str, Path]
 
 def test_settings_identity_holds_the_resolved_backend() -> None:
     from rescue_gpu.backend import DevicePlan
-    from rescue_gpu.cohort.runner import settings_hash, settings_record
+    from rescue_gpu.flow.assay import settings_record
+    from rescue_gpu.runner.identity import settings_hash
 
     opts = _options()
     cpu = settings_record(opts, DevicePlan("cpu", "torch", "fp32"))
@@ -160,7 +161,8 @@ def test_auto_falls_back_once_and_provenance_says_how(assets: dict[str, Path], t
     import warnings
 
     from rescue_gpu.backend import BackendFallbackWarning, DevicePlan
-    from rescue_gpu.cohort.runner import pending_rows, score_cohort, settings_hash, settings_record
+    from rescue_gpu.flow.assay import score_cohort, settings_record
+    from rescue_gpu.runner.identity import pending_rows, settings_hash
     from rescue_gpu.config import RuntimeConfig
     from rescue_gpu.model.record import ModelRecord
 
@@ -198,14 +200,14 @@ def test_auto_falls_back_once_and_provenance_says_how(assets: dict[str, Path], t
 
 
 def _chunk_of(store_dir: Path, sid: str, name: str = "image") -> Path:
-    from rescue_gpu.cohort.store import sample_key
+    from rescue_gpu.runner.store import sample_key
 
     return next(p for p in (store_dir / "samples" / sample_key(sid) / name).rglob("*")
                 if p.is_file() and p.name != "zarr.json")
 
 
 def _run_here(assets: dict[str, Path], out: Path, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
-    from rescue_gpu.cohort.cli import _main
+    from rescue_gpu.flow.cli import _main
 
     capsys.readouterr()
     args = [a for a in _score_args(assets, out, "--in-process")[3:] if a != "--no-report"]  # report: gallery images
@@ -255,7 +257,7 @@ def test_damaged_samples_are_rescored_never_shown_as_zeros(assets: dict[str, Pat
 @pytest.mark.skipif(__import__("tests.conftest", fromlist=["HAS_GPU"]).HAS_GPU, reason="needs a machine without a GPU")
 def test_backend_gpu_without_a_gpu_stops_before_any_sample(assets: dict[str, Path], tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
-    from rescue_gpu.cohort.cli import _main
+    from rescue_gpu.flow.cli import _main
 
     code = _main(_score_args(assets, tmp_path / "run", "--in-process", "--backend", "gpu")[3:])
     err = " ".join(capsys.readouterr().err.split())
@@ -266,7 +268,7 @@ def test_backend_gpu_without_a_gpu_stops_before_any_sample(assets: dict[str, Pat
 def test_workers_refuse_an_unresolved_backend_and_a_changed_model() -> None:
     from types import SimpleNamespace
 
-    from rescue_gpu.cohort.runner import worker_engine
+    from rescue_gpu.runner.worker import worker_engine
     from rescue_gpu.errors import BackendError, ModelError
 
     rec = SimpleNamespace(sha256="w" * 64, checksum="c" * 64)

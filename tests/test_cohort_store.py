@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rescue_gpu.cohort.flag import driving_region, grad_cam
-from rescue_gpu.cohort.manifest import ManifestRow
-from rescue_gpu.cohort.outputs import score_table
-from rescue_gpu.cohort.runner import file_digest, pending_rows
-from rescue_gpu.cohort.store import RunStore, run_lock, sample_key
+from rescue_gpu.flow.flag import driving_region, grad_cam
+from rescue_gpu.runner.manifest import ManifestRow
+from rescue_gpu.flow.outputs import score_table
+from rescue_gpu.runner.identity import file_digest, pending_rows
+from rescue_gpu.runner.store import RunStore, run_lock, sample_key
 from rescue_gpu.errors import StoreError
 
 IDENTITY = {"settings_hash": "s1", "reference_fingerprint": "r1", "model_sha256": "m1"}

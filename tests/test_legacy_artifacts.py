@@ -19,12 +19,12 @@ import pandas as pd
 import pytest
 
 from rescue_gpu.cells.record import CellModelRecord
-from rescue_gpu.cells.runner import CellScoreOptions, score_cells
+from rescue_gpu.cells.assay import CellScoreOptions, score_cells
 from rescue_gpu.cells.spec import load_cell_pipeline
 from rescue_gpu.cells.workflow import with_overrides
-from rescue_gpu.cohort import read_manifest
-from rescue_gpu.cohort.runner import ScoreOptions, score_cohort
-from rescue_gpu.cohort.store import RunStore
+from rescue_gpu.runner.manifest import read_manifest
+from rescue_gpu.flow.assay import ScoreOptions, score_cohort
+from rescue_gpu.runner.store import RunStore
 from rescue_gpu.config import RuntimeConfig
 from rescue_gpu.model.record import ModelRecord
 from rescue_gpu.reference import Reference

@@ -17,7 +17,7 @@ import math
 import os
 from pathlib import Path
 
-from ..cohort.manifest import ManifestRow, read_manifest
+from ..runner.manifest import ManifestRow, read_manifest
 from ..errors import ManifestError
 from .io import STACK_SUFFIXES
 

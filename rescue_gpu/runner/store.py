@@ -6,12 +6,15 @@ Layout::
       zarr.json                 format, format_version
       samples/
         <key>/                  key = the sample id, percent-encoded; prefix + hash when long (see sample_key)
-          image                 (C, H, W) float32, one chunk           (scored samples)
-          coords                (n, 2) float32 projected events        (with --keep-coords)
+          <array>               the assay's arrays: flow ``image`` (C, H, W) and ``coords`` (n, 2);
+                                cells ``probs``, ``embeddings``, cell ids, gallery
           zarr.json             attributes: {"record": {...}, "files": {...}, "done": true}
 
-A sample's record holds p_mrd, call, QC counts, status, error and its provenance (input
-sha256 and size, settings hash, reference fingerprint, model sha256, software versions).
+A sample's record is the assay's (flow: p_mrd, call, QC counts; cells: the readout) plus
+status, error and its provenance (input digest and size, settings hash, model sha256 and
+the assay's other identity fields, software versions). The format is the same for both
+assays and unchanged since format_version 1 (``rescue_gpu.runner.store`` before the
+runner/flow/cells split): old stores load.
 
 Crash safety. Only one process writes (the client of a cohort run; workers return
 results to it), and a run holds an exclusive ``flock`` on ``RUN_DIR/.lock``. A sample is
@@ -55,7 +58,7 @@ import numpy as np
 
 from ..errors import OutputError, StoreError, writing
 
-__all__ = ["RunStore", "StoredSample", "sample_key", "legacy_key", "FORMAT", "FORMAT_VERSION", "MAX_KEY_BYTES",
+__all__ = ["RunStore", "StoredSample", "encode_strings", "decode_strings", "sample_key", "legacy_key", "FORMAT", "FORMAT_VERSION", "MAX_KEY_BYTES",
            "run_lock"]
 
 FORMAT = "rescue-run-store"
@@ -366,3 +369,17 @@ class RunStore:
     def run_meta(self) -> dict[str, Any]:
         """The settings of the latest run ({} before the first)."""
         return dict(self.root.attrs.get("last_run", {}))
+
+
+def encode_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Strings as UTF-8 bytes (uint8) and offsets (int64, ``n + 1``): a portable Zarr layout."""
+    raw = [str(v).encode("utf-8") for v in values]
+    offsets = np.zeros(len(raw) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in raw])
+    return np.frombuffer(b"".join(raw), dtype=np.uint8).copy(), offsets
+
+
+def decode_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:
+    """Inverse of :func:`encode_strings`."""
+    buf = np.asarray(data, dtype=np.uint8).tobytes()
+    return [buf[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:])]

@@ -1,13 +1,14 @@
-"""The ``rescue`` command line: a thin layer that mirrors the Python API.
+"""The ``rescue`` app: a thin layer that mirrors the Python API.
 
-Exit codes: 0 success, 2 usage or configuration errors and environment faults (a read-only
-or full file system: a clear one-line message, no traceback), 3 some samples failed, 1
-anything unexpected.
+This module holds the commands that belong to no assay (``fcs inspect``, ``simulate``,
+``preprocess``, ``demo``, ``reference ...``, ``project``, ``config``) and adds each
+assay's and the model's commands (``score``, ``cells ...``, ``train``, ``model ...``)
+from the modules that define them next to their code. Exit codes: see
+:mod:`rescue_gpu.cliutil`.
 """
 
 from __future__ import annotations
 
-import errno
 import sys
 import time
 from pathlib import Path
@@ -16,8 +17,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .cliutil import EXIT_OK, EXIT_SAMPLES_FAILED, EXIT_USAGE, console, err_console, progress
-from .errors import OutputError, RescueError, os_errno
+from ..cliutil import EXIT_SAMPLES_FAILED, console, err_console, progress, run_app
+
+__all__ = ["app", "main"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="rescue_gpu: MRD detection at cohort scale.")
 fcs_app = typer.Typer(no_args_is_help=True, help="Read and check FCS files.")
@@ -25,16 +27,13 @@ ref_app = typer.Typer(no_args_is_help=True, help="Build, import and check refere
 app.add_typer(fcs_app, name="fcs")
 app.add_typer(ref_app, name="reference")
 
-# OSErrors that only writing raises (read-only, full, quota, too large): one line and exit 2, wherever they come from
-_WRITE_FAULTS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
 PipelineOpt = Annotated[str, typer.Option("--pipeline", help="Pipeline name in pipelines/ or a TOML path.")]
 
 
 @fcs_app.command("inspect")
 def fcs_inspect(files: Annotated[list[Path], typer.Argument(help="FCS files to describe.")]) -> None:
     """Print version, events, parameters, channels/markers and spillover; say why a file is refused."""
-    from .fcs.inspect import inspect_many
+    from ..fcs.inspect import inspect_many
 
     text, n_refused = inspect_many(files)
     console.print(text, markup=False, highlight=False)
@@ -50,7 +49,7 @@ def simulate(
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, same files).")] = 0,
 ) -> None:
     """Simulate an AML-MRD cohort: FCS 3.1 files plus manifest.csv and truth."""
-    from .simulate import simulate_cohort
+    from ..simulate import simulate_cohort
 
     t0 = time.perf_counter()
     with progress("simulating", samples) as advance:
@@ -67,7 +66,7 @@ def preprocess_cmd(
     pipeline: PipelineOpt = "aml-mrd",
 ) -> None:
     """Preprocess samples (compensation, transforms, QC, panel) and print a QC summary per sample."""
-    from .config import load_pipeline
+    from ..config import load_pipeline
 
     pipe = load_pipeline(pipeline)
     rows = _rows_for(inputs)
@@ -85,7 +84,7 @@ def demo(
     seed: Annotated[int, typer.Option("--seed")] = 7,
 ) -> None:
     """Simulate a small cohort, build a reference, train a model, score held-out patients; print the report path."""
-    from .cohort.demo import run_demo
+    from ..flow.demo import run_demo
 
     t0 = time.perf_counter()
     report = run_demo(out, samples=samples, events=events, seed=seed)
@@ -102,8 +101,8 @@ def reference_build(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing reference directory.")] = False,
 ) -> None:
     """Preprocess samples, pool an even subsample of each, fit UMAP, write a reference directory."""
-    from .cohort.stages import build_reference_from_rows
-    from .config import load_pipeline
+    from ..flow.stages import build_reference_from_rows
+    from ..config import load_pipeline
 
     pipe = load_pipeline(pipeline)
     rows = _rows_for(manifest)
@@ -130,8 +129,8 @@ def reference_import_umap(
     pipeline: PipelineOpt = "aml-mrd",
 ) -> None:
     """Import a fitted umap-learn model as a reference (unpickling needs --trust)."""
-    from .config import load_pipeline
-    from .reference import import_umap_pickle
+    from ..config import load_pipeline
+    from ..reference import import_umap_pickle
 
     pipe = load_pipeline(pipeline)
     names = [m.strip() for m in markers.split(",") if m.strip()]
@@ -154,11 +153,11 @@ def project_cmd(
     """Project one sample into a reference and write its coordinates and image(s) as PNG."""
     import numpy as np
 
-    from .backend import to_numpy
-    from .cohort.stages import load_events, project, rasterise
-    from .raster import save_png
-    from .reference import Reference
-    from .reference.pipeline import resolve_pipeline
+    from ..backend import to_numpy
+    from ..flow.stages import load_events, project, rasterise
+    from ..raster import save_png
+    from ..reference import Reference
+    from ..reference.pipeline import resolve_pipeline
 
     resolved = resolve_pipeline(reference, pipeline)
     if resolved.note:
@@ -193,7 +192,7 @@ def config_check(
     pipeline: PipelineOpt = "aml-mrd",
 ) -> None:
     """Validate config.toml and a pipeline file and print the resolved settings."""
-    from .config import load_pipeline, load_runtime
+    from ..config import load_pipeline, load_runtime
 
     console.print(load_runtime(config))
     console.print(load_pipeline(pipeline))
@@ -201,10 +200,10 @@ def config_check(
 
 def _register_subsystems() -> None:
     """Add the commands each subsystem defines next to its code."""
-    from .cells.cli import register as register_cells
-    from .cohort.cli import register as register_score
-    from .model.cli import register as register_model
-    from .model.train_cli import register as register_train
+    from ..cells.cli import register as register_cells
+    from ..flow.cli import register as register_score
+    from ..model.cli import register as register_model
+    from ..model.train_cli import register as register_train
 
     register_score(app)
     register_model(app)
@@ -219,7 +218,7 @@ _register_subsystems()
 
 
 def _rows_for(inputs: Path) -> list:
-    from .cohort import ManifestRow, read_manifest
+    from ..runner.manifest import ManifestRow, read_manifest
 
     if inputs.is_file() and inputs.suffix.lower() != ".csv":
         return [ManifestRow(inputs.stem, inputs)]
@@ -228,7 +227,7 @@ def _rows_for(inputs: Path) -> list:
 
 def _preprocess_rows(rows: list, pipe) -> list[dict]:
     """Read and preprocess each row; a failing sample is recorded, never fatal."""
-    from .cohort.stages import iter_events
+    from ..flow.stages import iter_events
 
     with progress("preprocessing", len(rows)) as advance:
         return [{"row": row, "events": ev, "error": err} for row, ev, err in iter_events(rows, pipe, on_sample=advance)]
@@ -256,28 +255,7 @@ def _print_qc_table(results: list[dict], pipe) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rescue`` console script; maps errors to exit codes."""
-    try:
-        rc = app(args=argv, standalone_mode=False)
-    except RescueError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
-        return EXIT_USAGE
-    except typer.Exit as exc:
-        return int(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        return EXIT_USAGE
-    except OSError as exc:
-        if os_errno(exc) not in _WRITE_FAULTS:
-            raise
-        err_console.print(f"error: {OutputError(exc.filename, exc)}", markup=False, highlight=False)
-        return EXIT_USAGE
-    except Exception as exc:
-        # click's (vendored by typer) usage errors: they know how to show themselves
-        if hasattr(exc, "show") and getattr(exc, "exit_code", None) == EXIT_USAGE:
-            exc.show()
-            return EXIT_USAGE
-        raise
-    return rc if isinstance(rc, int) else EXIT_OK
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Dask cluster set-up for cohort runs: embedded on this machine, or an existing scheduler.
+"""Dask cluster set-up for cohort runs (either assay): embedded on this machine, or an existing scheduler.
 
 Choices, in order:
 
@@ -83,9 +83,10 @@ class ClusterInfo:
 
 def gpu_cluster_available() -> tuple[bool, str]:
     """Whether an embedded LocalCUDACluster can be made here, and why not."""
-    from ..backend import _gpu_status
+    from ..backend import device_probe
 
-    ok, reason = _gpu_status()
+    probe = device_probe()
+    ok, reason = bool(probe["gpu"]), str(probe["reason"])
     if not ok:
         return False, reason
     try:

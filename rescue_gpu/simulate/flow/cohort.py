@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import RescueError
-from ..fcs.writer import write_fcs
+from ...errors import RescueError
+from ...fcs.writer import write_fcs
 from .sample import KINDS, LABELS, MIN_EVENTS, TIMEPOINTS, Patient, draw_patient, simulate_sample
 
 __all__ = [

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..config import Pipeline, load_pipeline
 from ..errors import RescueError
-from .manifest import ManifestRow, read_manifest
+from ..runner.manifest import ManifestRow, read_manifest
 
 __all__ = ["run_demo", "demo_pipeline", "split_patients"]
 
@@ -89,7 +89,7 @@ def run_demo(
     from ..config import RuntimeConfig
     from ..model.train import train_model
     from ..simulate import simulate_cohort
-    from .runner import ScoreOptions, score_cohort
+    from .assay import ScoreOptions, score_cohort
     from .stages import build_reference_from_rows
 
     if samples < 12:

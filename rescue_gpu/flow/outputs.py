@@ -1,4 +1,4 @@
-"""Run outputs: ``scores.csv``, ``scores.parquet`` and ``report.html`` from the run store.
+"""Flow run outputs: ``scores.csv``, ``scores.parquet`` and ``report.html`` from the run store.
 
 One row per manifest sample, in manifest order. The manifest gives ``sample_id``,
 ``patient_id``, ``timepoint`` and ``label`` (so editing those columns needs no re-run);
@@ -12,28 +12,21 @@ joined by ``"; "`` (a ``;`` inside one warning becomes ``,``); empty when there 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from ..errors import writing
-from .manifest import ManifestRow
-from .store import RunStore
+from ..runner.manifest import ManifestRow
+from ..runner.store import RunStore
+from ..runner.tables import join_warnings, replacing, write_table
 
-__all__ = ["COLUMNS", "QC_COLUMNS", "score_table", "write_outputs", "write_table", "join_warnings", "replacing"]
+__all__ = ["COLUMNS", "QC_COLUMNS", "score_table", "write_outputs"]
 
 COLUMNS = ("sample_id", "patient_id", "timepoint", "p_mrd", "call", "threshold", "status", "error",
            "n_events", "n_events_used", "label", "warnings")
 QC_COLUMNS = ("non_finite", "saturated", "debris", "doublets", "n_events_out", "n_outside")
-
-
-def join_warnings(warnings: Sequence[str] | None) -> str:
-    """One cell of the ``warnings`` column: the warnings joined by ``"; "`` ("" when none)."""
-    return "; ".join(str(w).replace(";", ",") for w in (warnings or ()))
 
 
 def _row(m: ManifestRow, record: dict[str, Any] | None, threshold: float) -> dict[str, Any]:
@@ -61,46 +54,12 @@ def score_table(rows: Sequence[ManifestRow], store: RunStore, *, threshold: floa
     return df
 
 
-@contextmanager
-def replacing(final: Path, tmp_name: str | None = None) -> Iterator[Path]:
-    """A temporary path beside ``final`` (``.<name>.tmp``), renamed to ``final`` when the block succeeds.
-
-    On failure the temporary file is removed (a full disk gets its space back) and
-    ``final`` is left as it was.
-
-    Raises
-    ------
-    OutputError
-        The file system is read-only or full (or similar); the message names ``final``.
-    """
-    tmp = final.with_name(tmp_name or f".{final.name}.tmp")
-    try:
-        with writing(final):
-            yield tmp
-            os.replace(tmp, final)
-    finally:
-        with suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
-def write_table(df: pd.DataFrame, run_dir: Path) -> dict[str, Path]:
-    """Write ``scores.csv`` and ``scores.parquet`` (via temporary files, renamed once both are written)."""
-    with writing(run_dir):
-        run_dir.mkdir(parents=True, exist_ok=True)
-    csv, parquet = run_dir / "scores.csv", run_dir / "scores.parquet"
-    with replacing(csv) as csv_tmp:  # nested, so that a failure names the file being written
-        df.to_csv(csv_tmp, index=False, float_format="%.6g")
-        with replacing(parquet) as pq_tmp:
-            df.to_parquet(pq_tmp, index=False)
-    return {"csv": csv, "parquet": parquet}
-
-
 def write_outputs(df: pd.DataFrame, store: RunStore, run_dir: Path, *, report: bool = True,
                   provenance: dict[str, Any] | None = None) -> dict[str, Path]:
     """Write the score tables and, with ``report``, ``report.html``; return their paths."""
     paths = write_table(df, run_dir)
     if report:
-        from ..report.html import write_report
+        from ..report.flow import write_report
 
         with replacing(run_dir / "report.html") as tmp:
             write_report(tmp, df, images=_gallery_images(df, store), provenance=provenance or {})

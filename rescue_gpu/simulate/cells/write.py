@@ -1,4 +1,5 @@
-"""Writers for single-cell images in the layouts :mod:`rescue_gpu.cells.io` reads.
+"""Writers for single-cell images in the layouts :mod:`rescue_gpu.cells.io` reads (``rescue_gpu.cells.write``
+before the runner/flow/cells split; here so that the simulator does not import the assay).
 
 - one image per file: PNG / JPG (1 or 3 planes, 8 or 16 bit PNG) or TIFF (any number of
   planes, stored ``(C, h, w)`` planar, any integer or float dtype);
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CellDataError
+from ...errors import CellDataError
 
 __all__ = ["write_image", "write_channel_tiffs", "write_stack", "channel_tiff_name"]
 

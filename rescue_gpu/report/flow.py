@@ -1,4 +1,4 @@
-"""``report.html``: one self-contained file (inline CSS, PNGs as base64 data URIs).
+"""The flow run's ``report.html`` (built with :mod:`.page`).
 
 Sections: cohort summary, score histogram with the threshold, evaluation (metrics with
 patient-level bootstrap intervals, confusion, ROC; only when the manifest has labels),
@@ -23,39 +23,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["write_report", "write_page", "png_data_uri"]
+from .page import fig_uri, fmt, kv, png_data_uri, pyplot, table, write_page
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222}
-h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ddd;padding:.25em .5em;text-align:left}
-th{background:#f4f4f4}.pos{color:#b00020;font-weight:600}.neg{color:#1b5e20}.failed{color:#999}
-.gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure{margin:0;width:150px;font-size:.75em;text-align:center}
-.gallery img{width:150px;height:150px;image-rendering:pixelated;border:1px solid #ccc}
-.kv td:first-child{font-weight:600;white-space:nowrap}code{font-size:.85em;word-break:break-all}
-"""
-
-
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def png_data_uri(data: bytes) -> str:
-    """A ``data:image/png;base64,...`` URI of PNG bytes."""
-    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-
-
-def _fig_uri(fig: Any) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    _plt().close(fig)
-    return png_data_uri(buf.getvalue())
-
+__all__ = ["write_report"]
 
 def _image_uri(image: np.ndarray) -> str:
     """First channel of a ``(C, H, W)`` image as a viridis PNG."""
@@ -63,12 +33,12 @@ def _image_uri(image: np.ndarray) -> str:
     plane = plane[0] if plane.ndim == 3 else plane
     top = float(plane.max()) if plane.size else 0.0
     buf = io.BytesIO()
-    _plt().imsave(buf, plane / top if top > 0 else plane, cmap="viridis", vmin=0.0, vmax=1.0, format="png")
+    pyplot().imsave(buf, plane / top if top > 0 else plane, cmap="viridis", vmin=0.0, vmax=1.0, format="png")
     return png_data_uri(buf.getvalue())
 
 
 def _histogram(df: pd.DataFrame, threshold: float) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 3.2), dpi=110)
     scored = df[df["status"] == "scored"]
     p_all = np.r_[scored["p_mrd"].to_numpy(dtype=float), threshold]
@@ -86,33 +56,7 @@ def _histogram(df: pd.DataFrame, threshold: float) -> str:
     ax.set(xlabel="p_mrd", ylabel="samples", xlim=(lo, hi))
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _fig_uri(fig)
-
-
-def _table(df: pd.DataFrame, *, max_rows: int = 5000) -> str:
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = []
-    for _, row in df.head(max_rows).iterrows():
-        cls = "failed" if row.get("status") == "failed" else {"positive": "pos", "negative": "neg"}.get(row.get("call"), "")
-        cells = "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row.to_numpy())
-        body.append(f'<tr class="{cls}">{cells}</tr>')
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
-
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
-def _kv(items: Mapping[str, Any]) -> str:
-    rows = []
-    for k, v in items.items():
-        text = v if isinstance(v, str) else json.dumps(v, indent=1, sort_keys=True, default=str)
-        rows.append(f"<tr><td>{html.escape(str(k))}</td><td><code>{html.escape(text)}</code></td></tr>")
-    return f'<table class="kv">{"".join(rows)}</table>'
+    return fig_uri(fig)
 
 
 def _summary(df: pd.DataFrame, threshold: float) -> dict[str, Any]:
@@ -151,8 +95,8 @@ def _evaluation(df: pd.DataFrame, threshold: float, n_boot: int) -> str:
                             **{k: _interval(r.get(k)) for k in ("sensitivity", "specificity", "roc_auc")}}
                            for tp, r in ev["by_timepoint"].items()])
     return (f"<p>{ev['n']} labelled samples from {ev['n_patients']} patients; 95% patient-level bootstrap "
-            f"intervals ({n_boot} replicates).</p>{_kv(rows)}{_kv({'confusion': ev['confusion']})}"
-            f"{_table(per_tp)}<img alt='ROC' src='{roc_uri}'>")
+            f"intervals ({n_boot} replicates).</p>{kv(rows)}{kv({'confusion': ev['confusion']})}"
+            f"{table(per_tp)}<img alt='ROC' src='{roc_uri}'>")
 
 
 def _interval(v: Any) -> str:
@@ -178,7 +122,7 @@ def _gallery(df: pd.DataFrame, images: Mapping[str, np.ndarray]) -> str:
 
 def _failed(df: pd.DataFrame) -> str:
     bad = df[df["status"] != "scored"][["sample_id", "patient_id", "timepoint", "error"]]
-    return "<p>None.</p>" if bad.empty else _table(bad)
+    return "<p>None.</p>" if bad.empty else table(bad)
 
 
 def _warned(df: pd.DataFrame) -> str:
@@ -196,18 +140,6 @@ def _warned(df: pd.DataFrame) -> str:
             f"<table><tr><th>sample_id</th><th>status</th><th>warnings</th></tr>{body}</table>")
 
 
-def write_page(path: str | Path, title: str, sections: list[tuple[str, str]]) -> Path:
-    """Write one self-contained HTML page: the title, when it was written, then ``(heading, html)`` sections."""
-    when = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1><p>Written {when}.</p>"]
-    parts += [f"<h2>{html.escape(heading)}</h2>{body}" for heading, body in sections]
-    parts.append("</body></html>")
-    out = Path(path)
-    out.write_text("\n".join(parts), encoding="utf-8")
-    return out
-
-
 def write_report(path: str | Path, df: pd.DataFrame, *, images: Mapping[str, np.ndarray],
                  provenance: Mapping[str, Any], n_boot: int = 200, title: str = "rescue_gpu cohort report") -> Path:
     """Write the self-contained HTML report of a run.
@@ -217,7 +149,7 @@ def write_report(path: str | Path, df: pd.DataFrame, *, images: Mapping[str, np.
     path
         Output file.
     df
-        The score table (see :func:`rescue_gpu.cohort.outputs.score_table`).
+        The score table (see :func:`rescue_gpu.flow.outputs.score_table`).
     images
         ``sample_id -> (C, H, W)`` images for the gallery (first channel shown).
     provenance
@@ -228,13 +160,13 @@ def write_report(path: str | Path, df: pd.DataFrame, *, images: Mapping[str, np.
     threshold = float(df["threshold"].iloc[0]) if len(df) else 0.5
     shown = df.drop(columns=["input_sha256"], errors="ignore")
     return write_page(path, title, [
-        ("Summary", _kv(_summary(df, threshold))),
+        ("Summary", kv(_summary(df, threshold))),
         ("Scores", f"<img alt='histogram of p_mrd' src='{_histogram(df, threshold)}'>"),
         ("Evaluation", _evaluation(df, threshold, n_boot)),
         ("Images", "<p>Density images in the reference UMAP (first channel), highest p_mrd first.</p>"
                    f"{_gallery(df, images)}"),
         ("Failed samples", _failed(df)),
         ("Warnings", _warned(df)),
-        ("All samples", _table(shown)),
-        ("Provenance", _kv(provenance)),
+        ("All samples", table(shown)),
+        ("Provenance", kv(provenance)),
     ])

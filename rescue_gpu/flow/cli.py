@@ -1,7 +1,7 @@
 """``rescue score``: the cohort runner's command line.
 
 :func:`register` adds the command to the main ``rescue`` app. Run as a module
-(``python -m rescue_gpu.cohort.cli score ...``) it behaves like ``rescue score`` even
+(``python -m rescue_gpu.flow.cli score ...``) it behaves like ``rescue score`` even
 before the main app registers it.
 """
 
@@ -13,7 +13,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cliutil import EXIT_SAMPLES_FAILED, RunProgress, err_console, print_run
+from ..cliutil import (EXIT_SAMPLES_FAILED, BackendOpt, BatchSizeOpt, ConfigOpt, DashboardOpt, EngineOpt,
+                       InProcessOpt, KeepIdentifiersOpt, MemoryLimitOpt, PrecisionOpt, ReportOpt, RunProgress,
+                       SamplesPerTaskOpt, SchedulerOpt, SeedOpt, ThreadsOpt, WindowOpt, WorkersOpt, err_console,
+                       print_run, run_app, runtime_from)
 
 __all__ = ["register", "score", "print_warnings"]
 
@@ -27,31 +30,30 @@ def score(
         "--pipeline", help="Pipeline name or TOML path. Default: the pipeline the reference was built with "
                            "(stored in it); one given here must have the reference's panel, preprocessing and raster.",
         show_default=False)] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="Runtime config TOML ([runtime]).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Existing Dask scheduler: tcp://host:8786 or a scheduler JSON file.")] = None,
-    in_process: Annotated[bool, typer.Option("--in-process", help="No Dask: score in this process (debugging).")] = False,
-    backend: Annotated[Optional[str], typer.Option("--backend", help="auto | cpu | gpu")] = None,
-    workers: Annotated[Optional[str], typer.Option("--workers", help="Embedded cluster workers: 'auto' or a number.")] = None,
-    threads_per_worker: Annotated[Optional[int], typer.Option("--threads-per-worker")] = None,
-    memory_limit: Annotated[Optional[str], typer.Option("--memory-limit", help="Per worker: auto, 0.8, 24GB.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per forward pass.")] = None,
-    samples_per_task: Annotated[int, typer.Option("--samples-per-task", help="Samples per Dask task (one inference batch).")] = 4,
-    window: Annotated[int, typer.Option("--window", help="Tasks in flight (0: twice the workers).")] = 0,
-    engine: Annotated[str, typer.Option("--engine", help="auto | torch | compiled | cuda-graphs | onnx | tensorrt")] = "auto",
-    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | fp16 | bf16")] = "auto",
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the UMAP transform.")] = 0,
+    config: ConfigOpt = None,
+    scheduler: SchedulerOpt = None,
+    in_process: InProcessOpt = False,
+    backend: BackendOpt = None,
+    workers: WorkersOpt = None,
+    threads_per_worker: ThreadsOpt = None,
+    memory_limit: MemoryLimitOpt = None,
+    batch_size: BatchSizeOpt = None,
+    samples_per_task: SamplesPerTaskOpt = 4,
+    window: WindowOpt = 0,
+    engine: EngineOpt = "auto",
+    precision: PrecisionOpt = "auto",
+    seed: SeedOpt = 0,
     keep_coords: Annotated[bool, typer.Option("--keep-coords", help="Store projected coordinates per sample.")] = False,
-    keep_identifiers: Annotated[bool, typer.Option("--keep-identifiers", help="Copy identifying FCS keywords and paths into outputs.")] = False,
+    keep_identifiers: KeepIdentifiersOpt = False,
     flag_events: Annotated[bool, typer.Option("--flag-events", help="Write flagged/<sample>.fcs for positive samples.")] = False,
-    report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")] = True,
-    dashboard_address: Annotated[str, typer.Option("--dashboard-address", help="Embedded cluster dashboard (':0' any port).")] = ":8787",
+    report: ReportOpt = True,
+    dashboard_address: DashboardOpt = ":8787",
 ) -> None:
     """Score a cohort: read, preprocess, project, rasterise and classify every sample on Dask."""
-    from ..config import load_runtime
     from ..reference.pipeline import resolve_pipeline
-    from .runner import ScoreOptions, score_cohort
+    from .assay import ScoreOptions, score_cohort
 
-    runtime = load_runtime(config, backend=backend, workers=workers, threads_per_worker=threads_per_worker,
+    runtime = runtime_from(config, backend=backend, workers=workers, threads_per_worker=threads_per_worker,
                            memory_limit=memory_limit, batch_size=batch_size)
     resolved = resolve_pipeline(reference, pipeline)
     if resolved.note:
@@ -59,7 +61,7 @@ def score(
     options = ScoreOptions(pipeline=resolved.pipeline, seed=seed, engine=engine, precision=precision,
                            samples_per_task=samples_per_task, window=window, keep_coords=keep_coords,
                            keep_identifiers=keep_identifiers, flag_events=flag_events, report=report)
-    with RunProgress() as bar:
+    with RunProgress(show=runtime.progress) as bar:
         summary = score_cohort(inputs, reference=reference, model=model, out=out, options=options, runtime=runtime,
                                scheduler=scheduler, in_process=in_process, dashboard_address=dashboard_address,
                                on_start=bar.on_start, on_progress=bar.on_progress)
@@ -95,11 +97,11 @@ def register(app: typer.Typer) -> None:
 
 
 def _main(argv: list[str] | None = None) -> int:
-    from .. import cli
-
-    if not any((c.name or getattr(c.callback, "__name__", "")) == "score" for c in cli.app.registered_commands):
-        register(cli.app)
-    return cli.main(argv)
+    """``python -m rescue_gpu.flow.cli score ...``: ``rescue score`` without the rest of the app."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, help="rescue_gpu: score a flow cohort.")
+    app.callback()(lambda: None)  # keep ``score`` a sub-command, as in ``rescue score``
+    register(app)
+    return run_app(app, argv)
 
 
 if __name__ == "__main__":

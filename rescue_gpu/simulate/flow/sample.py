@@ -14,11 +14,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..errors import RescueError
-from ..fcs.types import Spillover
+from ...errors import RescueError
+from ...fcs.types import Spillover
 from . import populations as pops
 from ._kernel import NORMAL_TABLE, acquire, draw_cells, shuffle
-from .flow import FLUOR_MARKER_INDEX, INSTRUMENTS, Instrument, sample_spillover, spill_keyword
+from .instruments import FLUOR_MARKER_INDEX, INSTRUMENTS, Instrument, sample_spillover, spill_keyword
 
 __all__ = [
     "KINDS",
@@ -60,7 +60,7 @@ class Patient:
     patient_id
         Identifier written to the manifest.
     instrument
-        Index into :data:`~rescue_gpu.simulate.flow.INSTRUMENTS`.
+        Index into :data:`~rescue_gpu.simulate.flow.instruments.INSTRUMENTS`.
     proportions
         Normal population shares of this marrow (``N_NORMAL``, sum 1).
     offsets

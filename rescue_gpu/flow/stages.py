@@ -1,7 +1,7 @@
 """The per-sample stages chained: read -> preprocess -> project -> rasterise.
 
 Each function is a plain composition of the stage kernels with typed settings handed
-in; the CLI, the reference builder and (later) the cohort runner call these, so there is
+in; the CLI, the reference builder, training and the flow assay's workers call these, so there is
 one path from an FCS file to an image.
 """
 
@@ -21,7 +21,7 @@ from ..preprocess import Events, preprocess, preprocess_fingerprint
 from ..projection import transform
 from ..raster import count_outside, render
 from ..reference import Reference, build_reference
-from .manifest import ManifestRow
+from ..runner.manifest import ManifestRow
 
 __all__ = ["load_events", "iter_events", "project", "rasterise", "build_reference_from_rows", "pipeline_settings"]
 
@@ -50,10 +50,15 @@ def pipeline_settings(pipeline: Pipeline) -> dict[str, Any]:
             "preprocess": dataclasses.asdict(pipeline.preprocess)}
 
 
-def project(reference: Reference, events: Events, *, seed: int = 0, backend: str = "auto") -> Any:
-    """Project preprocessed events into ``reference`` after checking markers and preprocessing."""
+def project(reference: Reference, events: Events, *, seed: int = 0, backend: str = "auto",
+            chunk_events: int | None = None) -> Any:
+    """Project preprocessed events into ``reference`` after checking markers and preprocessing.
+
+    ``chunk_events`` bounds the events per chunk of the neighbour search (None: the
+    projection's default); the coordinates do not depend on it.
+    """
     reference.check_markers(events.markers, what=f"sample with {len(events.markers)} markers")
-    return transform(reference, events.values, seed=seed, backend=backend)
+    return transform(reference, events.values, seed=seed, backend=backend, chunk_size=chunk_events)
 
 
 def rasterise(reference: Reference, coords: Any, events: Events) -> tuple[Any, int]:

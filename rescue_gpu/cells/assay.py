@@ -1,6 +1,6 @@
 """``rescue cells score``: classify every cell of every sample and read out the leukaemic percentage.
 
-The same runner, run store and outputs as the flow path (:mod:`rescue_gpu.cohort.runner`):
+The cells assay on the shared runner (:func:`rescue_gpu.runner.run.run_cohort`), as the flow assay:
 samples are batched over Dask workers (or run in-process), each worker loads the cell
 model and builds its engine once, the client is the single writer of
 ``RUN_DIR/store.zarr`` and a re-run resumes. Per sample, on the worker::
@@ -19,28 +19,32 @@ float16, ``gallery_saliency`` (G, S, S) float16, ``gallery_index`` (G,) and
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..cohort.runner import (RunSummary, SampleResult, SampleTask, Work, announce_device, cached_state, pending_rows,
-                             resolve_run_device, run_batches, settings_hash, task_batches, worker_engine,
-                             worker_error_text)
 from ..config import RuntimeConfig
 from ..errors import ConfigError
 from ..records import software_versions
+from ..runner.assay import RunContext, SampleResult, SampleTask
+from ..runner.manifest import ManifestRow
+from ..runner.run import RunSummary, run_cohort
+from ..runner.store import RunStore, encode_strings
+from ..runner.worker import worker_engine, worker_error_text
 from .spec import CellPipeline
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ..backend import DevicePlan
 
-__all__ = ["CellScoreOptions", "CellJob", "score_cells", "score_cell_tasks", "CELLS", "encode_strings",
-           "decode_strings", "CellRunSummary"]
+__all__ = ["CellScoreOptions", "CellJob", "CellState", "CellsAssay", "score_cells", "settings_record",
+           "CellRunSummary", "PACKAGES"]
 
-_PACKAGES = ("rescue_gpu", "numpy", "torch", "torchvision", "zarr", "dask", "distributed", "tifffile", "cupy")
+PACKAGES = ("rescue_gpu", "numpy", "torch", "torchvision", "zarr", "dask", "distributed", "tifffile", "cupy")
 
 
 @dataclass(frozen=True)
@@ -94,22 +98,72 @@ class CellScoreOptions:
         return self.pipeline.readout.gallery if self.gallery is None else self.gallery
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CellJob:
-    """Everything a worker needs besides the samples (small and picklable)."""
+    """Everything a cells worker needs besides the samples (small and picklable; keyword arguments only).
+
+    Implements :class:`rescue_gpu.runner.assay.AssayJob`.
+
+    Attributes
+    ----------
+    model_path, model_sha256, model_checksum
+        The model directory (absolute), its weights' sha256 and its record checksum.
+    options
+        The run's options; its engine and precision are the client's resolved values.
+    settings_hash
+        sha256 of :func:`settings_record`.
+    backend
+        Resolved on the client (``"cpu"`` | ``"gpu"``); a worker refuses ``"auto"``.
+    batch_size
+        Cells per forward pass.
+    """
 
     model_path: str
     model_sha256: str
-    options: CellScoreOptions  # its engine and precision are the client's resolved values
+    options: CellScoreOptions
     settings_hash: str
-    backend: str = "auto"  # resolved on the client ("cpu" | "gpu"); a worker refuses "auto"
+    backend: str = "auto"
     batch_size: int = 256
-    model_checksum: str = ""  # CellModelRecord.checksum
+    model_checksum: str = ""
 
     @property
     def keep_identifiers(self) -> bool:
-        """Whether input paths may appear in records (see :func:`worker_error_text`)."""
+        """Whether input paths may appear in records (see :func:`~rescue_gpu.runner.worker.worker_error_text`)."""
         return self.options.keep_identifiers
+
+    def state_key(self) -> Hashable:
+        """Paths, checksums and device of the model and engine this job loads."""
+        return ("cells", self.model_path, self.model_sha256, self.model_checksum, self.backend, self.options.engine,
+                self.options.precision, self.batch_size)
+
+    def load_state(self) -> CellState:
+        """Load the model (checked against the client's checksums), its engine and a CPU copy for Grad-CAM."""
+        import copy
+
+        from .record import CellModelRecord
+
+        rec = CellModelRecord.load(self.model_path)
+        engine, _ = worker_engine(rec, path=self.model_path, sha256=self.model_sha256, backend=self.backend,
+                                  kind=self.options.engine, precision=self.options.precision,
+                                  batch_size=self.batch_size, checksum=self.model_checksum)
+        return CellState(record=rec, engine=engine, network=copy.deepcopy(rec.model).cpu().eval())
+
+    def process(self, tasks: Sequence[SampleTask], state: CellState) -> list[SampleResult]:
+        """Classify every cell of each sample; never raises for a bad sample."""
+        return [_score_one(t, self, state) for t in tasks]
+
+    def lost(self, task: SampleTask, text: str) -> SampleResult:
+        """The failed result of a sample whose batch was lost."""
+        return SampleResult({**_base(task, self), "error": text})
+
+
+@dataclass
+class CellState:
+    """A cells worker's loaded state: model record, engine and a CPU network for Grad-CAM."""
+
+    record: Any
+    engine: Any
+    network: Any
 
 
 def settings_record(options: CellScoreOptions, device: DevicePlan | str) -> dict[str, Any]:
@@ -135,61 +189,15 @@ def _engine_kind(options: CellScoreOptions) -> str:
     return "torch" if options.engine == "auto" and options.keep_embeddings else options.engine
 
 
-def encode_strings(values: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Strings as UTF-8 bytes (uint8) and offsets (int64, ``n + 1``): a portable Zarr layout."""
-    raw = [str(v).encode("utf-8") for v in values]
-    offsets = np.zeros(len(raw) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(b) for b in raw])
-    return np.frombuffer(b"".join(raw), dtype=np.uint8).copy(), offsets
-
-
-def decode_strings(data: np.ndarray, offsets: np.ndarray) -> list[str]:
-    """Inverse of :func:`encode_strings`."""
-    buf = np.asarray(data, dtype=np.uint8).tobytes()
-    return [buf[a:b].decode("utf-8") for a, b in zip(offsets[:-1], offsets[1:])]
-
-
-# ----------------------------------------------------------------------------- worker side
-
-@dataclass
-class _CellState:
-    record: Any
-    engine: Any
-    network: Any  # a CPU copy for Grad-CAM
-
-
-def _load(job: CellJob) -> _CellState:
-    import copy
-
-    from .record import CellModelRecord
-
-    rec = CellModelRecord.load(job.model_path)
-    engine, _ = worker_engine(rec, path=job.model_path, sha256=job.model_sha256, backend=job.backend,
-                              kind=job.options.engine, precision=job.options.precision, batch_size=job.batch_size,
-                              checksum=job.model_checksum)
-    return _CellState(rec, engine, copy.deepcopy(rec.model).cpu().eval())
-
-
-def cell_state(job: CellJob) -> _CellState:
-    """The per-process model, engine and Grad-CAM network for ``job``, loaded on first use."""
-    key = (job.model_path, job.model_sha256, job.model_checksum, job.backend, job.options.engine,
-           job.options.precision, job.batch_size)
-    return cached_state(key, lambda: _load(job))
-
-
 def _base(task: SampleTask, job: CellJob) -> dict[str, Any]:
     rec: dict[str, Any] = {"sample_id": task.sample_id, "status": "failed", "error": "", "n_cells": None,
                            "provenance": {"settings_hash": job.settings_hash, "model_sha256": job.model_sha256,
                                           "model_checksum": job.model_checksum, "backend": job.backend,
                                           "engine": job.options.engine, "precision": job.options.precision,
-                                          "software": software_versions(_PACKAGES)}}
+                                          "software": software_versions(PACKAGES)}}
     if job.keep_identifiers:
         rec["provenance"]["input_path"] = task.path
     return rec
-
-
-def _lost(task: SampleTask, job: CellJob, text: str) -> SampleResult:
-    return SampleResult({**_base(task, job), "error": text})
 
 
 def _leukaemic_score(index: tuple[int, ...]) -> Callable[[Any], Any]:
@@ -199,7 +207,7 @@ def _leukaemic_score(index: tuple[int, ...]) -> Callable[[Any], Any]:
     return score
 
 
-def _gallery(x: np.ndarray, p_leuk: np.ndarray, n: int, state: _CellState) -> dict[str, np.ndarray]:
+def _gallery(x: np.ndarray, p_leuk: np.ndarray, n: int, state: CellState) -> dict[str, np.ndarray]:
     from ..model.saliency import grad_cam
 
     if n <= 0 or len(x) == 0:
@@ -219,7 +227,7 @@ def _rates(rates: dict[str, Any]) -> Any:
     return AccRates(**{k: rates[k] for k in ("tpr", "fpr", "n_pos", "n_neg")})
 
 
-def _classify(task: SampleTask, job: CellJob, state: _CellState) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _classify(task: SampleTask, job: CellJob, state: CellState) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     from .io import read_sample
     from .manifest import input_digest
     from .preprocess import prepare_cells
@@ -254,7 +262,7 @@ def _classify(task: SampleTask, job: CellJob, state: _CellState) -> tuple[dict[s
     return rec, arrays
 
 
-def _score_one(task: SampleTask, job: CellJob, state: _CellState) -> SampleResult:
+def _score_one(task: SampleTask, job: CellJob, state: CellState) -> SampleResult:
     rec = _base(task, job)
     try:
         got, arrays = _classify(task, job, state)
@@ -264,26 +272,6 @@ def _score_one(task: SampleTask, job: CellJob, state: _CellState) -> SampleResul
     rec["provenance"].update(got.pop("input"))
     rec.update(got)
     return SampleResult(rec, arrays)
-
-
-def score_cell_tasks(tasks: Sequence[SampleTask], job: CellJob) -> list[SampleResult]:
-    """Score a batch of cell samples on this worker (the Dask task function); never raises for a bad sample."""
-    try:
-        state = cell_state(job)
-    except Exception as exc:
-        return [SampleResult({**_base(t, job), "error": worker_error_text(exc, t, job)}) for t in tasks]
-    return [_score_one(t, job, state) for t in tasks]
-
-
-def _warm(job: CellJob) -> str:
-    try:
-        cell_state(job)
-    except Exception as exc:
-        return f"{exc.__class__.__name__}: {exc}"
-    return ""
-
-
-CELLS = Work(run=score_cell_tasks, fail=_lost, warm=_warm, unit="cells")
 
 
 # ----------------------------------------------------------------------------- client side
@@ -301,6 +289,102 @@ class CellRunSummary(RunSummary):
     def cells_per_s(self) -> float:
         """Cells classified per second of the processing phase."""
         return self.events_per_s
+
+
+@dataclass
+class CellsAssay:
+    """The single-cell image assay for :func:`rescue_gpu.runner.run.run_cohort` (implements its ``Assay`` protocol).
+
+    Build it with :meth:`open`, which loads the model and checks it against the pipeline.
+
+    Attributes
+    ----------
+    model_path, record
+        The model directory as given and the loaded :class:`~rescue_gpu.cells.record.CellModelRecord`.
+    options
+        See :class:`CellScoreOptions`.
+    truth
+        Known true leukaemic fractions by sample id (from the manifest).
+    """
+
+    model_path: Path
+    record: Any
+    options: CellScoreOptions
+    truth: dict[str, float]
+    kind: str = "cells"
+    unit: str = "cells"
+    packages: tuple[str, ...] = PACKAGES
+
+    @classmethod
+    def open(cls, *, model: str | Path, options: CellScoreOptions, truth: dict[str, float] | None = None) -> CellsAssay:
+        """Load ``model`` and check it fits ``options.pipeline``.
+
+        Raises
+        ------
+        ModelError
+            The model directory is unreadable or was trained for another assay.
+        """
+        from .record import CellModelRecord
+
+        rec = CellModelRecord.load(model)
+        rec.check_pipeline(options.pipeline)
+        return cls(model_path=Path(model), record=rec, options=options, truth=dict(truth or {}))
+
+    @property
+    def engine(self) -> str:
+        """The engine kind to resolve: ``"auto"`` means torch when embeddings are kept (TensorRT gives logits only)."""
+        return _engine_kind(self.options)
+
+    @property
+    def precision(self) -> str:
+        """The precision asked for."""
+        return self.options.precision
+
+    @property
+    def samples_per_task(self) -> int:
+        """Samples per task."""
+        return self.options.samples_per_task
+
+    @property
+    def window(self) -> int:
+        """Tasks in flight at once (0: twice the workers)."""
+        return self.options.window
+
+    def settings(self, device: DevicePlan) -> dict[str, Any]:
+        """See :func:`settings_record`."""
+        return settings_record(self.options, device)
+
+    def worker_job(self, context: RunContext) -> CellJob:
+        """The job of every worker (its options carry the resolved engine and precision: no ``"auto"``)."""
+        d = context.device
+        resolved = replace(self.options, engine=d.engine, precision=d.precision)
+        return CellJob(model_path=str(self.model_path.resolve()), model_sha256=self.record.sha256, options=resolved,
+                       settings_hash=context.settings_hash, backend=d.backend, batch_size=context.runtime.batch_size,
+                       model_checksum=self.record.checksum)
+
+    def identity(self, job: CellJob) -> dict[str, str]:
+        """Settings hash, model sha256 and checksum."""
+        return {"settings_hash": job.settings_hash, "model_sha256": job.model_sha256,
+                "model_checksum": job.model_checksum}
+
+    def same_input(self, path: Path, provenance: dict[str, Any]) -> bool:
+        """A sample is unchanged when its files' relative paths, sizes and mtimes are (see :func:`~.manifest.input_digest`)."""
+        from .manifest import same_input
+
+        return same_input(path, provenance)
+
+    def run_record(self) -> dict[str, Any]:
+        """The assay's kind."""
+        return {"kind": "cells"}
+
+    def write_outputs(self, rows: Sequence[ManifestRow], store: RunStore, run_dir: Path, *,
+                      provenance: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Path]]:
+        """Score tables, ``cells.parquet``, ``embeddings.npz`` and ``report.html`` (see :mod:`.outputs`)."""
+        from .outputs import write_cell_outputs
+
+        model = str(self.model_path) if self.options.keep_identifiers else self.model_path.name
+        return write_cell_outputs(rows, store, run_dir, record=self.record, options=self.options, truth=self.truth,
+                                  provenance={**provenance, "model": model})
 
 
 def score_cells(
@@ -327,8 +411,10 @@ def score_cells(
         A cell model directory (``rescue cells train``); checked against the pipeline.
     out
         Run directory; running again resumes.
-    options, runtime, scheduler, in_process, dashboard_address, on_start, on_progress
-        As for :func:`rescue_gpu.cohort.runner.score_cohort`.
+    options
+        See :class:`CellScoreOptions`.
+    runtime, scheduler, in_process, dashboard_address, on_start, on_progress
+        See :func:`rescue_gpu.runner.run.run_cohort` (``on_progress`` gets ``cells_per_s``).
 
     Raises
     ------
@@ -340,36 +426,10 @@ def score_cells(
     BackendFallbackWarning
         Once, on the client, when ``runtime.backend = "auto"`` finds no GPU.
     """
-    from ..cohort.store import RunStore, run_lock
-    from .manifest import read_cell_manifest, same_input
-    from .outputs import write_cell_outputs
-    from .record import CellModelRecord
+    from .manifest import read_cell_manifest
 
     rows, truth = read_cell_manifest(inputs)
-    rec = CellModelRecord.load(model)
-    rec.check_pipeline(options.pipeline)
-    run_dir = Path(out)
-    device = resolve_run_device(runtime, engine=_engine_kind(options), precision=options.precision,
-                                scheduler=None if in_process else scheduler)
-    settings = settings_record(options, device)
-    with run_lock(run_dir):
-        store = RunStore(run_dir / "store.zarr")
-        resolved = replace(options, engine=device.engine, precision=device.precision)  # workers get no "auto"
-        job = CellJob(str(Path(model).resolve()), rec.sha256, resolved, settings_hash(settings), device.backend,
-                      runtime.batch_size, model_checksum=rec.checksum)
-        identity = {"settings_hash": job.settings_hash, "model_sha256": job.model_sha256,
-                    "model_checksum": job.model_checksum}
-        todo, skipped = pending_rows(rows, store, identity, same_input=same_input)
-        store.set_run({**identity, "kind": "cells", "settings": settings, "software": software_versions(_PACKAGES),
-                       "n_samples": len(rows)})
-        cluster, progress, seconds = run_batches(
-            task_batches(todo, options.samples_per_task), job, work=CELLS, store=store, skipped=skipped,
-            runtime=runtime, window=options.window, scheduler=scheduler, in_process=in_process,
-            dashboard=dashboard_address, on_start=announce_device(on_start, device), on_progress=on_progress)
-        provenance = {**identity, "cluster": cluster, "settings": settings, "software": software_versions(_PACKAGES),
-                      "model": str(model) if options.keep_identifiers else Path(model).name}
-        table, outputs = write_cell_outputs(rows, store, run_dir, record=rec, options=options, truth=truth,
-                                            provenance=provenance)
-    n_failed = int((table["status"] != "scored").sum())
-    return CellRunSummary(run_dir, len(rows), len(rows) - n_failed, n_failed, skipped, progress.done,
-                          progress.events, seconds, cluster, outputs)
+    assay = CellsAssay.open(model=model, options=options, truth=truth)
+    summary = run_cohort(assay, rows, out=out, runtime=runtime, scheduler=scheduler, in_process=in_process,
+                         dashboard_address=dashboard_address, on_start=on_start, on_progress=on_progress)
+    return CellRunSummary(**vars(summary))

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..fcs.types import Spillover
-from ..fcs.writer import spillover_value
+from ...fcs.types import Spillover
+from ...fcs.writer import spillover_value
 from .populations import MARKERS
 
 __all__ = [
