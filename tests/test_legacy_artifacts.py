@@ -109,3 +109,20 @@ def test_cells_rerun_skips_unchanged_samples_rescores_touched_ones(fresh: Path) 
     df = pd.read_parquet(summary.outputs["parquet"])
     assert list(df["sample_id"]) == ["S001", "S002"] and set(df["status"]) == {"scored"}
     assert len(pd.read_parquet(summary.outputs["cells"])) == 24
+
+
+def test_flow_worker_job_is_keyword_only_and_carries_the_runtime(legacy: Path) -> None:
+    from rescue_gpu.backend import DevicePlan
+    from rescue_gpu.flow.assay import FlowAssay, WorkerJob
+    from rescue_gpu.runner.assay import Assay, AssayJob, RunContext
+
+    flow = legacy / "flow"
+    assay = FlowAssay.open(reference=flow / "ref", model=flow / "model", options=ScoreOptions(pipeline=tiny_pipeline()))
+    assert isinstance(assay, Assay)
+    device = DevicePlan(backend="cpu", engine="torch", precision="fp32")
+    job = assay.worker_job(RunContext(run_dir=flow / "run", device=device,
+                                      runtime=RuntimeConfig(chunk_events=1000, batch_size=8), settings_hash="h"))
+    assert isinstance(job, AssayJob) and job.chunk_events == 1000 and job.batch_size == 8 and job.backend == "cpu"
+    assert assay.identity(job)["reference_fingerprint"] == Reference.load(flow / "ref").fingerprint
+    with pytest.raises(TypeError):
+        WorkerJob(job.reference_path, job.reference_fingerprint)  # noqa: keyword arguments only

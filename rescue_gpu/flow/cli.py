@@ -1,8 +1,9 @@
-"""``rescue score``: the cohort runner's command line.
+"""``rescue score``: the flow assay's scoring command.
 
-:func:`register` adds the command to the main ``rescue`` app. Run as a module
-(``python -m rescue_gpu.flow.cli score ...``) it behaves like ``rescue score`` even
-before the main app registers it.
+:func:`register` adds the command to the ``rescue`` app (:mod:`rescue_gpu.cli.app`). Run as
+a module (``python -m rescue_gpu.flow.cli score ...``; ``rescue_gpu.cohort.cli`` before the
+runner/flow/cells split) it behaves like ``rescue score``. The run options it shares with
+``rescue cells score`` are defined once, in :mod:`rescue_gpu.cliutil`.
 """
 
 from __future__ import annotations

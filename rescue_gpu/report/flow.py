@@ -9,12 +9,8 @@ from the network when the file is opened.
 
 from __future__ import annotations
 
-import base64
-import datetime as _dt
 import html
 import io
-import json
-import math
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,9 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .page import fig_uri, fmt, kv, png_data_uri, pyplot, table, write_page
+from .page import fig_uri, kv, png_data_uri, pyplot, table, write_page
 
 __all__ = ["write_report"]
+
 
 def _image_uri(image: np.ndarray) -> str:
     """First channel of a ``(C, H, W)`` image as a viridis PNG."""

@@ -21,7 +21,8 @@ from .worker import process_batch, warm
 if TYPE_CHECKING:
     from ..config import RuntimeConfig
 
-__all__ = ["task_batches", "run_in_process", "run_dask", "StatePlugin", "drain", "run_batches", "PLUGIN_NAME"]
+__all__ = ["task_batches", "run_in_process", "run_dask", "run_on_client", "StatePlugin", "drain", "run_batches",
+           "PLUGIN_NAME"]
 
 PLUGIN_NAME = "rescue-gpu-state"
 
@@ -100,6 +101,23 @@ def run_dask(client: Any, batches: list[list[SampleTask]], job: AssayJob, window
         yield from results
 
 
+def run_on_client(client: Any, batches: list[list[SampleTask]], job: AssayJob, *, window: int,
+                  on_ready: Callable[[], None] | None = None) -> Iterator[SampleResult]:
+    """Run ``batches`` on ``client``'s workers: register the :class:`StatePlugin`, then :func:`run_dask`.
+
+    Registering waits until every current worker has loaded its state; a worker that
+    joins later loads it when it starts. ``on_ready`` is called once that is done (the
+    processing phase starts). The plugin is removed when the generator ends or is closed.
+    """
+    client.register_plugin(StatePlugin(job), name=PLUGIN_NAME)
+    try:
+        if on_ready is not None:
+            on_ready()
+        yield from run_dask(client, batches, job, window)
+    finally:
+        _unregister(client)
+
+
 def drain(results: Iterable[SampleResult], store: RunStore, progress: Progress) -> None:
     """Write each result as it arrives (the client is the single writer of the store).
 
@@ -141,12 +159,9 @@ def run_batches(batches: list[list[SampleTask]], job: AssayJob, *, store: RunSto
     with open_client(runtime, scheduler=scheduler, dashboard_address=dashboard) as (client, info):
         if on_start is not None:
             on_start(info.describe(), n_todo, skipped)
-        client.register_plugin(StatePlugin(job), name=PLUGIN_NAME)
-        try:
-            progress.restart()
-            drain(run_dask(client, batches, job, window or 2 * max(1, info.n_workers)), store, progress)
-        finally:
-            _unregister(client)
+        results = run_on_client(client, batches, job, window=window or 2 * max(1, info.n_workers),
+                                on_ready=progress.restart)
+        drain(results, store, progress)
         return info.describe(), progress.stop()
 
 
