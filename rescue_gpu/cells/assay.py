@@ -271,7 +271,7 @@ def _score_one(task: SampleTask, job: CellJob, state: CellState) -> SampleResult
         return SampleResult(rec)
     rec["provenance"].update(got.pop("input"))
     rec.update(got)
-    return SampleResult(rec, arrays)
+    return SampleResult(record=rec, arrays=arrays)
 
 
 # ----------------------------------------------------------------------------- client side

@@ -221,7 +221,7 @@ def _rows_for(inputs: Path) -> list:
     from ..runner.manifest import ManifestRow, read_manifest
 
     if inputs.is_file() and inputs.suffix.lower() != ".csv":
-        return [ManifestRow(inputs.stem, inputs)]
+        return [ManifestRow(sample_id=inputs.stem, path=inputs)]
     return read_manifest(inputs)
 
 

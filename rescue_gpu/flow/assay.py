@@ -273,7 +273,7 @@ def _prepare(task: SampleTask, job: WorkerJob, state: FlowState) -> tuple[Sample
     arrays = {"image": np.ascontiguousarray(image, dtype=np.float32)}
     if job.keep_coords:
         arrays["coords"] = np.ascontiguousarray(to_numpy(coords), dtype=np.float32)
-    return SampleResult(rec, arrays), coords
+    return SampleResult(record=rec, arrays=arrays), coords
 
 
 def _warning_texts(warnings: Iterable[str], task: SampleTask, job: WorkerJob) -> list[str]:

@@ -165,7 +165,8 @@ def _info(client: Any, kind: str, gpu: bool) -> ClusterInfo:
     threads = max((w.get("nthreads", 1) for w in workers.values()), default=1)
     if kind == "scheduler":
         gpu = any("gpu" in (w.get("resources") or {}) or "GPU" in (w.get("resources") or {}) for w in workers.values())
-    return ClusterInfo(kind, client.scheduler.address, client.dashboard_link or "", len(workers), threads, gpu)
+    return ClusterInfo(kind=kind, address=client.scheduler.address, dashboard=client.dashboard_link or "",
+                       n_workers=len(workers), threads_per_worker=threads, gpu=gpu)
 
 
 @contextlib.contextmanager

@@ -59,7 +59,8 @@ def _check_row(line: int, rec: dict[str, str], base: Path, seen: dict[str, int])
         return None, problems
     seen[sid] = line
     path = Path(rel) if Path(rel).is_absolute() else base / rel
-    return ManifestRow(sid, path, (rec.get("patient_id") or "").strip(), tp, label, _BOOL[ref]), []
+    return ManifestRow(sample_id=sid, path=path, patient_id=(rec.get("patient_id") or "").strip(), timepoint=tp,
+                       label=label, in_reference=_BOOL[ref]), []
 
 
 def _read_csv(path: Path) -> list[ManifestRow]:
@@ -99,7 +100,7 @@ def _scan_dir(path: Path) -> list[ManifestRow]:
         if sid in seen:  # a.fcs and a.FCS in one folder
             raise ManifestError(f"{path}: files {seen[sid]} and {f} give the same sample_id {sid!r}")
         seen[sid] = f
-        rows.append(ManifestRow(sid, f))
+        rows.append(ManifestRow(sample_id=sid, path=f))
     return rows
 
 

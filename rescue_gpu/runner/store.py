@@ -251,7 +251,7 @@ class RunStore:
         arrays = tuple(sorted(p.name for p in (self._samples_dir / key).iterdir() if p.is_dir()))
         files = attrs.get(_FILES)
         problems = [] if files is None else self._file_problems(self._samples_dir / key, files, only)
-        return StoredSample(str(record["sample_id"]), record, arrays), problems
+        return StoredSample(sample_id=str(record["sample_id"]), record=record, arrays=arrays), problems
 
     def _file_problems(self, group_dir: Path, files: Any, only: str | None) -> list[str]:
         """Recorded files of a group that are missing or changed (``only``: those of one array)."""
