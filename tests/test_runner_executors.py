@@ -32,7 +32,7 @@ class ToyJob:
     def process(self, tasks: Sequence[SampleTask], state: dict) -> list[SampleResult]:
         time.sleep(self.pause)
         return [SampleResult({"sample_id": t.sample_id, "status": "scored", "n_events": 1, "pid": state["pid"],
-                              "loaded": state["loaded"]}) for t in tasks]
+                              "loaded": state["loaded"], "provenance": {"settings_hash": self.tag}}) for t in tasks]
 
     def lost(self, task: SampleTask, text: str) -> SampleResult:
         return SampleResult({"sample_id": task.sample_id, "status": "failed", "error": text})
@@ -100,3 +100,62 @@ def test_dask_and_in_process_give_the_same_records(window: int) -> None:
         remote = {r.record["sample_id"]: r.record["status"] for r in run_on_client(client, _batches(6), job,
                                                                                    window=window)}
     assert remote == local
+
+
+@dataclass
+class ToyAssay:
+    """A minimal :class:`Assay` over :class:`ToyJob`: inputs are files, identity is the settings hash."""
+
+    tag: str = "toy"
+    kind: str = "toy"
+    unit: str = "events"
+    packages: tuple[str, ...] = ("rescue_gpu",)
+    engine: str = "torch"
+    precision: str = "auto"
+    samples_per_task: int = 2
+    window: int = 0
+
+    def settings(self, device) -> dict:  # noqa: ANN001
+        return {"tag": self.tag, **device.record()}
+
+    def worker_job(self, context) -> ToyJob:  # noqa: ANN001
+        return ToyJob(context.settings_hash)
+
+    def identity(self, job: ToyJob) -> dict[str, str]:
+        return {"settings_hash": job.tag}
+
+    def same_input(self, path, provenance) -> bool:  # noqa: ANN001
+        return True
+
+    def run_record(self) -> dict:
+        return {"kind": self.kind}
+
+    def write_outputs(self, rows, store, run_dir, *, provenance):  # noqa: ANN001, ANN201
+        import pandas as pd
+
+        from rescue_gpu.runner.tables import write_table
+
+        df = pd.DataFrame([{"sample_id": r.sample_id, "status": (store.record(r.sample_id) or {}).get("status", "failed")}
+                           for r in rows])
+        return df, write_table(df, run_dir)
+
+
+def test_run_cohort_drives_any_assay_and_resumes(tmp_path) -> None:  # noqa: ANN001
+    from pathlib import Path
+
+    from rescue_gpu.config import RuntimeConfig
+    from rescue_gpu.runner.assay import Assay
+    from rescue_gpu.runner.manifest import ManifestRow
+    from rescue_gpu.runner.run import run_cohort
+
+    rows = [ManifestRow(sample_id=f"S{i}", path=Path(f"/nowhere/{i}")) for i in range(5)]
+    assay = ToyAssay()
+    assert isinstance(assay, Assay)
+    first = run_cohort(assay, rows, out=tmp_path / "run", runtime=RuntimeConfig(backend="cpu"), in_process=True)
+    assert (first.n_samples, first.n_scored, first.n_skipped, first.n_processed) == (5, 5, 0, 5)
+    assert first.events_processed == 5 and first.outputs["csv"].is_file()
+    again = run_cohort(assay, rows, out=tmp_path / "run", runtime=RuntimeConfig(backend="cpu"), in_process=True)
+    assert (again.n_skipped, again.n_processed, again.n_scored) == (5, 0, 5)
+    other = run_cohort(ToyAssay(tag="changed"), rows, out=tmp_path / "run", runtime=RuntimeConfig(backend="cpu"),
+                       in_process=True)
+    assert (other.n_skipped, other.n_processed) == (0, 5)  # another identity: every sample again
