@@ -78,7 +78,7 @@ def network_rows(name: str, pipeline: Any, *, batch: int, min_time: float, devic
 
 def e2e(*, samples: int, cells: int, threads: int) -> dict[str, Any]:
     """Simulate imaging-flow samples and score them in-process with a random ResNet-50; cells/s."""
-    from rescue_gpu.cells.runner import CellScoreOptions, score_cells
+    from rescue_gpu.cells.assay import CellScoreOptions, score_cells
     from rescue_gpu.cells.spec import load_cell_pipeline
     from rescue_gpu.config import RuntimeConfig
     from rescue_gpu.simulate.cells import simulate_cell_library

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _assets(base: Path, *, n_samples: int, n_events: int, ref_events: int, image: int) -> dict[str, Path]:
-    from rescue_gpu.cohort import read_manifest
+    from rescue_gpu.runner.manifest import read_manifest
     from rescue_gpu.config import load_pipeline
     from rescue_gpu.simulate import simulate_cohort
     from tests.test_cohort_fixtures import fast_reference, untrained_model
@@ -48,7 +48,7 @@ def _assets(base: Path, *, n_samples: int, n_events: int, ref_events: int, image
 
 
 def _score(a: dict, out: Path, *, in_process: bool, workers: int, per_task: int) -> tuple[float, float, int, int]:
-    from rescue_gpu.cohort.runner import ScoreOptions, score_cohort
+    from rescue_gpu.flow.assay import ScoreOptions, score_cohort
     from rescue_gpu.config import RuntimeConfig
 
     shutil.rmtree(out, ignore_errors=True)

@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    from rescue_gpu.cells.runner import CellScoreOptions, score_cells
+    from rescue_gpu.cells.assay import CellScoreOptions, score_cells
     from rescue_gpu.cells.spec import load_cell_pipeline
     from rescue_gpu.cells.workflow import train_cell_model, with_overrides
     from rescue_gpu.config import RuntimeConfig

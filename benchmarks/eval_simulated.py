@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from rescue_gpu.cohort import stages
-from rescue_gpu.cohort.manifest import read_manifest
+from rescue_gpu.flow import stages
+from rescue_gpu.runner.manifest import read_manifest
 from rescue_gpu.config import Pipeline, load_pipeline
 from rescue_gpu.model.train import train_model
 from rescue_gpu.simulate import simulate_cohort

@@ -1,14 +1,34 @@
-"""Shared pieces of the command line: consoles, exit codes, a progress bar."""
+"""Shared pieces of the command line, below every command: consoles, exit codes, progress bars,
+the run options both ``score`` commands share, and the error-to-exit-code mapping.
+
+Each assay's CLI (``rescue_gpu.flow.cli``, ``rescue_gpu.cells.cli``) and the ``rescue`` app
+(``rescue_gpu.cli.app``) import this module; it imports none of them, so the app can import
+the assays' commands without an import cycle.
+
+Exit codes: 0 success, 2 usage or configuration errors and environment faults (a read-only
+or full file system: a clear one-line message, no traceback), 3 some samples failed, 1
+anything unexpected.
+"""
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
+import typer
 from rich.console import Console
 
+from .errors import OutputError, RescueError, os_errno
+
+if TYPE_CHECKING:
+    from .config import RuntimeConfig
+
 __all__ = ["EXIT_OK", "EXIT_UNEXPECTED", "EXIT_USAGE", "EXIT_SAMPLES_FAILED", "console", "err_console", "progress",
-           "RunProgress", "print_run"]
+           "RunProgress", "print_run", "run_app", "runtime_from", "ConfigOpt", "SchedulerOpt", "InProcessOpt",
+           "BackendOpt", "WorkersOpt", "ThreadsOpt", "MemoryLimitOpt", "BatchSizeOpt", "SamplesPerTaskOpt",
+           "WindowOpt", "EngineOpt", "PrecisionOpt", "SeedOpt", "KeepIdentifiersOpt", "ReportOpt", "DashboardOpt"]
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
 
@@ -73,16 +93,17 @@ class RunProgress:
     """Callbacks of a scoring run: print the cluster and sample counts at start, then a progress bar.
 
     Use as a context manager; pass :meth:`on_start` and :meth:`on_progress` to the runner.
+    ``show=False`` (``progress = false`` in config.toml) prints the counts but no bar.
     """
 
-    def __init__(self, what: str = "scoring") -> None:
-        self.what, self._bar = what, None
+    def __init__(self, what: str = "scoring", *, show: bool = True) -> None:
+        self.what, self.show, self._bar = what, show, None
 
     def on_start(self, cluster: str, n_todo: int, n_skipped: int) -> None:
         """Say where the run goes and how much there is to do; open the bar."""
         console.print(f"cluster: {cluster}", markup=False, highlight=False)
         console.print(f"samples: {n_todo} to score, {n_skipped} already done (skipped)")
-        if n_todo:
+        if n_todo and self.show:
             self._bar = progress(self.what, n_todo)
             self._bar.__enter__()
 
@@ -110,3 +131,71 @@ def print_run(summary: Any, rate: str, table: Any) -> None:
         console.print(f"{kind}: {path}", markup=False, highlight=False)
     for _, row in table[table["status"] != "scored"].iterrows():
         err_console.print(f"failed: {row['sample_id']}: {row['error']}", markup=False, highlight=False, soft_wrap=True)
+
+
+# ----------------------------------------------------------------------------- run options (both score commands)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Runtime config TOML ([runtime]).")]
+SchedulerOpt = Annotated[Optional[str], typer.Option(
+    "--scheduler", help="Existing Dask scheduler: tcp://host:8786 or a scheduler JSON file.")]
+InProcessOpt = Annotated[bool, typer.Option("--in-process", help="No Dask: score in this process (debugging).")]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="auto | cpu | gpu")]
+WorkersOpt = Annotated[Optional[str], typer.Option("--workers", help="Embedded cluster workers: 'auto' or a number.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option("--threads-per-worker", help="Threads per embedded worker.")]
+MemoryLimitOpt = Annotated[Optional[str], typer.Option("--memory-limit", help="Per worker: auto, 0.8, 24GB.")]
+BatchSizeOpt = Annotated[Optional[int], typer.Option("--batch-size", help="Images (flow) or cells per forward pass.")]
+SamplesPerTaskOpt = Annotated[int, typer.Option("--samples-per-task", help="Samples per Dask task (one inference batch).")]
+WindowOpt = Annotated[int, typer.Option("--window", help="Tasks in flight (0: twice the workers).")]
+EngineOpt = Annotated[str, typer.Option("--engine", help="auto | torch | compiled | cuda-graphs | onnx | tensorrt")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto | fp32 | fp16 | bf16")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the run's randomness (same seed, same scores).")]
+KeepIdentifiersOpt = Annotated[bool, typer.Option(
+    "--keep-identifiers", help="Copy identifying keywords and input paths into outputs.")]
+ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")]
+DashboardOpt = Annotated[str, typer.Option("--dashboard-address", help="Embedded cluster dashboard (':0' any port).")]
+
+
+def runtime_from(config: Path | None, *, backend: str | None = None, workers: str | None = None,
+                 threads_per_worker: int | None = None, memory_limit: str | None = None,
+                 batch_size: int | None = None) -> RuntimeConfig:
+    """The runtime config of a ``score`` command: ``config`` (or the defaults) with the given options over it.
+
+    Raises
+    ------
+    ConfigError
+        The file or a value is invalid (the message says which and how to fix it).
+    """
+    from .config import load_runtime
+
+    return load_runtime(config, backend=backend, workers=workers, threads_per_worker=threads_per_worker,
+                        memory_limit=memory_limit, batch_size=batch_size)
+
+
+# OSErrors that only writing raises (read-only, full, quota, too large): one line and exit 2, wherever they come from
+_WRITE_FAULTS = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
+    """Run a typer app and map errors to exit codes (see the module docstring)."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except RescueError as exc:
+        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        return EXIT_USAGE
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        return EXIT_USAGE
+    except OSError as exc:
+        if os_errno(exc) not in _WRITE_FAULTS:
+            raise
+        err_console.print(f"error: {OutputError(exc.filename, exc)}", markup=False, highlight=False)
+        return EXIT_USAGE
+    except Exception as exc:
+        # click's (vendored by typer) usage errors: they know how to show themselves
+        if hasattr(exc, "show") and getattr(exc, "exit_code", None) == EXIT_USAGE:
+            exc.show()
+            return EXIT_USAGE
+        raise
+    return rc if isinstance(rc, int) else EXIT_OK

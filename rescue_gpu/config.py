@@ -214,7 +214,25 @@ class Pipeline:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """How and where to run: backend, workers, memory, chunking, batches."""
+    """How and where to run: backend, workers, memory, chunking, batches.
+
+    Attributes
+    ----------
+    backend
+        ``"auto"`` (a GPU when there is one, with a warning when not), ``"cpu"`` or ``"gpu"``.
+    workers, threads_per_worker, memory_limit
+        The embedded Dask cluster: workers (``"auto"`` or a number), threads and memory
+        (``"auto"``, a fraction, a size) per worker.
+    chunk_events
+        Events per chunk of the flow projection's neighbour search (bounds memory; the
+        results do not depend on it).
+    batch_size
+        Images (flow) or cells per inference batch.
+    progress
+        Show a progress bar while scoring (on a terminal).
+    source
+        The file this was read from (None: defaults).
+    """
 
     backend: Literal["auto", "cpu", "gpu"] = "auto"
     workers: str = "auto"
@@ -223,7 +241,6 @@ class RuntimeConfig:
     chunk_events: int = 262144
     batch_size: int = 64
     progress: bool = True
-    pipeline: str = "aml-mrd"
     source: str | None = None
 
     def __post_init__(self) -> None:

@@ -126,7 +126,7 @@ def test_plan_from_worker_probes():
 def test_existing_cluster_is_asked_not_the_client():
     from distributed import LocalCluster
 
-    from rescue_gpu.cohort.runner import resolve_run_device
+    from rescue_gpu.runner.run import resolve_run_device
     from rescue_gpu.config import RuntimeConfig
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", host="127.0.0.1",

@@ -15,7 +15,7 @@ from rescue_gpu.cells.io import (
 )
 from rescue_gpu.cells.spec import CellInputSpec
 from rescue_gpu.cells.types import CellSet
-from rescue_gpu.cells.write import write_channel_tiffs, write_image, write_stack
+from rescue_gpu.simulate.cells.write import write_channel_tiffs, write_image, write_stack
 from rescue_gpu.errors import CellDataError
 
 RNG = np.random.default_rng(7)

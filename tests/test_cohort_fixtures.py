@@ -31,7 +31,7 @@ def tiny_pipeline() -> Pipeline:
 
 def fast_reference(rows: list, pipeline: Pipeline, *, events_per_sample: int = 400):
     """A Reference from pooled events with a PCA embedding (no UMAP fit)."""
-    from rescue_gpu.cohort.stages import load_events, pipeline_settings
+    from rescue_gpu.flow.stages import load_events, pipeline_settings
     from rescue_gpu.preprocess import preprocess_fingerprint
     from rescue_gpu.projection.transform import UmapParams
     from rescue_gpu.reference import Reference
@@ -69,7 +69,7 @@ def untrained_model(reference, *, threshold: float = 0.5, seed: int = 0):
 
 def build_assets(base: Path) -> dict[str, Path]:
     """Build (once; file-locked) the cohort, reference and two models under ``base``."""
-    from rescue_gpu.cohort import read_manifest
+    from rescue_gpu.runner.manifest import read_manifest
     from rescue_gpu.simulate import simulate_cohort
 
     base.mkdir(parents=True, exist_ok=True)
@@ -88,8 +88,8 @@ def build_assets(base: Path) -> dict[str, Path]:
 
 
 def run_cli(args: list[str], *, cwd: Path | None = None, timeout: float = 240):
-    """Run ``rescue score`` as a subprocess (``python -m rescue_gpu.cohort.cli``)."""
+    """Run ``rescue score`` as a subprocess (``python -m rescue_gpu.flow.cli``)."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "rescue_gpu.cohort.cli", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "rescue_gpu.flow.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from rescue_gpu.cohort.store import MAX_KEY_BYTES, RunStore, sample_key
+from rescue_gpu.runner.store import MAX_KEY_BYTES, RunStore, sample_key
 from rescue_gpu.errors import OutputError
 
 from .test_cohort_fixtures import N_SAMPLES, build_assets
@@ -43,7 +43,7 @@ DASK = ("--workers", "1", "--threads-per-worker", "1", "--samples-per-task", "1"
 def _score(assets: dict[str, Path], out: Path, capsys: pytest.CaptureFixture, *extra: object,
            manifest: Path | None = None, model: str = "model", dask: bool = False) -> tuple[int, str, str]:
     """``rescue score`` in this process (``--in-process`` unless ``dask``); returns (exit code, stdout, stderr)."""
-    from rescue_gpu.cohort.cli import _main
+    from rescue_gpu.flow.cli import _main
 
     capsys.readouterr()
     rc = _main(["score", str(manifest or assets["manifest"]), "--reference", str(assets["reference"]),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rescue_gpu.cohort import read_manifest
+from rescue_gpu.runner.manifest import read_manifest
 from rescue_gpu.errors import ManifestError
 
 

@@ -182,7 +182,7 @@ CUSTOM_MARKERS = ("CD45", "CD34", "CD117", "CD13", "CD33", "HLA-DR", "CD7", "CD5
 
 
 def _tiny_ref(pipe, *, stored: bool, settings: bool = True):
-    from rescue_gpu.cohort.stages import pipeline_settings
+    from rescue_gpu.flow.stages import pipeline_settings
     from rescue_gpu.config import pipeline_record
     from rescue_gpu.preprocess import preprocess_fingerprint
     from rescue_gpu.projection.transform import UmapParams

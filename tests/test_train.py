@@ -13,8 +13,8 @@ import typer
 from sklearn import metrics as skm
 from typer.testing import CliRunner
 
-from rescue_gpu.cohort import stages
-from rescue_gpu.cohort.manifest import ManifestRow, read_manifest
+from rescue_gpu.flow import stages
+from rescue_gpu.runner.manifest import ManifestRow, read_manifest
 from rescue_gpu.config import RasterSpec, load_pipeline
 from rescue_gpu.errors import ConfigError
 from rescue_gpu.model.dataset import MrdImageDataset, bootstrap_events, build_cache

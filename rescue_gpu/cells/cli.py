@@ -3,7 +3,7 @@
 - ``rescue cells simulate OUT``: a procedural library (training tree + samples with known fractions);
 - ``rescue cells train TRAIN --out MODEL``: train a cell classifier with patient-level splits;
 - ``rescue cells score INPUTS --model MODEL --out RUN``: per-cell probabilities, per-sample readout,
-  report, on the same runner and run store as ``rescue score``;
+  report, on the same runner, run store and run options as ``rescue score``;
 - ``rescue cells demo``: all three on a small simulated library.
 """
 
@@ -15,7 +15,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cliutil import EXIT_SAMPLES_FAILED, RunProgress, console, print_run, progress
+from ..cliutil import (EXIT_SAMPLES_FAILED, BackendOpt, BatchSizeOpt, ConfigOpt, DashboardOpt, EngineOpt,
+                       InProcessOpt, KeepIdentifiersOpt, MemoryLimitOpt, PrecisionOpt, ReportOpt, RunProgress,
+                       SamplesPerTaskOpt, SchedulerOpt, SeedOpt, ThreadsOpt, WindowOpt, WorkersOpt, console, print_run,
+                       progress, runtime_from)
 
 __all__ = ["register", "cells_app"]
 
@@ -77,34 +80,35 @@ def score(
     model: Annotated[Path, typer.Option("--model", help="Cell model directory.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory; run again to resume.")],
     pipeline: PipelineOpt = "ifc-labelfree",
-    config: Annotated[Optional[Path], typer.Option("--config", help="Runtime config TOML ([runtime]).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Existing Dask scheduler address or file.")] = None,
-    in_process: Annotated[bool, typer.Option("--in-process", help="No Dask: score in this process.")] = False,
-    backend: Annotated[Optional[str], typer.Option("--backend", help="auto | cpu | gpu")] = None,
-    workers: Annotated[Optional[str], typer.Option("--workers")] = None,
-    threads_per_worker: Annotated[Optional[int], typer.Option("--threads-per-worker")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Cells per forward pass.")] = None,
-    samples_per_task: Annotated[int, typer.Option("--samples-per-task")] = 1,
-    engine: Annotated[str, typer.Option("--engine", help="torch | compiled | cuda-graphs | onnx | tensorrt")] = "torch",
-    precision: Annotated[str, typer.Option("--precision", help="auto | fp32 | fp16 | bf16")] = "auto",
+    config: ConfigOpt = None,
+    scheduler: SchedulerOpt = None,
+    in_process: InProcessOpt = False,
+    backend: BackendOpt = None,
+    workers: WorkersOpt = None,
+    threads_per_worker: ThreadsOpt = None,
+    memory_limit: MemoryLimitOpt = None,
+    batch_size: BatchSizeOpt = None,
+    samples_per_task: SamplesPerTaskOpt = 1,
+    window: WindowOpt = 0,
+    engine: EngineOpt = "torch",
+    precision: PrecisionOpt = "auto",
     embeddings: Annotated[bool, typer.Option("--embeddings/--no-embeddings", help="Store and export penultimate-layer features.")] = True,
     gallery: Annotated[Optional[int], typer.Option("--gallery", help="Cells per sample kept for the report gallery.")] = None,
-    keep_identifiers: Annotated[bool, typer.Option("--keep-identifiers")] = False,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-    report: Annotated[bool, typer.Option("--report/--no-report")] = True,
-    dashboard_address: Annotated[str, typer.Option("--dashboard-address")] = ":8787",
+    keep_identifiers: KeepIdentifiersOpt = False,
+    seed: SeedOpt = 0,
+    report: ReportOpt = True,
+    dashboard_address: DashboardOpt = ":8787",
 ) -> None:
     """Classify every cell of every sample; write the per-sample leukaemic percentage, cells table and report."""
-    from ..config import load_runtime
-    from .runner import CellScoreOptions, score_cells
+    from .assay import CellScoreOptions, score_cells
     from .spec import load_cell_pipeline
 
-    runtime = load_runtime(config, backend=backend, workers=workers, threads_per_worker=threads_per_worker,
-                           batch_size=batch_size)
+    runtime = runtime_from(config, backend=backend, workers=workers, threads_per_worker=threads_per_worker,
+                           memory_limit=memory_limit, batch_size=batch_size)
     options = CellScoreOptions(pipeline=load_cell_pipeline(pipeline), engine=engine, precision=precision,
-                               samples_per_task=samples_per_task, keep_embeddings=embeddings, gallery=gallery,
-                               keep_identifiers=keep_identifiers, seed=seed, report=report)
-    with RunProgress() as bar:
+                               samples_per_task=samples_per_task, window=window, keep_embeddings=embeddings,
+                               gallery=gallery, keep_identifiers=keep_identifiers, seed=seed, report=report)
+    with RunProgress(show=runtime.progress) as bar:
         summary = score_cells(inputs, model=model, out=out, options=options, runtime=runtime, scheduler=scheduler,
                               in_process=in_process, dashboard_address=dashboard_address, on_start=bar.on_start,
                               on_progress=bar.on_progress)

@@ -371,7 +371,7 @@ def _load_arrays(path: Path) -> dict[str, np.ndarray]:
             return {k: loaded[k] for k in loaded.files}
     except Exception as exc:  # ValueError (pickled objects), OSError, BadZipFile, ...
         raise CellDataError(f"{path}: cannot load this stack ({type(exc).__name__}: {exc}); it must be a plain "
-                            "numpy .npy/.npz without Python objects (write it with rescue_gpu.cells.write)") from exc
+                            "numpy .npy/.npz without Python objects (write it with rescue_gpu.simulate.cells.write)") from exc
 
 
 def read_stack(path: str | Path, *, channels: Sequence[str]) -> CellSet:

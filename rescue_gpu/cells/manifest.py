@@ -17,7 +17,7 @@ import math
 import os
 from pathlib import Path
 
-from ..cohort.manifest import ManifestRow, read_manifest
+from ..runner.manifest import ManifestRow, read_manifest
 from ..errors import ManifestError
 from .io import STACK_SUFFIXES
 
@@ -26,7 +26,7 @@ __all__ = ["read_cell_manifest", "input_digest", "same_input"]
 
 def _scan(folder: Path) -> list[ManifestRow]:
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    rows = [ManifestRow(p.stem if p.is_file() else p.name, p) for p in entries
+    rows = [ManifestRow(sample_id=p.stem if p.is_file() else p.name, path=p) for p in entries
             if p.is_dir() or p.suffix.lower() in STACK_SUFFIXES]
     if not rows:
         raise ManifestError(f"{folder}: no samples found (a sample is a sub-folder of cell images or a "

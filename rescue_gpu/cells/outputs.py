@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..cohort.manifest import ManifestRow
-from ..cohort.outputs import replacing, write_table
-from ..cohort.store import RunStore
+from ..runner.manifest import ManifestRow
+from ..runner.store import RunStore, decode_strings
+from ..runner.tables import replacing, write_table
 
 __all__ = ["cell_score_table", "sample_cells", "write_cells_parquet", "write_embeddings", "write_cell_outputs",
            "SCORE_COLUMNS", "EMBEDDINGS_PER_SAMPLE"]
@@ -67,8 +67,6 @@ def cell_score_table(rows: Sequence[ManifestRow], store: RunStore, *, classes: S
 
 
 def _cell_ids(store: RunStore, sid: str) -> list[str]:
-    from .runner import decode_strings
-
     return decode_strings(store.array(sid, "cell_id_bytes"), store.array(sid, "cell_id_offsets"))
 
 

@@ -112,7 +112,7 @@ def run_cell_demo(out: str | Path, *, n_train_patients: int = 10, cells_per_clas
     from ..config import RuntimeConfig
     from ..report.cells import readout_errors
     from ..simulate.cells import simulate_cell_library
-    from .runner import CellScoreOptions, score_cells
+    from .assay import CellScoreOptions, score_cells
     from .spec import load_cell_pipeline
 
     import shutil

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..backend import to_numpy
-from ..cohort.manifest import ManifestRow
+from ..runner.manifest import ManifestRow
 from ..config import Pipeline, RasterSpec
 from ..errors import RescueError
 from ..preprocess import preprocess_fingerprint
@@ -170,7 +170,7 @@ def build_cache(
     (SampleCache, dict)
         The cache and ``{sample_id: error message}`` of samples that failed (left out).
     """
-    from ..cohort.stages import load_events, project
+    from ..flow.stages import load_events, project
 
     cache = SampleCache(cache_dir, cache_settings_hash(reference, pipeline, seed=seed))
     with_values = "markers" in reference.raster.channels

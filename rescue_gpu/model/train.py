@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cohort.manifest import ManifestRow
+from ..runner.manifest import ManifestRow
 from ..config import Pipeline, TrainSpec
 from ..errors import ConfigError, ModelError
 from ..reference import Reference

@@ -45,7 +45,7 @@ def train_cmd(
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
     """Train an MRD model with patient-level cross-validation, then on all samples; save it with its CV metrics."""
-    from ..cohort.manifest import read_manifest
+    from ..runner.manifest import read_manifest
     from ..reference import Reference
     from ..reference.pipeline import resolve_pipeline
     from .train import train_model
@@ -143,7 +143,7 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
 ) -> None:
     """Score calls against the truth: metrics with patient-level 95% intervals, confusion, per timepoint."""
-    from ..cohort.manifest import read_manifest
+    from ..runner.manifest import read_manifest
     from .metrics import binary_metrics, confusion, evaluate_predictions, plot_roc
 
     recs = read_scores(scores)

@@ -1,5 +1,4 @@
-"""Reports: a self-contained HTML report of a scoring run."""
+"""Run reports: the HTML page toolkit (:mod:`.page`) and each assay's sections (:mod:`.flow`, :mod:`.cells`).
 
-from .html import write_report
-
-__all__ = ["write_report"]
+Import from the submodules; this package imports nothing.
+"""

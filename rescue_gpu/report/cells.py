@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .html import _fig_uri, _kv, _plt, _table, png_data_uri, write_page
+from .page import fig_uri, kv, png_data_uri, pyplot, table, write_page
 
 __all__ = ["write_cell_report", "cell_tile", "readout_errors"]
 
@@ -35,7 +35,7 @@ def cell_tile(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
     panels = [_rgb(img)] if img.shape[0] == 3 else [_rgb(p) for p in img]
     sal = np.asarray(saliency, dtype=np.float32)
     sal = sal / sal.max() if sal.max() > 0 else sal
-    heat = _plt().get_cmap("inferno")(sal)[..., :3]
+    heat = pyplot().get_cmap("inferno")(sal)[..., :3]
     base = panels[0].mean(axis=-1, keepdims=True)
     panels.append(0.45 * base + 0.55 * heat)
     gap = np.ones((img.shape[1], 2, 3), dtype=np.float32)
@@ -44,7 +44,7 @@ def cell_tile(image: np.ndarray, saliency: np.ndarray) -> np.ndarray:
 
 def _png(tile: np.ndarray) -> str:
     buf = io.BytesIO()
-    _plt().imsave(buf, np.clip(tile, 0.0, 1.0), format="png")
+    pyplot().imsave(buf, np.clip(tile, 0.0, 1.0), format="png")
     return png_data_uri(buf.getvalue())
 
 
@@ -71,7 +71,7 @@ def _gallery(df: pd.DataFrame, store: Any, *, limit: int) -> str:
 
 
 def _readout_plot(df: pd.DataFrame, cutoff: float) -> str:
-    plt = _plt()
+    plt = pyplot()
     s = df[df["status"] == "scored"].reset_index(drop=True)
     has_truth = s["true_pct"].notna().any()
     fig, ax = plt.subplots(figsize=(7.0, 3.4), dpi=110)
@@ -90,7 +90,7 @@ def _readout_plot(df: pd.DataFrame, cutoff: float) -> str:
     ax.set_ylabel("leukaemic %")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _fig_uri(fig)
+    return fig_uri(fig)
 
 
 def readout_errors(df: pd.DataFrame) -> dict[str, Any]:
@@ -144,13 +144,13 @@ def write_cell_report(path: str | Path, df: pd.DataFrame, *, store: Any, record:
     shown = df.drop(columns=["input_sha256"], errors="ignore")
     bad = df[df["status"] != "scored"]
     return write_page(path, title, [
-        ("Summary", _kv(summary)),
+        ("Summary", kv(summary)),
         ("Leukaemic percentage per sample", f"<img alt='readout' src='{_readout_plot(df, cutoff)}'>"
          if len(scored) else "<p>No scored samples.</p>"),
-        ("Evaluation", _kv(evaluation) if evaluation else "<p>No labels or true fractions given.</p>"),
+        ("Evaluation", kv(evaluation) if evaluation else "<p>No labels or true fractions given.</p>"),
         ("Most leukaemic-looking cells", _gallery(df, store, limit=max(pipeline.readout.gallery, 1))),
-        ("Model", _kv(_model(record))),
-        ("Failed samples", "<p>None.</p>" if bad.empty else _table(bad[["sample_id", "patient_id", "error"]])),
-        ("All samples", _table(shown)),
-        ("Provenance", _kv(provenance)),
+        ("Model", kv(_model(record))),
+        ("Failed samples", "<p>None.</p>" if bad.empty else table(bad[["sample_id", "patient_id", "error"]])),
+        ("All samples", table(shown)),
+        ("Provenance", kv(provenance)),
     ])

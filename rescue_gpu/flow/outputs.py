@@ -1,0 +1,78 @@
+"""Flow run outputs: ``scores.csv``, ``scores.parquet`` and ``report.html`` from the run store.
+
+One row per manifest sample, in manifest order. The manifest gives ``sample_id``,
+``patient_id``, ``timepoint`` and ``label`` (so editing those columns needs no re-run);
+the store gives the scores, QC counts and status. No FCS keyword is copied here.
+
+``warnings`` holds a sample's non-fatal warnings (e.g. a ``"file"`` compensation on a file
+without a spillover matrix, a QC gate that could not run, a flagged file not written),
+joined by ``"; "`` (a ``;`` inside one warning becomes ``,``); empty when there are none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ..runner.manifest import ManifestRow
+from ..runner.store import RunStore
+from ..runner.tables import join_warnings, replacing, write_table
+
+__all__ = ["COLUMNS", "QC_COLUMNS", "score_table", "write_outputs"]
+
+COLUMNS = ("sample_id", "patient_id", "timepoint", "p_mrd", "call", "threshold", "status", "error",
+           "n_events", "n_events_used", "label", "warnings")
+QC_COLUMNS = ("non_finite", "saturated", "debris", "doublets", "n_events_out", "n_outside")
+
+
+def _row(m: ManifestRow, record: dict[str, Any] | None, threshold: float) -> dict[str, Any]:
+    rec = record or {"status": "failed", "error": "not processed (the run was interrupted); run the command again"}
+    qc = rec.get("qc") or {}
+    p = rec.get("p_mrd")
+    out: dict[str, Any] = {
+        "sample_id": m.sample_id, "patient_id": m.patient_id, "timepoint": m.timepoint, "label": m.label,
+        "p_mrd": float(p) if p is not None else math.nan, "call": rec.get("call") or "",
+        "threshold": float(threshold), "status": rec.get("status", "failed"), "error": rec.get("error") or "",
+        "n_events": rec.get("n_events"), "n_events_used": rec.get("n_events_used"),
+        "warnings": join_warnings(rec.get("warnings")),
+    }
+    out.update({k: qc.get(k) for k in QC_COLUMNS})
+    out["input_sha256"] = (rec.get("provenance") or {}).get("input_sha256", "")
+    return out
+
+
+def score_table(rows: Sequence[ManifestRow], store: RunStore, *, threshold: float) -> pd.DataFrame:
+    """The scores of ``rows`` (manifest order) as read back from ``store``."""
+    records = [_row(m, store.record(m.sample_id), threshold) for m in rows]  # damaged samples: failed
+    df = pd.DataFrame.from_records(records, columns=[*COLUMNS, *QC_COLUMNS, "input_sha256"])
+    for col in ("n_events", "n_events_used", *QC_COLUMNS):
+        df[col] = df[col].astype("Int64")
+    return df
+
+
+def write_outputs(df: pd.DataFrame, store: RunStore, run_dir: Path, *, report: bool = True,
+                  provenance: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write the score tables and, with ``report``, ``report.html``; return their paths."""
+    paths = write_table(df, run_dir)
+    if report:
+        from ..report.flow import write_report
+
+        with replacing(run_dir / "report.html") as tmp:
+            write_report(tmp, df, images=_gallery_images(df, store), provenance=provenance or {})
+        paths["report"] = run_dir / "report.html"
+    return paths
+
+
+def _gallery_images(df: pd.DataFrame, store: RunStore, *, limit: int = 48) -> dict[str, Any]:
+    """First-channel images of up to ``limit`` scored samples, highest p_mrd first."""
+    scored = df[df["status"] == "scored"].sort_values("p_mrd", ascending=False).head(limit)
+    out = {}
+    for sid in scored["sample_id"]:
+        img = store.image(sid)
+        if img is not None:
+            out[sid] = img
+    return out

@@ -1,0 +1,211 @@
+"""Dask cluster set-up for cohort runs (either assay): embedded on this machine, or an existing scheduler.
+
+Choices, in order:
+
+1. ``scheduler`` given: connect to it (``tcp://host:8786``, or a scheduler JSON file
+   written by ``dask scheduler --scheduler-file``). Its workers may be GPU workers
+   (``dask cuda worker``) or CPU workers (``dask worker``) on other nodes.
+2. GPUs present (cupy sees a device), ``dask_cuda`` importable and the backend is not
+   ``"cpu"``: an embedded ``dask_cuda.LocalCUDACluster``, one worker process per GPU.
+   *Written against dask-cuda's documented API; unverified here (no GPU on our machines).*
+3. Otherwise an embedded ``distributed.LocalCluster`` of CPU worker processes.
+
+Running on a SLURM cluster (recipe; not run on our machines)
+-----------------------------------------------------------
+
+With dask-jobqueue, from a login node or a small job (one worker per GPU job: SLURM sets
+``CUDA_VISIBLE_DEVICES`` for the job, so a plain ``dask worker`` sees exactly its GPU)::
+
+    from dask_jobqueue import SLURMCluster
+    from distributed import Client
+
+    cluster = SLURMCluster(
+        queue="gpu", account="my-project", walltime="04:00:00",
+        cores=8, processes=1, memory="64GB",             # one worker process per job
+        job_extra_directives=["--gres=gpu:1"],            # one GPU per job
+        job_script_prologue=["source /path/to/rescue_gpu/.venv/bin/activate"],
+        scheduler_options={"dashboard_address": ":8787"},
+    )
+    cluster.scale(jobs=8)                                 # 8 GPUs
+    print(cluster.scheduler_address)                      # pass this to rescue score
+
+    # in another shell (same environment), while the Python session above stays open:
+    #   rescue score cohort.csv --reference REF --model MODEL --out RUN --scheduler tcp://...
+
+Or a single sbatch script without dask-jobqueue (``dask cuda worker`` per node, RMM pools
+and device spilling from dask-cuda)::
+
+    #!/bin/bash
+    #SBATCH --nodes=4 --gres=gpu:4 --ntasks-per-node=1 --time=04:00:00
+    source /path/to/rescue_gpu/.venv/bin/activate
+    SF=$PWD/scheduler-$SLURM_JOB_ID.json
+    dask scheduler --scheduler-file "$SF" &
+    srun dask cuda worker --scheduler-file "$SF" --rmm-pool-size 0.8 &
+    sleep 30
+    rescue score cohort.csv --reference REF --model MODEL --out RUN --scheduler "$SF"
+    # a resumed run (same command) skips the samples already done
+
+In both, RUN, REF, MODEL and the FCS files must be on a file system every node sees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import RuntimeConfig, parse_memory
+from ..errors import ConfigError
+
+__all__ = ["ClusterInfo", "open_client", "plan_cluster", "gpu_cluster_available", "workers_of"]
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    """What the run is computing on, for the console and the run record."""
+
+    kind: str              # "LocalCluster", "LocalCUDACluster" or "scheduler"
+    address: str
+    dashboard: str
+    n_workers: int
+    threads_per_worker: int
+    gpu: bool
+
+    def describe(self) -> str:
+        """One line for the console."""
+        what = "GPU worker(s)" if self.gpu else "CPU worker process(es)"
+        return (f"{self.kind} at {self.address}: {self.n_workers} {what} x {self.threads_per_worker} thread(s); "
+                f"dashboard {self.dashboard or 'unavailable (pip install bokeh)'}")
+
+
+def gpu_cluster_available() -> tuple[bool, str]:
+    """Whether an embedded LocalCUDACluster can be made here, and why not."""
+    from ..backend import device_probe
+
+    probe = device_probe()
+    ok, reason = bool(probe["gpu"]), str(probe["reason"])
+    if not ok:
+        return False, reason
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        return False, "dask-cuda is not installed (pip install 'rescue_gpu[gpu]')"
+    return True, reason
+
+
+def plan_cluster(runtime: RuntimeConfig) -> tuple[str, int]:
+    """``("cuda" | "cpu", n_workers)`` for an embedded cluster under ``runtime``.
+
+    Raises
+    ------
+    ConfigError
+        ``backend = "gpu"`` and no GPU cluster can be made.
+    """
+    gpu_ok, reason = (False, "backend is 'cpu'") if runtime.backend == "cpu" else gpu_cluster_available()
+    if runtime.backend == "gpu" and not gpu_ok:
+        raise ConfigError(f"backend 'gpu' was asked for but {reason}; use --backend cpu or install the gpu extra")
+    if gpu_ok:
+        n = 0 if runtime.workers == "auto" else int(runtime.workers)  # 0: one per visible GPU
+        return "cuda", n
+    n = (os.cpu_count() or 1) // max(1, runtime.threads_per_worker) if runtime.workers == "auto" else int(runtime.workers)
+    return "cpu", max(1, n)
+
+
+def _memory_limit(runtime: RuntimeConfig, n_workers: int) -> int | str:
+    """Per-worker memory limit: "auto" stays dask's own split; fractions are of this worker's share."""
+    if runtime.memory_limit.strip().lower() == "auto":
+        return "auto"
+    import psutil
+
+    return parse_memory(runtime.memory_limit, total=psutil.virtual_memory().total // max(1, n_workers))
+
+
+def _local_cpu(runtime: RuntimeConfig, n_workers: int, dashboard: str) -> Any:
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=n_workers, threads_per_worker=runtime.threads_per_worker, processes=True,
+                        memory_limit=_memory_limit(runtime, n_workers), dashboard_address=dashboard,
+                        silence_logs=logging.ERROR)
+
+
+def _local_cuda(runtime: RuntimeConfig, n_workers: int, dashboard: str) -> Any:  # pragma: no cover - needs a GPU
+    """One worker per GPU; RMM pool at half the device, dask-cuda's spilling defaults (unverified)."""
+    from dask_cuda import LocalCUDACluster
+
+    kwargs: dict[str, Any] = {"threads_per_worker": runtime.threads_per_worker, "dashboard_address": dashboard,
+                              "memory_limit": _memory_limit(runtime, max(1, n_workers)), "silence_logs": logging.ERROR,
+                              "rmm_pool_size": "50%" if _has_rmm() else None}
+    if n_workers:
+        kwargs["n_workers"] = n_workers
+    return LocalCUDACluster(**kwargs)
+
+
+def _has_rmm() -> bool:
+    try:
+        import rmm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def workers_of(client: Any) -> dict[str, dict[str, Any]]:
+    """Every worker of the cluster (recent distributed lists only 5 unless asked for all)."""
+    import inspect
+
+    if "n_workers" in inspect.signature(client.scheduler_info).parameters:
+        return client.scheduler_info(n_workers=-1).get("workers", {})
+    return client.scheduler_info().get("workers", {})
+
+
+def _info(client: Any, kind: str, gpu: bool) -> ClusterInfo:
+    workers = workers_of(client)
+    threads = max((w.get("nthreads", 1) for w in workers.values()), default=1)
+    if kind == "scheduler":
+        gpu = any("gpu" in (w.get("resources") or {}) or "GPU" in (w.get("resources") or {}) for w in workers.values())
+    return ClusterInfo(kind=kind, address=client.scheduler.address, dashboard=client.dashboard_link or "",
+                       n_workers=len(workers), threads_per_worker=threads, gpu=gpu)
+
+
+@contextlib.contextmanager
+def open_client(runtime: RuntimeConfig, *, scheduler: str | None = None,
+                dashboard_address: str = ":8787") -> Iterator[tuple[Any, ClusterInfo]]:
+    """A ``distributed.Client`` on the chosen cluster, closed (and the cluster shut down) on exit.
+
+    Parameters
+    ----------
+    runtime
+        Backend, worker count, threads and memory of an embedded cluster.
+    scheduler
+        Address (``tcp://host:8786``) or scheduler JSON file of an existing cluster.
+    dashboard_address
+        Where an embedded cluster serves its dashboard (``":0"`` for any free port).
+
+    Raises
+    ------
+    ConfigError
+        The scheduler cannot be reached, or ``backend = "gpu"`` cannot be honoured.
+    """
+    from distributed import Client
+
+    if scheduler:
+        try:
+            client = Client(scheduler_file=scheduler, timeout="20s") if scheduler.endswith(".json") \
+                else Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(f"cannot reach the Dask scheduler {scheduler!r} ({exc}); check the address "
+                              "and that 'dask scheduler' is running") from None
+        with client:
+            try:
+                client.wait_for_workers(1, timeout=60)
+            except TimeoutError:
+                raise ConfigError(f"the Dask scheduler {scheduler!r} has no workers after 60 s; start "
+                                  "'dask cuda worker' (GPU) or 'dask worker' (CPU) against it") from None
+            yield client, _info(client, "scheduler", False)
+        return
+    kind, n = plan_cluster(runtime)
+    cluster = _local_cuda(runtime, n, dashboard_address) if kind == "cuda" else _local_cpu(runtime, n, dashboard_address)
+    with cluster, Client(cluster) as client:
+        yield client, _info(client, "LocalCUDACluster" if kind == "cuda" else "LocalCluster", kind == "cuda")

@@ -1,0 +1,174 @@
+"""Executors: run batches of tasks in this process or on Dask, writing each result as it arrives.
+
+The client is the single writer of the run store. On Dask, a
+:class:`StatePlugin` (a ``distributed.WorkerPlugin``) loads every worker's state
+(reference, model, engine) once when it is registered, and on every worker that joins
+later, before that worker's first task; then at most ``window`` tasks are in flight and
+one more is submitted as each completes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .assay import AssayJob, SampleResult, SampleTask
+from .manifest import ManifestRow
+from .progress import Progress
+from .store import RunStore
+from .worker import process_batch, warm
+
+if TYPE_CHECKING:
+    from ..config import RuntimeConfig
+
+__all__ = ["task_batches", "run_in_process", "run_dask", "run_on_client", "StatePlugin", "drain", "run_batches",
+           "PLUGIN_NAME"]
+
+PLUGIN_NAME = "rescue-gpu-state"
+
+
+def task_batches(rows: Sequence[ManifestRow], size: int) -> list[list[SampleTask]]:
+    """The manifest rows as tasks, ``size`` to a batch (the last may be shorter)."""
+    tasks = [SampleTask(sample_id=r.sample_id, path=str(r.path), patient_id=r.patient_id, timepoint=r.timepoint,
+                        label=r.label) for r in rows]
+    return [tasks[i:i + size] for i in range(0, len(tasks), size)]
+
+
+def run_in_process(batches: Iterable[list[SampleTask]], job: AssayJob) -> Iterator[SampleResult]:
+    """Process the batches one after another in this process; yield each result."""
+    for batch in batches:
+        yield from process_batch(batch, job)
+
+
+def _plugin_base() -> type:
+    from distributed import WorkerPlugin
+
+    return WorkerPlugin
+
+
+try:  # a real WorkerPlugin subclass when distributed is installed; a plain class otherwise (no Dask)
+    _Base: type = _plugin_base()
+except ImportError:  # pragma: no cover - distributed is a dependency
+    _Base = object
+
+
+class StatePlugin(_Base):  # type: ignore[misc,valid-type]
+    """A worker plugin that loads a job's state on each worker once, also on workers that join later.
+
+    A state that cannot load is not an error here: the worker's tasks then fail their
+    samples with the message (see :func:`~rescue_gpu.runner.worker.process_batch`).
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self, job: AssayJob) -> None:
+        self.job = job
+        self.error = ""
+
+    def setup(self, worker: Any) -> None:
+        """Load the state on ``worker`` (called by distributed on registration and on every new worker)."""
+        self.error = warm(self.job)
+
+
+def run_dask(client: Any, batches: list[list[SampleTask]], job: AssayJob, window: int) -> Iterator[SampleResult]:
+    """Submit ``window`` batches, then one more as each completes; yield results as they come.
+
+    A batch whose task fails (its worker died, it could not run) yields a lost result per
+    sample (:meth:`AssayJob.lost`).
+    """
+    from distributed import as_completed
+
+    pending = iter(batches)
+    job_future = client.scatter(job, broadcast=True)
+    owner: dict[str, list[SampleTask]] = {}
+
+    def submit(batch: list[SampleTask]) -> Any:
+        fut = client.submit(process_batch, batch, job_future, pure=False)
+        owner[fut.key] = batch
+        return fut
+
+    ac = as_completed([submit(b) for _, b in zip(range(max(1, window)), pending)])  # range first: zip must not consume a batch it drops
+    for fut in ac:
+        batch = owner.pop(fut.key)
+        try:
+            results = fut.result()
+        except Exception as exc:  # a worker died (KilledWorker) or the task could not run
+            results = [job.lost(t, f"worker failure: {exc.__class__.__name__}: {exc}") for t in batch]
+        fut.release()
+        nxt = next(pending, None)
+        if nxt is not None:
+            ac.add(submit(nxt))
+        yield from results
+
+
+def run_on_client(client: Any, batches: list[list[SampleTask]], job: AssayJob, *, window: int,
+                  on_ready: Callable[[], None] | None = None) -> Iterator[SampleResult]:
+    """Run ``batches`` on ``client``'s workers: register the :class:`StatePlugin`, then :func:`run_dask`.
+
+    Registering waits until every current worker has loaded its state; a worker that
+    joins later loads it when it starts. ``on_ready`` is called once that is done (the
+    processing phase starts). The plugin is removed when the generator ends or is closed.
+    """
+    client.register_plugin(StatePlugin(job), name=PLUGIN_NAME)
+    try:
+        if on_ready is not None:
+            on_ready()
+        yield from run_dask(client, batches, job, window)
+    finally:
+        _unregister(client)
+
+
+def drain(results: Iterable[SampleResult], store: RunStore, progress: Progress) -> None:
+    """Write each result as it arrives (the client is the single writer of the store).
+
+    A write that fails (an :class:`OutputError` on a full disk, ...) stops the run: no
+    more work is taken (the executor's generator is closed) and every sample written
+    before it stays complete, so the same command run again resumes from there.
+    """
+    try:
+        for res in results:
+            store.write(res.record, res.arrays)
+            progress.add(res)
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
+def run_batches(batches: list[list[SampleTask]], job: AssayJob, *, store: RunStore, skipped: int,
+                runtime: RuntimeConfig, unit: str = "events", window: int = 0, scheduler: str | None = None,
+                in_process: bool = False, dashboard: str = ":8787",
+                on_start: Callable[[str, int, int], None] | None = None,
+                on_progress: Callable[..., None] | None = None) -> tuple[str, Progress]:
+    """Process batches in this process or on Dask, writing each result to ``store`` as it arrives.
+
+    Returns the executor's description and the progress counters (whose ``elapsed`` is
+    the processing phase, after the workers loaded their state).
+    """
+    n_todo = sum(len(b) for b in batches)
+    progress = Progress(total=n_todo, on_progress=on_progress, unit=unit)
+    if in_process or not n_todo:
+        desc = "in-process (no Dask)" if in_process else "nothing to do"
+        if on_start is not None:
+            on_start(desc, n_todo, skipped)
+        progress.restart()
+        drain(run_in_process(batches, job), store, progress)
+        return desc, progress.stop()
+    from .cluster import open_client
+
+    with open_client(runtime, scheduler=scheduler, dashboard_address=dashboard) as (client, info):
+        if on_start is not None:
+            on_start(info.describe(), n_todo, skipped)
+        results = run_on_client(client, batches, job, window=window or 2 * max(1, info.n_workers),
+                                on_ready=progress.restart)
+        drain(results, store, progress)
+        return info.describe(), progress.stop()
+
+
+def _unregister(client: Any) -> None:
+    """Remove the state plugin (a shared scheduler's later runs must not load this run's state)."""
+    try:
+        client.unregister_worker_plugin(PLUGIN_NAME)
+    except Exception:  # the cluster is going away, or the plugin was never registered
+        pass
+
