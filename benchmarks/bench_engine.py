@@ -49,7 +49,7 @@ def images_per_second(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray
 def make_record(size: int, channels: int) -> Any:
     """A random-weight MrdNet record (the pipeline's head) at ``size`` x ``size``."""
     from rescue_gpu.config import RasterSpec, load_pipeline
-    from rescue_gpu.model import ModelRecord, build_model
+    from rescue_gpu.flow.record import ModelRecord, build_model
 
     head = load_pipeline("aml-mrd").model.head
     torch.manual_seed(0)

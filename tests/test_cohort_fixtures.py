@@ -57,8 +57,8 @@ def untrained_model(reference, *, threshold: float = 0.5, seed: int = 0):
     """An untrained MrdNet record fitting ``reference`` (random init, fixed seed)."""
     import torch
 
-    from rescue_gpu.model.network import MrdNet
-    from rescue_gpu.model.record import ModelRecord, expected_channels
+    from rescue_gpu.flow.record import build_model as MrdNet
+    from rescue_gpu.flow.record import ModelRecord, expected_channels
 
     torch.manual_seed(seed)
     c = expected_channels(reference.raster, reference.markers)

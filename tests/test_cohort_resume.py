@@ -116,7 +116,7 @@ def test_resume_after_a_model_edit_refuses_then_rescores(assets: dict[str, Path]
     import shutil
 
     from rescue_gpu.errors import ModelError
-    from rescue_gpu.model.record import ModelRecord
+    from rescue_gpu.flow.record import ModelRecord
 
     model = tmp_path / "model"
     shutil.copytree(assets["model"], model)
@@ -142,7 +142,7 @@ def test_resume_after_a_model_edit_refuses_then_rescores(assets: dict[str, Path]
 
 
 def test_settings_identity_holds_the_resolved_backend() -> None:
-    from rescue_gpu.backend import DevicePlan
+    from rescue_gpu.device import DevicePlan
     from rescue_gpu.cohort.runner import settings_hash, settings_record
 
     opts = _options()
@@ -159,10 +159,10 @@ def test_settings_identity_holds_the_resolved_backend() -> None:
 def test_auto_falls_back_once_and_provenance_says_how(assets: dict[str, Path], tmp_path: Path) -> None:
     import warnings
 
-    from rescue_gpu.backend import BackendFallbackWarning, DevicePlan
+    from rescue_gpu.device import BackendFallbackWarning, DevicePlan
     from rescue_gpu.cohort.runner import pending_rows, score_cohort, settings_hash, settings_record
     from rescue_gpu.config import RuntimeConfig
-    from rescue_gpu.model.record import ModelRecord
+    from rescue_gpu.flow.record import ModelRecord
 
     started: list[str] = []
     with warnings.catch_warnings(record=True) as got:

@@ -19,8 +19,8 @@ from rescue_gpu.engine import Engine, clear_engine_cache, export_onnx, make_engi
 from rescue_gpu.engine.onnxrt import OnnxEngine
 from rescue_gpu.engine.torch_engine import TorchEngine
 from rescue_gpu.errors import BackendError, ModelError
-from rescue_gpu.model.network import MrdNet
-from rescue_gpu.model.record import ModelRecord
+from rescue_gpu.flow.record import ModelRecord, build_model
+from rescue_gpu.nn.network import Network
 
 SIZE, C, N = 32, 1, 10
 CPU = torch.device("cpu")
@@ -39,12 +39,12 @@ def _images(n: int, seed: int) -> np.ndarray:
     return out / out.max(axis=(1, 2, 3), keepdims=True)
 
 
-def _calibrated_model() -> MrdNet:
+def _calibrated_model() -> Network:
     """Random backbone, BatchNorm statistics taken from data, linear head along the features' first
     principal component: logits spread around 0 with standard deviation 1 (a random head would give
     near-constant logits, squashing every parity check)."""
     torch.manual_seed(0)
-    model = MrdNet(in_channels=C, head=HEAD)
+    model = build_model(in_channels=C, head=HEAD)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = None  # cumulative average
@@ -172,7 +172,7 @@ def test_make_engine_cache(record) -> None:
     a = make_engine(record, kind="torch", device="cpu", precision="fp32", batch_size=8)
     assert make_engine(record, kind="torch", device="cpu", precision="auto", batch_size=8) is a
     assert make_engine(record, kind="torch", device="cpu", precision="bf16", batch_size=8) is not a
-    model = MrdNet(in_channels=C, head=record.head)
+    model = build_model(in_channels=C, head=record.head)
     other = ModelRecord(model=model, in_channels=C, image_size=SIZE, head=record.head, raster=record.raster,
                         reference_fingerprint="test")
     assert make_engine(other, kind="torch", device="cpu", batch_size=8) is not a

@@ -31,11 +31,11 @@ from ..cohort.runner import (RunSummary, SampleResult, SampleTask, Work, announc
                              worker_error_text)
 from ..config import RuntimeConfig
 from ..errors import ConfigError
-from ..records import software_versions
+from ..artifacts import software_versions
 from .spec import CellPipeline
 
 if TYPE_CHECKING:
-    from ..backend import DevicePlan
+    from ..device import DevicePlan
 
 __all__ = ["CellScoreOptions", "CellJob", "score_cells", "score_cell_tasks", "CELLS", "encode_strings",
            "decode_strings", "CellRunSummary"]
@@ -115,10 +115,11 @@ class CellJob:
 def settings_record(options: CellScoreOptions, device: DevicePlan | str) -> dict[str, Any]:
     """The settings that change a sample's stored result (hashed for resume).
 
-    ``device`` is the run's :class:`~rescue_gpu.backend.DevicePlan` (a backend name is
+    ``device`` is the run's :class:`~rescue_gpu.device.DevicePlan` (a backend name is
     resolved here): the resolved backend, engine kind and precision, never ``"auto"``.
     """
-    from ..backend import DevicePlan, plan_run_device
+    from ..device import DevicePlan
+    from ..engine import plan_run_device
 
     plan = device if isinstance(device, DevicePlan) else plan_run_device(
         str(device), engine=_engine_kind(options), precision=options.precision)
@@ -200,7 +201,7 @@ def _leukaemic_score(index: tuple[int, ...]) -> Callable[[Any], Any]:
 
 
 def _gallery(x: np.ndarray, p_leuk: np.ndarray, n: int, state: _CellState) -> dict[str, np.ndarray]:
-    from ..model.saliency import grad_cam
+    from ..nn.saliency import grad_cam
 
     if n <= 0 or len(x) == 0:
         return {}

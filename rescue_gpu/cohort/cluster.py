@@ -83,7 +83,7 @@ class ClusterInfo:
 
 def gpu_cluster_available() -> tuple[bool, str]:
     """Whether an embedded LocalCUDACluster can be made here, and why not."""
-    from ..backend import _gpu_status
+    from ..device import gpu_status as _gpu_status
 
     ok, reason = _gpu_status()
     if not ok:

@@ -37,12 +37,12 @@ import numpy as np
 
 from ..config import Pipeline, RuntimeConfig
 from ..errors import ConfigError, RescueError
-from ..records import software_versions
+from ..artifacts import software_versions
 from .manifest import ManifestRow, read_manifest
 from .store import RunStore, run_lock, sample_key
 
 if TYPE_CHECKING:
-    from ..backend import DevicePlan
+    from ..device import DevicePlan
 
 __all__ = [
     "ScoreOptions", "WorkerJob", "SampleTask", "SampleResult", "RunSummary",
@@ -215,20 +215,21 @@ _PACKAGES = ("rescue_gpu", "numpy", "torch", "zarr", "dask", "distributed", "cup
 
 def resolve_run_device(runtime: RuntimeConfig, *, engine: str = "auto", precision: str = "auto",
                        scheduler: str | None = None) -> DevicePlan:
-    """Resolve a run's backend, engine kind and precision once, on the client (a :class:`~rescue_gpu.backend.DevicePlan`).
+    """Resolve a run's backend, engine kind and precision once, on the client (a :class:`~rescue_gpu.device.DevicePlan`).
 
     An in-process run or an embedded cluster runs on this machine, so this process is
     asked; with ``scheduler`` (an existing cluster) every worker is asked
-    (:func:`~rescue_gpu.backend.device_probe`). ``"auto"`` without a GPU warns once.
+    (:func:`~rescue_gpu.device.device_probe`). ``"auto"`` without a GPU warns once.
 
     Raises
     ------
     BackendError, ModelError
-        See :func:`~rescue_gpu.backend.plan_run_device`.
+        See :func:`~rescue_gpu.device.plan_run_device`.
     ConfigError
         The scheduler cannot be reached.
     """
-    from ..backend import device_probe, plan_run_device
+    from ..device import device_probe
+    from ..engine import plan_run_device
 
     probes = None
     if scheduler and runtime.backend != "cpu":
@@ -252,7 +253,8 @@ def announce_device(on_start: Callable[[str, int, int], None] | None,
 
 def _device_record(device: DevicePlan | str, engine: str, precision: str) -> dict[str, str]:
     """Resolved ``backend``, ``engine``, ``precision``: from a DevicePlan, or resolved here from a backend name."""
-    from ..backend import DevicePlan, plan_run_device
+    from ..device import DevicePlan
+    from ..engine import plan_run_device
 
     plan = device if isinstance(device, DevicePlan) else plan_run_device(str(device), engine=engine, precision=precision)
     return plan.record()
@@ -261,7 +263,7 @@ def _device_record(device: DevicePlan | str, engine: str, precision: str) -> dic
 def settings_record(options: ScoreOptions, device: DevicePlan | str) -> dict[str, Any]:
     """The settings that change what a sample's stored result is (hashed for resume).
 
-    ``device`` is the run's :class:`~rescue_gpu.backend.DevicePlan` (a backend name is
+    ``device`` is the run's :class:`~rescue_gpu.device.DevicePlan` (a backend name is
     resolved here), so the record holds the resolved backend, engine kind and precision,
     never ``"auto"``: a run resumed on another machine re-scores rather than mixing GPU-
     and CPU-projected samples.
@@ -308,7 +310,7 @@ def worker_engine(record: Any, *, path: str, sha256: str, backend: str, kind: st
     BackendError
         ``backend`` is not resolved (``"auto"``), or is ``"gpu"`` on a worker without one.
     """
-    from ..backend import resolve_backend
+    from ..device import resolve_backend
     from ..engine import make_engine
     from ..errors import BackendError, ModelError
 
@@ -334,9 +336,9 @@ def cached_state(key: tuple, load: Callable[[], Any]) -> Any:
 
 def _load_state(job: WorkerJob) -> _WorkerState:
     """Load the reference and model and build the engine (checked against the client's checksums)."""
-    from ..backend import get_xp
+    from ..device import get_xp
     from ..errors import ReferenceDataError
-    from ..model.record import ModelRecord
+    from ..flow.record import ModelRecord
     from ..reference import Reference
 
     ref = Reference.load(job.reference_path)
@@ -399,7 +401,7 @@ def _identifiers(path: str) -> dict[str, str]:
 
 def _prepare(task: SampleTask, job: WorkerJob, state: _WorkerState) -> tuple[SampleResult, Any]:
     """Read, preprocess, project and rasterise one sample; returns its result and coords (None when failed)."""
-    from ..backend import to_numpy
+    from ..device import to_numpy
     from .stages import load_events, project, rasterise
 
     rec = _base_record(task, job)
@@ -668,7 +670,7 @@ def score_cohort(
         Once, on the client, when ``runtime.backend = "auto"`` finds no GPU (the device is
         also shown in the ``on_start`` description).
     """
-    from ..model.record import ModelRecord
+    from ..flow.record import ModelRecord
     from ..reference import Reference
 
     rows = list(inputs) if not isinstance(inputs, (str, Path)) else read_manifest(inputs)

@@ -1,4 +1,4 @@
-"""ONNX export of a :class:`ModelRecord` and an onnxruntime engine.
+"""ONNX export of a :class:`WeightsRecord` and an onnxruntime engine.
 
 Export: :func:`export_onnx` writes one input ``images`` ``(N, C, S, S)`` float32 and one
 output ``logits`` ``(N,)``, batch axis dynamic by default, and stores the model's
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, ModelError
-from ..model.record import ModelRecord
+from ..nn.record import WeightsRecord
 from ._common import batches, check_images, output_dims, to_numpy_images
 
 __all__ = ["export_onnx", "OnnxEngine", "INPUT_NAME", "OUTPUT_NAME"]
@@ -46,7 +46,7 @@ def _export(model: torch.nn.Module, x: torch.Tensor, path: Path, *, opset: int, 
         torch.onnx.export(model, (x,), str(path), dynamo=dynamo, **kwargs)
 
 
-def _add_metadata(path: Path, record: ModelRecord) -> None:
+def _add_metadata(path: Path, record: WeightsRecord) -> None:
     import onnx
 
     proto = onnx.load(str(path))
@@ -60,7 +60,7 @@ def _add_metadata(path: Path, record: ModelRecord) -> None:
     onnx.save(proto, str(path))
 
 
-def export_onnx(record: ModelRecord, path: str | Path, *, opset: int = 17, dynamic_batch: bool = True,
+def export_onnx(record: WeightsRecord, path: str | Path, *, opset: int = 17, dynamic_batch: bool = True,
                 exporter: str = "auto") -> Path:
     """Export the record's network (fp32, eval mode, CPU) to an ONNX file.
 
@@ -128,7 +128,7 @@ class OnnxEngine:
         onnxruntime's intra-op thread count (0: its default, one per core).
     """
 
-    def __init__(self, record: ModelRecord, *, device: torch.device, batch_size: int = 64,
+    def __init__(self, record: WeightsRecord, *, device: torch.device, batch_size: int = 64,
                  onnx_path: str | Path | None = None, intra_op_threads: int = 0) -> None:
         try:
             import onnxruntime as ort

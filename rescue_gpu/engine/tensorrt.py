@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, ModelError
-from ..model.record import ModelRecord
+from ..nn.record import WeightsRecord
 from ._common import batches, cache_dir, check_images, output_dims, to_torch
 from .onnxrt import INPUT_NAME, OUTPUT_NAME, export_onnx
 
@@ -41,7 +41,7 @@ def is_available() -> bool:
     return torch.cuda.is_available()
 
 
-def engine_path(record: ModelRecord, *, device: torch.device, precision: str, batch_size: int) -> Path:
+def engine_path(record: WeightsRecord, *, device: torch.device, precision: str, batch_size: int) -> Path:
     """Cache file of the serialized engine for this model, GPU, TensorRT version and settings."""
     import tensorrt as trt
 
@@ -88,7 +88,7 @@ class TensorRtEngine:
         Largest batch in the optimisation profile and per execution.
     """
 
-    def __init__(self, record: ModelRecord, *, device: torch.device, precision: str = "fp16", batch_size: int = 64) -> None:
+    def __init__(self, record: WeightsRecord, *, device: torch.device, precision: str = "fp16", batch_size: int = 64) -> None:
         if not is_available() or device.type != "cuda":
             raise BackendError("kind='tensorrt' needs the tensorrt package and a CUDA device; use kind='torch' "
                                "(or 'cuda-graphs') instead")

@@ -1,0 +1,1 @@
+"""The flow MRD assay: FCS events -> reference UMAP -> image -> network -> MRD call and MRD %."""
