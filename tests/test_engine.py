@@ -272,3 +272,16 @@ def test_gpu_tensorrt_parity(record, images, reference_p, tmp_path, monkeypatch)
     assert np.abs(p - reference_p).max() <= 1e-3
     assert list(record.calls(p)) == list(record.calls(reference_p))
     assert list((tmp_path / "tensorrt").glob("*.plan"))
+
+
+def test_every_engine_offers_the_whole_protocol(record, images) -> None:
+    torch_eng = make_engine(record, kind="torch", device="cpu", precision="fp32", batch_size=4)
+    onnx_eng = make_engine(record, kind="onnx", device="cpu", batch_size=3)
+    for eng in (torch_eng, onnx_eng):
+        assert isinstance(eng, Engine)
+        logits, feats = eng.logits_and_features(images)
+        assert logits.shape == (len(images),) and feats.shape == (len(images), 512) and feats.dtype == np.float32
+    ref_logits, ref_feats = torch_eng.logits_and_features(images)
+    got_logits, got_feats = onnx_eng.logits_and_features(images)
+    np.testing.assert_allclose(got_feats, ref_feats, rtol=1e-3, atol=1e-3)  # channels_last vs NCHW convolutions
+    np.testing.assert_allclose(got_logits, ref_logits, rtol=1e-3, atol=1e-3)

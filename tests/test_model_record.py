@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from rescue_gpu.config import HeadSpec, RasterSpec
 from rescue_gpu.errors import ConfigError, ModelError
 from rescue_gpu.flow.model_cli import parse_head_spec, register
-from rescue_gpu.flow.record import ModelRecord, build_model
-from rescue_gpu.nn.network import Network, expected_channels, import_state_dict
+from rescue_gpu.flow.record import ModelRecord, build_model, expected_channels, import_state_dict
+from rescue_gpu.nn.network import Network
 from rescue_gpu.projection.transform import UmapParams
 from rescue_gpu.reference.store import Reference
 

@@ -13,7 +13,8 @@ import torch
 from ..device import is_cupy
 from ..errors import ModelError
 
-__all__ = ["DTYPES", "to_torch", "to_numpy_images", "check_images", "batches", "cache_dir", "output_dims"]
+__all__ = ["DTYPES", "to_torch", "to_numpy_images", "check_images", "batches", "cache_dir", "output_dims",
+           "TorchFeatures"]
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -62,3 +63,39 @@ def cache_dir(kind: str) -> Path:
     path = root / kind
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class TorchFeatures:
+    """Pooled ``(N, F)`` features from a private fp32 eval copy of a record's network.
+
+    For engines whose exported graph gives only logits (ONNX Runtime, TensorRT): their
+    ``logits_and_features`` takes the logits from the engine and the features from here.
+
+    Parameters
+    ----------
+    record
+        The weights record (its own module is left as is).
+    device
+        A resolved :class:`torch.device`.
+    batch_size
+        Images per forward pass.
+    """
+
+    def __init__(self, record: Any, *, device: torch.device, batch_size: int) -> None:
+        self.record, self.device, self.batch_size = record, device, int(batch_size)
+        self._model: torch.nn.Module | None = None
+
+    def __call__(self, images: Any) -> np.ndarray:
+        """float32 ``(N, F)`` features of ``(N, C, H, W)`` images."""
+        if self._model is None:
+            import copy
+
+            self._model = copy.deepcopy(self.record.model).float().eval().to(self.device)
+        t = to_torch(images)
+        width = int(getattr(self._model, "num_features", 0))
+        if t.shape[0] == 0:
+            return np.zeros((0, width), dtype=np.float32)
+        with torch.inference_mode():
+            outs = [self._model.forward_features(t[sl].to(self.device)).float().cpu() for sl in batches(t.shape[0],
+                                                                                                          self.batch_size)]
+        return torch.cat(outs).numpy().astype(np.float32)

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import BackendError, ModelError
 from ..nn.record import WeightsRecord
-from ._common import batches, check_images, output_dims, to_numpy_images
+from ._common import TorchFeatures, batches, check_images, output_dims, to_numpy_images
 
 __all__ = ["export_onnx", "OnnxEngine", "INPUT_NAME", "OUTPUT_NAME"]
 
@@ -136,6 +136,7 @@ class OnnxEngine:
             raise BackendError(f"kind='onnx' needs onnxruntime ({exc}); pip install onnxruntime") from None
         self.record, self.device, self.batch_size, self.precision = record, device, int(batch_size), "fp32"
         self.name = f"onnxruntime-{device.type}"
+        self._features = TorchFeatures(record, device=device, batch_size=self.batch_size)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(intra_op_threads)
         kw: dict[str, Any] = {"providers": _providers(device), "sess_options": opts}
@@ -153,6 +154,10 @@ class OnnxEngine:
         outs = [self.session.run([OUTPUT_NAME], {INPUT_NAME: x[sl]})[0].reshape(-1, *dims)
                 for sl in batches(len(x), self.batch_size)]
         return np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, *dims), dtype=np.float64)
+
+    def logits_and_features(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits as :meth:`logits` and float32 ``(N, F)`` pooled features (from the record's torch network)."""
+        return self.logits(images), self._features(images)
 
     def predict(self, images: Any) -> np.ndarray:
         """Calibrated probabilities (temperature applied), float64 ``(N,)`` or ``(N, K)``."""

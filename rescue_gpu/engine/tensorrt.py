@@ -26,7 +26,7 @@ import torch
 
 from ..errors import BackendError, ModelError
 from ..nn.record import WeightsRecord
-from ._common import batches, cache_dir, check_images, output_dims, to_torch
+from ._common import TorchFeatures, batches, cache_dir, check_images, output_dims, to_torch
 from .onnxrt import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 __all__ = ["TensorRtEngine", "is_available", "engine_path"]
@@ -98,6 +98,7 @@ class TensorRtEngine:
 
         self.record, self.device, self.precision, self.batch_size = record, device, precision, int(batch_size)
         self.name = f"tensorrt-{precision}"
+        self._features = TorchFeatures(record, device=device, batch_size=self.batch_size)
         plan = engine_path(record, device=device, precision=precision, batch_size=self.batch_size)
         if not plan.exists():
             plan.write_bytes(self._build_plan())
@@ -134,6 +135,10 @@ class TensorRtEngine:
         if not outs:
             return np.zeros((0, *output_dims(self.record)), dtype=np.float64)
         return torch.cat(outs).cpu().numpy().astype(np.float64)
+
+    def logits_and_features(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits as :meth:`logits` and float32 ``(N, F)`` pooled features (from the record's torch network)."""
+        return self.logits(images), self._features(images)
 
     def predict(self, images: Any) -> np.ndarray:
         """Calibrated probabilities (temperature applied), float64 ``(N,)`` or ``(N, K)``."""
