@@ -180,7 +180,7 @@ def _make_run(pipeline: CellPipeline, spec: CellTrainSpec, *, in_channels: int, 
 
 # --------------------------------------------------------------------------- report
 
-@dataclass
+@dataclass(kw_only=True)
 class CellTrainReport:
     """What a training run did and how well the model does.
 

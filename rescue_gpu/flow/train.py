@@ -51,7 +51,7 @@ from .dataset import CachedSample, MrdImageDataset, build_cache, label_value
 __all__ = ["FoldResult", "train_model", "fit_fold", "train_epochs", "TrainingData"]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldResult:
     """One fold: indices, best epoch, its validation logits, and the loss history."""
 
@@ -232,7 +232,7 @@ def _cv(data: TrainingData, pipeline: Pipeline, raster: Any, *, folds: int, devi
                             val_loss=f"{rec['val_loss']:.3f}", val_auc=f"{rec['val_auc']:.3f}")
                 if on_epoch is not None:
                     on_epoch(rec)
-            results.append(fit_fold(data, FoldResult(k, tr, va), pipeline, raster, device=device, on_epoch=report))
+            results.append(fit_fold(data, FoldResult(fold=k, train_index=tr, val_index=va), pipeline, raster, device=device, on_epoch=report))
     return results
 
 

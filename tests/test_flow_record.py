@@ -1,4 +1,4 @@
-"""ModelRecord: save/load, sha256, compatibility checks, import of external weights, CLI."""
+"""The flow MRD model record (flow.record over nn.record): save, load, checksum, import, CLI."""
 
 from __future__ import annotations
 
