@@ -1,4 +1,4 @@
-"""The flow MRD model record (flow.record over nn.record): save, load, checksum, import, CLI."""
+"""ModelRecord (flow.record over nn.record): save/load, sha256, compatibility checks, import of external weights, CLI."""
 
 from __future__ import annotations
 
