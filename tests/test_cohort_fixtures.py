@@ -63,7 +63,7 @@ def untrained_model(reference, *, threshold: float = 0.5, seed: int = 0):
     torch.manual_seed(seed)
     c = expected_channels(reference.raster, reference.markers)
     net = MrdNet(in_channels=c, head=HeadSpec(hidden=(16,), dropout=0.0)).eval()
-    return ModelRecord(model=net, in_channels=c, image_size=reference.raster.size, head=net.head_spec,
+    return ModelRecord(model=net, in_channels=c, image_size=reference.raster.size, head=HeadSpec(hidden=(16,), dropout=0.0),
                        raster=reference.raster, reference_fingerprint=reference.fingerprint, threshold=threshold)
 
 
