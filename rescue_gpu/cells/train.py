@@ -44,7 +44,7 @@ from ..nn.calibration import fit_temperature
 from ..nn.metrics import per_class_metrics
 from ..nn.splits import split_patients
 from ..nn.train import (FitResult, Trainer, batch_slices, collect_logits, fit, loss_value, make_trainer, provenance,
-                        seeded, train_step)
+                        seeded, train_epoch)
 from .metrics import grouped_binary_metrics, grouped_rates
 from .record import CellModelRecord, build_cell_model
 from .spec import CellPipeline, CellTrainSpec
@@ -141,19 +141,13 @@ def _epoch_order(run: _Run, n: int) -> torch.Tensor:
 
 
 def _train_epoch(run: _Run, x: torch.Tensor, y: torch.Tensor) -> float:
-    t = run.trainer
-    t.model.train()
-    total, count = 0.0, 0
     order = _epoch_order(run, x.shape[0])
-    for sl in batch_slices(order.numel(), run.spec.batch_size):
-        idx = order[sl]
-        xb, yb = x[idx].to(t.device, non_blocking=True), y[idx].to(t.device, non_blocking=True)
-        if run.spec.augment:
-            xb = augment_batch(xb, generator=run.generator, max_shift=run.spec.max_shift)
-        total += train_step(t.model, t.loss, xb, yb, optimizer=t.optimizer, scaler=t.scaler,
-                            schedule=t.schedule, device=t.device) * idx.numel()
-        count += idx.numel()
-    return total / max(count, 1)
+    idx = [order[sl] for sl in batch_slices(order.numel(), run.spec.batch_size)]
+
+    def augment(xb: torch.Tensor) -> torch.Tensor:
+        return augment_batch(xb, generator=run.generator, max_shift=run.spec.max_shift)
+
+    return train_epoch(run.trainer, ((x[i], y[i]) for i in idx), transform=augment if run.spec.augment else None)
 
 
 def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int, device: torch.device) -> np.ndarray:

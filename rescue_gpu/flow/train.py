@@ -44,7 +44,7 @@ from ..nn.calibration import fit_temperature, nll
 from ..nn.metrics import choose_threshold, evaluate_predictions, roc_auc
 from ..nn.splits import patient_folds
 from ..nn.train import (Trainer, batch_slices, collect_logits, fit, loss_value, make_trainer, provenance, seeded,
-                        train_step)
+                        train_epoch)
 from ..reference import Reference
 from .dataset import CachedSample, MrdImageDataset, build_cache, label_value
 
@@ -94,16 +94,9 @@ def _make_trainer(pipeline: Pipeline, in_channels: int, y_train: np.ndarray, *, 
 
 
 def _train_one_epoch(t: Trainer, ds: MrdImageDataset, *, epoch: int, batch_size: int, seed: int) -> float:
-    t.model.train()
     ds.set_epoch(epoch)
-    total, count = 0.0, 0
-    for idx in _epoch_batches(len(ds), batch_size, np.random.default_rng([seed, epoch])):
-        x, target = _stack(ds, idx)
-        x, target = x.to(t.device), target.to(t.device)
-        total += train_step(t.model, t.loss, x, target, optimizer=t.optimizer, scaler=t.scaler, schedule=t.schedule,
-                            device=t.device) * len(idx)
-        count += len(idx)
-    return total / max(count, 1)
+    order = _epoch_batches(len(ds), batch_size, np.random.default_rng([seed, epoch]))
+    return train_epoch(t, (_stack(ds, idx) for idx in order))
 
 
 def _image_batches(ds: MrdImageDataset, batch_size: int) -> Iterator[torch.Tensor]:
@@ -120,6 +113,7 @@ def _val_loss(t: Trainer, logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def _steps(n: int, spec: TrainSpec) -> int:
+    """Optimiser steps of ``max_epochs`` epochs over ``n`` samples (what the cosine schedule spans)."""
     return spec.max_epochs * len(batch_slices(n, spec.batch_size))
 
 
@@ -133,17 +127,21 @@ class TrainingData:
 
     @property
     def y(self) -> np.ndarray:
+        """Truth per sample, 0/1."""
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
     @property
     def groups(self) -> np.ndarray:
+        """Patient per sample (the sample itself where no patient is given): the unit of the folds."""
         return np.array([s.patient_id or f"sample:{s.sample_id}" for s in self.samples])
 
     @property
     def timepoints(self) -> np.ndarray:
+        """Timepoint per sample."""
         return np.array([s.timepoint for s in self.samples])
 
     def dataset(self, index: np.ndarray, pipeline: Pipeline, raster: Any, *, train: bool, seed: int) -> MrdImageDataset:
+        """The images of samples ``index`` (augmented when ``train``)."""
         spec = pipeline.model.train
         return MrdImageDataset([self.samples[i] for i in index], extent=self.extent, raster=raster, train=train,
                                copies=spec.augment_copies, jitter=spec.intensity_jitter, seed=seed)

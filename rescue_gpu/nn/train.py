@@ -12,7 +12,7 @@ what both do the same way:
   development machines).
 - :func:`batch_slices`: consecutive batches of an epoch's order; a trailing batch of
   one joins the previous one (BatchNorm needs at least two samples in training mode).
-- :func:`train_step`, :func:`collect_logits` and :func:`loss_value`.
+- :func:`train_step`, :func:`train_epoch`, :func:`collect_logits` and :func:`loss_value`.
 - :class:`EarlyStopping` and :func:`fit`: the epoch loop with early stopping on the
   validation loss (a non-finite loss never counts as an improvement), keeping the
   best epoch's validation logits and, if asked, its weights.
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 __all__ = ["autocast", "grad_scaler", "Trainer", "make_trainer", "batch_slices", "train_step", "collect_logits",
-           "loss_value", "EarlyStopping", "FitResult", "fit", "seeded", "provenance"]
+           "loss_value", "train_epoch", "EarlyStopping", "FitResult", "fit", "seeded", "provenance"]
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -118,6 +118,31 @@ def train_step(model: nn.Module, loss_fn: Any, x: torch.Tensor, y: torch.Tensor,
     scaler.update()
     schedule.step()
     return float(loss.detach())
+
+
+def train_epoch(t: Trainer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *,
+                transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """One epoch in training mode over ``(images, targets)`` batches; the mean loss per sample.
+
+    Parameters
+    ----------
+    t
+        The trainer.
+    batches
+        The epoch's batches (on any device; moved to ``t.device``).
+    transform
+        Applied to each image batch on the device before the step (augmentation).
+    """
+    t.model.train()
+    total, count = 0.0, 0
+    for x, y in batches:
+        x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
+        if transform is not None:
+            x = transform(x)
+        total += train_step(t.model, t.loss, x, y, optimizer=t.optimizer, scaler=t.scaler, schedule=t.schedule,
+                            device=t.device) * x.shape[0]
+        count += x.shape[0]
+    return total / max(count, 1)
 
 
 def collect_logits(model: nn.Module, batches: Iterable[torch.Tensor], *, device: torch.device,
