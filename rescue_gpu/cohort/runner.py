@@ -224,7 +224,7 @@ def resolve_run_device(runtime: RuntimeConfig, *, engine: str = "auto", precisio
     Raises
     ------
     BackendError, ModelError
-        See :func:`~rescue_gpu.device.plan_run_device`.
+        See :func:`~rescue_gpu.engine.plan_run_device`.
     ConfigError
         The scheduler cannot be reached.
     """
