@@ -187,7 +187,7 @@ def device_probe() -> dict[str, Any]:
     return {"gpu": ok, "reason": reason, "tensorrt": importlib.util.find_spec("tensorrt") is not None}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DevicePlan:
     """Where and how a scoring run computes, resolved once on the client.
 

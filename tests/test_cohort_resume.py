@@ -146,12 +146,12 @@ def test_settings_identity_holds_the_resolved_backend() -> None:
     from rescue_gpu.cohort.runner import settings_hash, settings_record
 
     opts = _options()
-    cpu = settings_record(opts, DevicePlan("cpu", "torch", "fp32"))
-    gpu = settings_record(opts, DevicePlan("gpu", "torch", "fp16"))
+    cpu = settings_record(opts, DevicePlan(backend="cpu", engine="torch", precision="fp32"))
+    gpu = settings_record(opts, DevicePlan(backend="gpu", engine="torch", precision="fp16"))
     assert (cpu["backend"], cpu["engine"], cpu["precision"]) == ("cpu", "torch", "fp32")
     assert (gpu["backend"], gpu["engine"], gpu["precision"]) == ("gpu", "torch", "fp16")
     assert settings_hash(cpu) != settings_hash(gpu)
-    assert settings_hash(cpu) != settings_hash(settings_record(opts, DevicePlan("cpu", "onnx", "fp32")))
+    assert settings_hash(cpu) != settings_hash(settings_record(opts, DevicePlan(backend="cpu", engine="onnx", precision="fp32")))
     assert "auto" not in settings_record(opts, "cpu").values()  # a backend name is resolved, never hashed as given
 
 
@@ -186,8 +186,8 @@ def test_auto_falls_back_once_and_provenance_says_how(assets: dict[str, Path], t
     assert store.run_meta()["settings"]["backend"] == "cpu"
 
     # the same store seen from a GPU machine: nothing is skipped, nothing is mixed
-    gpu = settings_hash(settings_record(_options(), DevicePlan("gpu", "torch", "fp16")))
-    cpu = settings_hash(settings_record(_options(), DevicePlan("cpu", "torch", "fp32")))
+    gpu = settings_hash(settings_record(_options(), DevicePlan(backend="gpu", engine="torch", precision="fp16")))
+    cpu = settings_hash(settings_record(_options(), DevicePlan(backend="cpu", engine="torch", precision="fp32")))
     base = {"reference_fingerprint": prov["reference_fingerprint"], "model_sha256": rec.sha256,
             "model_checksum": rec.checksum}
     assert pending_rows(_rows(assets), store, {**base, "settings_hash": cpu})[1] == 2
