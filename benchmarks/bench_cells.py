@@ -34,7 +34,7 @@ from bench_engine import images_per_second  # noqa: E402
 
 def make_cell_record(pipeline: Any) -> Any:
     """A random-weight cell model record for ``pipeline``."""
-    from rescue_gpu.cells.network import build_cell_model
+    from rescue_gpu.cells.record import build_cell_model
     from rescue_gpu.cells.record import CellModelRecord
 
     torch.manual_seed(0)

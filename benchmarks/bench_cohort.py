@@ -9,7 +9,7 @@ cluster start, worker warm-up, outputs, cluster stop).
 The reference's embedding is the pooled events' first two principal components scaled
 to a UMAP-like spread, not a UMAP fit (the transform's cost depends on the number of
 reference events, neighbours and epochs, not on how the embedding was made); the model
-is an untrained MrdNet (inference cost is the same as a trained one's).
+is an untrained flow network (inference cost is the same as a trained one's).
 
 Usage::
 

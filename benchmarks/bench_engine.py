@@ -1,7 +1,7 @@
 """Benchmark the inference engines: images/s by batch size and engine, ratios vs torch eager fp32.
 
 For each image size (default: the pipeline's raster size, and 64) a random-weight
-MrdNet record is built; each engine is warmed up, then a batch of ``b`` images is
+flow model record is built; each engine is warmed up, then a batch of ``b`` images is
 predicted repeatedly for at least ``--min-time`` seconds. Engines: torch eager fp32
 (NCHW), torch eager fp32 channels_last, onnxruntime (CPU provider, or CUDA when
 available); on a GPU also torch fp16 autocast, CUDA graphs fp16, torch.compile fp16
@@ -47,9 +47,9 @@ def images_per_second(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray
 
 
 def make_record(size: int, channels: int) -> Any:
-    """A random-weight MrdNet record (the pipeline's head) at ``size`` x ``size``."""
+    """A random-weight flow model record (the pipeline's head) at ``size`` x ``size``."""
     from rescue_gpu.config import RasterSpec, load_pipeline
-    from rescue_gpu.model import ModelRecord, build_model
+    from rescue_gpu.flow.record import ModelRecord, build_model
 
     head = load_pipeline("aml-mrd").model.head
     torch.manual_seed(0)

@@ -61,7 +61,7 @@ def main() -> None:
     import umap
 
     from rescue_gpu.projection import UmapReference, transform
-    from rescue_gpu.backend import to_numpy
+    from rescue_gpu.device import to_numpy
 
     ref, new = mixture(args.ref_events, dims=args.dims, seed=1), mixture(args.events, dims=args.dims, seed=2)
     t = time.perf_counter()

@@ -28,7 +28,7 @@ import torch
 from rescue_gpu.flow import stages
 from rescue_gpu.runner.manifest import read_manifest
 from rescue_gpu.config import Pipeline, load_pipeline
-from rescue_gpu.model.train import train_model
+from rescue_gpu.flow.train import train_model
 from rescue_gpu.simulate import simulate_cohort
 
 PUBLISHED = {"sensitivity": 0.91, "specificity": 0.90, "f1": 0.94, "roc_auc": None, "pr_auc": None}

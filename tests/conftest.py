@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rescue_gpu.backend import is_available
+from rescue_gpu.device import is_available
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "fcs-corpus"
 HAS_GPU = is_available("gpu")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rescue_gpu.cells.manifest import input_digest, read_cell_manifest
-from rescue_gpu.cells.network import build_cell_model
+from rescue_gpu.cells.record import build_cell_model
 from rescue_gpu.cells.readout import AccRates, sample_readout
 from rescue_gpu.cells.record import CellModelRecord
 from rescue_gpu.cells.assay import CellScoreOptions, score_cells

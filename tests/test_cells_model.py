@@ -1,4 +1,4 @@
-"""Cell classifier: CellNet shapes, local pretrained weights, the CellModelRecord, metrics vs scikit-learn."""
+"""Cell classifier: network shapes, local pretrained weights, the CellModelRecord, metrics vs scikit-learn."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from scipy.special import softmax
 from sklearn import metrics as skm
 from torch import nn
 
-from rescue_gpu.cells.metrics import confusion_matrix, grouped_binary_metrics, grouped_rates, per_class_metrics
-from rescue_gpu.cells.network import CellNet, build_backbone, build_cell_model
-from rescue_gpu.cells.record import FORMAT, CellModelRecord
+from rescue_gpu.cells.metrics import grouped_binary_metrics, grouped_rates
+from rescue_gpu.nn.metrics import confusion_matrix, per_class_metrics
+from rescue_gpu.nn.network import build_backbone
+from rescue_gpu.cells.record import FORMAT, CellModelRecord, build_cell_model
 from rescue_gpu.cells.spec import (
     CellClassesSpec, CellInputSpec, CellModelSpec, CellPipeline, CellPreprocessSpec,
 )
@@ -57,7 +58,7 @@ def test_backbone_width_and_identity_fc(arch: str, width: int) -> None:
 @pytest.mark.parametrize("c", [1, 2, 5])
 def test_forward_shapes_48px(arch: str, c: int) -> None:
     k = 2 + c  # 3, 4, 7 classes
-    model = CellNet(architecture=arch, in_channels=c, n_classes=k, dropout=0.2).eval()
+    model = build_cell_model(architecture=arch, in_channels=c, n_classes=k, dropout=0.2).eval()
     x = torch.randn(2, c, 48, 48)
     with torch.inference_mode():
         f = model.forward_features(x)
@@ -67,13 +68,13 @@ def test_forward_shapes_48px(arch: str, c: int) -> None:
     conv = model.backbone.conv1
     assert (conv.in_channels, conv.kernel_size, conv.stride, conv.padding) == (c, (7, 7), (2, 2), (3, 3))
     assert conv.bias is None
-    assert (model.in_channels, model.n_classes, model.architecture, model.num_features) == (c, k, arch, 2048)
+    assert (model.in_channels, model.n_outputs, model.architecture, model.num_features) == (c, k, arch, 2048)
     assert isinstance(model.head[0], nn.Dropout) and model.head[0].p == 0.2
     assert (model.head[1].in_features, model.head[1].out_features) == (2048, k)
 
 
 def test_small_architectures_and_16px() -> None:
-    model = CellNet(architecture="resnet34", in_channels=2, n_classes=4).eval()
+    model = build_cell_model(architecture="resnet34", in_channels=2, n_classes=4).eval()
     with torch.inference_mode():
         assert model.forward_features(torch.randn(3, 2, 48, 48)).shape == (3, 512)
         assert model(torch.randn(3, 2, 16, 16)).shape == (3, 4)
@@ -325,7 +326,7 @@ def test_edited_cell_model_json_is_refused(record: CellModelRecord, tmp_path: Pa
 
 
 def test_format_1_cell_model_loads_with_a_warning_then_upgrades(record: CellModelRecord, tmp_path: Path) -> None:
-    from rescue_gpu.records import RecordFormatWarning
+    from rescue_gpu.artifacts import RecordFormatWarning
 
     out = record.save(tmp_path / "m")
     meta = json.loads((out / "model.json").read_text())

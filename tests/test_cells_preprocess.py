@@ -102,7 +102,7 @@ def test_crop_or_pad_default_rng_deterministic() -> None:
 
 @pytest.mark.parametrize("xp", xp_params())
 def test_contrast_stretch_matches_reference(xp) -> None:
-    from rescue_gpu.backend import to_numpy
+    from rescue_gpu.device import to_numpy
 
     rng = np.random.default_rng(3)
     imgs = rng.gamma(2.0, 100.0, size=(6, 3, 17, 23)).astype(np.float32)

@@ -16,9 +16,10 @@ from rescue_gpu.cells.record import CellModelRecord
 from rescue_gpu.cells.spec import (
     CellClassesSpec, CellInputSpec, CellModelSpec, CellPipeline, CellPreprocessSpec, CellTrainSpec,
 )
-from rescue_gpu.cells.train import (
-    EarlyStopping, _shift, augment_batch, class_weights, fit_temperature, predict_logits, split_patients, train_cells,
-)
+from rescue_gpu.cells.train import _shift, augment_batch, class_weights, predict_logits, train_cells
+from rescue_gpu.nn.calibration import fit_temperature
+from rescue_gpu.nn.splits import split_patients
+from rescue_gpu.nn.train import EarlyStopping
 from rescue_gpu.errors import CellDataError, ConfigError, ModelError
 
 

@@ -57,13 +57,13 @@ def untrained_model(reference, *, threshold: float = 0.5, seed: int = 0):
     """An untrained MrdNet record fitting ``reference`` (random init, fixed seed)."""
     import torch
 
-    from rescue_gpu.model.network import MrdNet
-    from rescue_gpu.model.record import ModelRecord, expected_channels
+    from rescue_gpu.flow.record import build_model as MrdNet
+    from rescue_gpu.flow.record import ModelRecord, expected_channels
 
     torch.manual_seed(seed)
     c = expected_channels(reference.raster, reference.markers)
     net = MrdNet(in_channels=c, head=HeadSpec(hidden=(16,), dropout=0.0)).eval()
-    return ModelRecord(model=net, in_channels=c, image_size=reference.raster.size, head=net.head_spec,
+    return ModelRecord(model=net, in_channels=c, image_size=reference.raster.size, head=HeadSpec(hidden=(16,), dropout=0.0),
                        raster=reference.raster, reference_fingerprint=reference.fingerprint, threshold=threshold)
 
 

@@ -19,8 +19,8 @@ from rescue_gpu.engine import Engine, clear_engine_cache, export_onnx, make_engi
 from rescue_gpu.engine.onnxrt import OnnxEngine
 from rescue_gpu.engine.torch_engine import TorchEngine
 from rescue_gpu.errors import BackendError, ModelError
-from rescue_gpu.model.network import MrdNet
-from rescue_gpu.model.record import ModelRecord
+from rescue_gpu.flow.record import ModelRecord, build_model
+from rescue_gpu.nn.network import Network
 
 SIZE, C, N = 32, 1, 10
 CPU = torch.device("cpu")
@@ -39,12 +39,12 @@ def _images(n: int, seed: int) -> np.ndarray:
     return out / out.max(axis=(1, 2, 3), keepdims=True)
 
 
-def _calibrated_model() -> MrdNet:
+def _calibrated_model() -> Network:
     """Random backbone, BatchNorm statistics taken from data, linear head along the features' first
     principal component: logits spread around 0 with standard deviation 1 (a random head would give
     near-constant logits, squashing every parity check)."""
     torch.manual_seed(0)
-    model = MrdNet(in_channels=C, head=HEAD)
+    model = build_model(in_channels=C, head=HEAD)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = None  # cumulative average
@@ -172,7 +172,7 @@ def test_make_engine_cache(record) -> None:
     a = make_engine(record, kind="torch", device="cpu", precision="fp32", batch_size=8)
     assert make_engine(record, kind="torch", device="cpu", precision="auto", batch_size=8) is a
     assert make_engine(record, kind="torch", device="cpu", precision="bf16", batch_size=8) is not a
-    model = MrdNet(in_channels=C, head=record.head)
+    model = build_model(in_channels=C, head=record.head)
     other = ModelRecord(model=model, in_channels=C, image_size=SIZE, head=record.head, raster=record.raster,
                         reference_fingerprint="test")
     assert make_engine(other, kind="torch", device="cpu", batch_size=8) is not a
@@ -272,3 +272,16 @@ def test_gpu_tensorrt_parity(record, images, reference_p, tmp_path, monkeypatch)
     assert np.abs(p - reference_p).max() <= 1e-3
     assert list(record.calls(p)) == list(record.calls(reference_p))
     assert list((tmp_path / "tensorrt").glob("*.plan"))
+
+
+def test_every_engine_offers_the_whole_protocol(record, images) -> None:
+    torch_eng = make_engine(record, kind="torch", device="cpu", precision="fp32", batch_size=4)
+    onnx_eng = make_engine(record, kind="onnx", device="cpu", batch_size=3)
+    for eng in (torch_eng, onnx_eng):
+        assert isinstance(eng, Engine)
+        logits, feats = eng.logits_and_features(images)
+        assert logits.shape == (len(images),) and feats.shape == (len(images), 512) and feats.dtype == np.float32
+    ref_logits, ref_feats = torch_eng.logits_and_features(images)
+    got_logits, got_feats = onnx_eng.logits_and_features(images)
+    np.testing.assert_allclose(got_feats, ref_feats, rtol=1e-3, atol=1e-3)  # channels_last vs NCHW convolutions
+    np.testing.assert_allclose(got_logits, ref_logits, rtol=1e-3, atol=1e-3)

@@ -226,7 +226,7 @@ def cells(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A 3-sample imaging-flow library, an untrained resnet18 cell model and a pipeline file for it."""
     import torch
 
-    from rescue_gpu.cells.network import build_cell_model
+    from rescue_gpu.cells.record import build_cell_model
     from rescue_gpu.cells.record import CellModelRecord
     from rescue_gpu.cells.spec import load_cell_pipeline
     from rescue_gpu.cells.workflow import with_overrides

@@ -116,7 +116,7 @@ def test_resume_after_a_model_edit_refuses_then_rescores(assets: dict[str, Path]
     import shutil
 
     from rescue_gpu.errors import ModelError
-    from rescue_gpu.model.record import ModelRecord
+    from rescue_gpu.flow.record import ModelRecord
 
     model = tmp_path / "model"
     shutil.copytree(assets["model"], model)
@@ -142,17 +142,17 @@ def test_resume_after_a_model_edit_refuses_then_rescores(assets: dict[str, Path]
 
 
 def test_settings_identity_holds_the_resolved_backend() -> None:
-    from rescue_gpu.backend import DevicePlan
+    from rescue_gpu.device import DevicePlan
     from rescue_gpu.flow.assay import settings_record
     from rescue_gpu.runner.identity import settings_hash
 
     opts = _options()
-    cpu = settings_record(opts, DevicePlan("cpu", "torch", "fp32"))
-    gpu = settings_record(opts, DevicePlan("gpu", "torch", "fp16"))
+    cpu = settings_record(opts, DevicePlan(backend="cpu", engine="torch", precision="fp32"))
+    gpu = settings_record(opts, DevicePlan(backend="gpu", engine="torch", precision="fp16"))
     assert (cpu["backend"], cpu["engine"], cpu["precision"]) == ("cpu", "torch", "fp32")
     assert (gpu["backend"], gpu["engine"], gpu["precision"]) == ("gpu", "torch", "fp16")
     assert settings_hash(cpu) != settings_hash(gpu)
-    assert settings_hash(cpu) != settings_hash(settings_record(opts, DevicePlan("cpu", "onnx", "fp32")))
+    assert settings_hash(cpu) != settings_hash(settings_record(opts, DevicePlan(backend="cpu", engine="onnx", precision="fp32")))
     assert "auto" not in settings_record(opts, "cpu").values()  # a backend name is resolved, never hashed as given
 
 
@@ -160,11 +160,11 @@ def test_settings_identity_holds_the_resolved_backend() -> None:
 def test_auto_falls_back_once_and_provenance_says_how(assets: dict[str, Path], tmp_path: Path) -> None:
     import warnings
 
-    from rescue_gpu.backend import BackendFallbackWarning, DevicePlan
+    from rescue_gpu.device import BackendFallbackWarning, DevicePlan
     from rescue_gpu.flow.assay import score_cohort, settings_record
     from rescue_gpu.runner.identity import pending_rows, settings_hash
     from rescue_gpu.config import RuntimeConfig
-    from rescue_gpu.model.record import ModelRecord
+    from rescue_gpu.flow.record import ModelRecord
 
     started: list[str] = []
     with warnings.catch_warnings(record=True) as got:
@@ -188,8 +188,8 @@ def test_auto_falls_back_once_and_provenance_says_how(assets: dict[str, Path], t
     assert store.run_meta()["settings"]["backend"] == "cpu"
 
     # the same store seen from a GPU machine: nothing is skipped, nothing is mixed
-    gpu = settings_hash(settings_record(_options(), DevicePlan("gpu", "torch", "fp16")))
-    cpu = settings_hash(settings_record(_options(), DevicePlan("cpu", "torch", "fp32")))
+    gpu = settings_hash(settings_record(_options(), DevicePlan(backend="gpu", engine="torch", precision="fp16")))
+    cpu = settings_hash(settings_record(_options(), DevicePlan(backend="cpu", engine="torch", precision="fp32")))
     base = {"reference_fingerprint": prov["reference_fingerprint"], "model_sha256": rec.sha256,
             "model_checksum": rec.checksum}
     assert pending_rows(_rows(assets), store, {**base, "settings_hash": cpu})[1] == 2

@@ -19,7 +19,7 @@ sys.modules["layout_tool"] = layout  # its dataclasses look their module up
 _spec.loader.exec_module(layout)
 
 #: Parts the nn/device half of the redesign rewrites; gone from the tree once it is merged.
-PENDING = ("rescue_gpu.backend", "rescue_gpu.engine", "rescue_gpu.model", "rescue_gpu.cells.train")
+PENDING = ("rescue_gpu.device", "rescue_gpu.engine", "rescue_gpu.model", "rescue_gpu.cells.train")
 OTHER_HALF_MERGED = not (ROOT / "rescue_gpu" / "model").exists()
 
 

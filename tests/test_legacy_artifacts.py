@@ -26,7 +26,7 @@ from rescue_gpu.runner.manifest import read_manifest
 from rescue_gpu.flow.assay import ScoreOptions, score_cohort
 from rescue_gpu.runner.store import RunStore
 from rescue_gpu.config import RuntimeConfig
-from rescue_gpu.model.record import ModelRecord
+from rescue_gpu.flow.record import ModelRecord
 from rescue_gpu.reference import Reference
 
 from .fixtures.make_legacy import unpack
@@ -112,7 +112,7 @@ def test_cells_rerun_skips_unchanged_samples_rescores_touched_ones(fresh: Path) 
 
 
 def test_flow_worker_job_is_keyword_only_and_carries_the_runtime(legacy: Path) -> None:
-    from rescue_gpu.backend import DevicePlan
+    from rescue_gpu.device import DevicePlan
     from rescue_gpu.flow.assay import FlowAssay, WorkerJob
     from rescue_gpu.runner.assay import Assay, AssayJob, RunContext
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from rescue_gpu.model import metrics as M
-from rescue_gpu.model.calibration import apply_temperature, fit_temperature, nll
+from rescue_gpu.nn import metrics as M
+from rescue_gpu.nn.calibration import apply_temperature, fit_temperature, nll
 
 
 def _scores(n: int, seed: int, *, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flowutils import compensate as fuc
 
-from rescue_gpu.backend import to_numpy
+from rescue_gpu.device import to_numpy
 from rescue_gpu.errors import CompensationError
 from rescue_gpu.fcs.types import FcsData, Spillover
 from rescue_gpu.preprocess.compensation import compensate, resolve_spillover, spillover_from_csv

@@ -9,7 +9,7 @@ import pytest
 from flowutils import compensate as fuc
 from flowutils import transforms as fut
 
-from rescue_gpu.backend import to_numpy
+from rescue_gpu.device import to_numpy
 from rescue_gpu.config import PanelSpec, PreprocessSpec, QcSpec, TransformSpec, load_pipeline
 from rescue_gpu.errors import CompensationError, PanelError, PreprocessError
 from rescue_gpu.fcs.types import FcsData, Spillover

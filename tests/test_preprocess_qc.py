@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rescue_gpu.backend import to_numpy
+from rescue_gpu.device import to_numpy
 from rescue_gpu.config import QcSpec
 from rescue_gpu.preprocess.qc import qc_mask
 from tests.conftest import xp_params

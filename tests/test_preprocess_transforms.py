@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flowutils import transforms as fu
 
-from rescue_gpu.backend import to_numpy
+from rescue_gpu.device import to_numpy
 from rescue_gpu.config import TransformSpec
 from rescue_gpu.preprocess.transforms import (
     apply_transform, arcsinh, linear, logicle, logicle_inverse, logicle_params,

@@ -96,6 +96,6 @@ def test_backend_parity(xp):
     vals = np.random.default_rng(2).normal(size=(20000, 3)).astype(np.float32)
     ref = render(c, extent=EXTENT, size=64, channels=("density", "scatter", "markers"), values=vals)
     out = render(xp.asarray(c), extent=EXTENT, size=64, channels=("density", "scatter", "markers"), values=xp.asarray(vals))
-    from rescue_gpu.backend import to_numpy
+    from rescue_gpu.device import to_numpy
 
     np.testing.assert_allclose(to_numpy(out), ref, atol=1e-6)

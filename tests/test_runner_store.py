@@ -142,7 +142,7 @@ def test_grad_cam_is_a_nonnegative_map_on_occupied_pixels() -> None:
     import torch
 
     from rescue_gpu.config import HeadSpec
-    from rescue_gpu.model.network import MrdNet
+    from rescue_gpu.flow.record import build_model as MrdNet
 
     torch.manual_seed(0)
     net = MrdNet(in_channels=1, head=HeadSpec(hidden=(8,), dropout=0.0)).eval()

@@ -17,8 +17,8 @@ from rescue_gpu.flow import stages
 from rescue_gpu.runner.manifest import ManifestRow, read_manifest
 from rescue_gpu.config import RasterSpec, load_pipeline
 from rescue_gpu.errors import ConfigError
-from rescue_gpu.model.dataset import MrdImageDataset, bootstrap_events, build_cache
-from rescue_gpu.model.train import patient_folds
+from rescue_gpu.flow.dataset import MrdImageDataset, bootstrap_events, build_cache
+from rescue_gpu.nn.splits import patient_folds
 from rescue_gpu.projection.transform import UmapParams
 from rescue_gpu.reference import Reference
 from rescue_gpu.simulate import simulate_cohort
@@ -123,8 +123,8 @@ def test_bootstrap_augmentation_changes_image_keeps_mass(cohort, tmp_path: Path)
 
 
 def test_train_model_tiny_cohort(cohort, tmp_path: Path) -> None:
-    from rescue_gpu.model.record import ModelRecord
-    from rescue_gpu.model.train import train_model
+    from rescue_gpu.flow.record import ModelRecord
+    from rescue_gpu.flow.train import train_model
 
     rows, ref, pipe, _ = cohort
     epochs: list[dict] = []
@@ -152,8 +152,8 @@ def test_train_model_tiny_cohort(cohort, tmp_path: Path) -> None:
 def _train_via_cli(cohort, tmp_path: Path):
     """``rescue train`` with a pipeline file equal to the tiny test pipeline."""
     from rescue_gpu.config import PIPELINES_DIR
-    from rescue_gpu.model.record import ModelRecord
-    from rescue_gpu.model.train_cli import register
+    from rescue_gpu.flow.record import ModelRecord
+    from rescue_gpu.flow.train_cli import register
 
     rows, ref, _, root = cohort
     text = (PIPELINES_DIR / "aml-mrd.toml").read_text()
@@ -182,7 +182,7 @@ def _write_csv(path: Path, rows: list[dict]) -> Path:
 
 
 def test_evaluate_cli_against_sklearn(tmp_path: Path) -> None:
-    from rescue_gpu.model.train_cli import register
+    from rescue_gpu.flow.train_cli import register
 
     rng = np.random.default_rng(3)
     n = 40
@@ -225,7 +225,7 @@ def test_evaluate_cli_against_sklearn(tmp_path: Path) -> None:
 
 
 def test_register_adds_train_and_evaluate() -> None:
-    from rescue_gpu.model.train_cli import register
+    from rescue_gpu.flow.train_cli import register
 
     app = typer.Typer()
     register(app)
@@ -236,8 +236,8 @@ def test_register_adds_train_and_evaluate() -> None:
 @pytest.mark.gpu
 def test_train_model_cuda_mixed_precision(cohort, tmp_path: Path) -> None:
     """The CUDA path (autocast, grad scaler on float16 devices) trains and saves a loadable record."""
-    from rescue_gpu.model.record import ModelRecord
-    from rescue_gpu.model.train import train_model
+    from rescue_gpu.flow.record import ModelRecord
+    from rescue_gpu.flow.train import train_model
 
     rows, ref, pipe, _ = cohort
     rec = train_model(rows, ref, pipe, out=tmp_path / "mg", folds=2, cache_dir=tmp_path / "cache", device="cuda",

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..config import RuntimeConfig
 from ..errors import ConfigError
-from ..records import software_versions
+from ..artifacts import software_versions
 from ..runner.assay import RunContext, SampleResult, SampleTask
 from ..runner.manifest import ManifestRow
 from ..runner.run import RunSummary, run_cohort
@@ -39,7 +39,7 @@ from .spec import CellPipeline
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..backend import DevicePlan
+    from ..device import DevicePlan
 
 __all__ = ["CellScoreOptions", "CellJob", "CellState", "CellsAssay", "score_cells", "settings_record",
            "CellRunSummary", "PACKAGES"]
@@ -169,10 +169,11 @@ class CellState:
 def settings_record(options: CellScoreOptions, device: DevicePlan | str) -> dict[str, Any]:
     """The settings that change a sample's stored result (hashed for resume).
 
-    ``device`` is the run's :class:`~rescue_gpu.backend.DevicePlan` (a backend name is
+    ``device`` is the run's :class:`~rescue_gpu.device.DevicePlan` (a backend name is
     resolved here): the resolved backend, engine kind and precision, never ``"auto"``.
     """
-    from ..backend import DevicePlan, plan_run_device
+    from ..device import DevicePlan
+    from ..engine import plan_run_device
 
     plan = device if isinstance(device, DevicePlan) else plan_run_device(
         str(device), engine=_engine_kind(options), precision=options.precision)
@@ -208,7 +209,7 @@ def _leukaemic_score(index: tuple[int, ...]) -> Callable[[Any], Any]:
 
 
 def _gallery(x: np.ndarray, p_leuk: np.ndarray, n: int, state: CellState) -> dict[str, np.ndarray]:
-    from ..model.saliency import grad_cam
+    from ..nn.saliency import grad_cam
 
     if n <= 0 or len(x) == 0:
         return {}

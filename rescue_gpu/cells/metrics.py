@@ -1,83 +1,22 @@
-"""Metrics of a multi-class cell classifier: per class, and of the grouped leukaemic call.
+"""Metrics of the grouped leukaemic call of a cell classifier (the cells-specific part).
 
-Plain numpy (scikit-learn is the independent peer in the tests). Conventions follow
-:mod:`rescue_gpu.model.metrics`: a metric undefined on the data at hand (precision of a
-class never predicted, recall of a class absent from the truth, AUC with one group) is
-``None`` in these JSON-ready dicts, and macro averages leave undefined entries out (as
-scikit-learn does with ``zero_division=np.nan``). Balanced accuracy is the mean recall
-over the classes present in the truth.
+The cells are called leukaemic when the summed probabilities of the leukaemic classes
+reach 0.5; :func:`grouped_binary_metrics` measures that call against the truth and
+:func:`grouped_rates` keeps the rates the adjusted classify-and-count needs. Per-class
+metrics and the confusion matrix are generic: :mod:`rescue_gpu.nn.metrics`. A metric
+undefined on the data at hand is ``None``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ..model.metrics import confusion, roc_auc
+from ..nn.metrics import class_indices, confusion, json_float, roc_auc, safe_ratio
 
-__all__ = ["confusion_matrix", "per_class_metrics", "grouped_binary_metrics", "grouped_rates"]
-
-
-def _num(x: float) -> float | None:
-    return float(x) if math.isfinite(float(x)) else None
-
-
-def _ratio(a: float, b: float) -> float:
-    return a / b if b else float("nan")
-
-
-def _labels(y: Any, k: int, name: str) -> np.ndarray:
-    y = np.asarray(y).ravel()
-    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k):
-        raise ValueError(f"{name} must hold class indices 0..{k - 1}")
-    return y.astype(np.int64)
-
-
-def confusion_matrix(y_true: Any, y_pred: Any, *, n_classes: int) -> np.ndarray:
-    """``(K, K)`` counts: row = true class, column = predicted class."""
-    t, p = _labels(y_true, n_classes, "y_true"), _labels(y_pred, n_classes, "y_pred")
-    if t.shape != p.shape:
-        raise ValueError(f"y_true and y_pred must have the same length (got {t.size} and {p.size})")
-    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def per_class_metrics(y_true: Any, y_pred: Any, *, classes: Sequence[str]) -> dict[str, Any]:
-    """Precision, recall, F1 and support per class, plus accuracy, balanced accuracy and macro F1.
-
-    Parameters
-    ----------
-    y_true, y_pred
-        Class indices ``0..K-1`` per cell.
-    classes
-        The ``K`` class names, in index order.
-
-    Returns
-    -------
-    dict
-        ``n``, ``classes``, ``per_class`` (name -> ``precision``, ``recall``, ``f1``,
-        ``support``), ``accuracy``, ``balanced_accuracy``, ``macro_f1`` and
-        ``confusion`` (``K x K`` nested list, rows = truth). Undefined values are ``None``.
-    """
-    k = len(classes)
-    cm = confusion_matrix(y_true, y_pred, n_classes=k).astype(np.float64)
-    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
-    precision = np.array([_ratio(a, b) for a, b in zip(tp, predicted)])
-    recall = np.array([_ratio(a, b) for a, b in zip(tp, support)])
-    f1 = np.array([_ratio(2 * a, b + c) for a, b, c in zip(tp, support, predicted)])
-    per_class = {name: {"precision": _num(precision[i]), "recall": _num(recall[i]), "f1": _num(f1[i]),
-                        "support": int(support[i])} for i, name in enumerate(classes)}
-    n = cm.sum()
-    return {"n": int(n), "classes": list(classes), "per_class": per_class,
-            "accuracy": _num(_ratio(tp.sum(), n)), "balanced_accuracy": _num(_nanmean(recall)),
-            "macro_f1": _num(_nanmean(f1)), "confusion": cm.astype(np.int64).tolist()}
-
-
-def _nanmean(a: np.ndarray) -> float:
-    ok = a[np.isfinite(a)]
-    return float(ok.mean()) if ok.size else float("nan")
+__all__ = ["grouped_binary_metrics", "grouped_rates"]
 
 
 def grouped_binary_metrics(y_true: Any, probs: Any, *, leukaemic_index: Sequence[int],
@@ -105,15 +44,15 @@ def grouped_binary_metrics(y_true: Any, probs: Any, *, leukaemic_index: Sequence
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2:
         raise ValueError(f"probs must be (N, K), got shape {p.shape}")
-    y = np.isin(_labels(y_true, p.shape[1], "y_true"), np.asarray(leukaemic_index, dtype=np.int64)).astype(np.int64)
+    y = np.isin(class_indices(y_true, p.shape[1], "y_true"), np.asarray(leukaemic_index, dtype=np.int64)).astype(np.int64)
     if y.size != p.shape[0]:
         raise ValueError(f"y_true and probs must have the same length (got {y.size} and {p.shape[0]})")
     score = p[:, list(leukaemic_index)].sum(axis=1)
     c = confusion(y, score >= threshold)
     return {"n": int(y.size), "n_positive": int(y.sum()), "n_negative": int(y.size - y.sum()),
             "threshold": float(threshold), **c,
-            "sensitivity": _num(_ratio(c["tp"], c["tp"] + c["fn"])),
-            "specificity": _num(_ratio(c["tn"], c["tn"] + c["fp"])), "roc_auc": _num(roc_auc(y, score))}
+            "sensitivity": json_float(safe_ratio(c["tp"], c["tp"] + c["fn"])),
+            "specificity": json_float(safe_ratio(c["tn"], c["tn"] + c["fp"])), "roc_auc": json_float(roc_auc(y, score))}
 
 
 def grouped_rates(grouped: dict[str, Any]) -> dict[str, Any]:

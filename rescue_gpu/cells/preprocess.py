@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..backend import array_module
+from ..device import array_module
 from ..errors import CellDataError
 from .spec import CellPreprocessSpec
 from .types import CellSet

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CellDataError, ModelError
-from ..model.metrics import confusion
+from ..nn.metrics import confusion
 from .spec import CellClassesSpec, CellReadoutSpec
 
 __all__ = [

@@ -153,7 +153,7 @@ def project_cmd(
     """Project one sample into a reference and write its coordinates and image(s) as PNG."""
     import numpy as np
 
-    from ..backend import to_numpy
+    from ..device import to_numpy
     from ..flow.stages import load_events, project, rasterise
     from ..raster import save_png
     from ..reference import Reference
@@ -202,8 +202,8 @@ def _register_subsystems() -> None:
     """Add the commands each subsystem defines next to its code."""
     from ..cells.cli import register as register_cells
     from ..flow.cli import register as register_score
-    from ..model.cli import register as register_model
-    from ..model.train_cli import register as register_train
+    from ..flow.model_cli import register as register_model
+    from ..flow.train_cli import register as register_train
 
     register_score(app)
     register_model(app)

@@ -1,9 +1,13 @@
 """Inference engines: torch (eager / compiled / CUDA graphs), ONNX Runtime, TensorRT.
 
 Every engine takes ``(N, C, H, W)`` float32 images (numpy, cupy via DLPack, or torch)
-and returns calibrated MRD probabilities (the record's temperature applied) as float64
-``(N,)``. :func:`make_engine` picks and caches one per process, so a Dask worker loads
-its model once.
+of a :class:`~rescue_gpu.nn.record.WeightsRecord` and offers the three calls of
+:class:`Engine`. The output shape follows the record's network: ``(N,)`` for a one-logit
+network (the flow MRD model: ``predict`` gives ``sigmoid(logit / T)``), ``(N, K)`` for a
+``K``-class network (a cell model: ``predict`` gives ``softmax(logits / T)``). The
+record's temperature ``T`` is applied by ``predict`` only. :func:`make_engine` picks and
+caches one per process, so a Dask worker loads its model once; :func:`plan_run_device`
+resolves a run's backend, engine kind and precision once, on the client.
 
 Verified on the CPU here: torch eager (fp32, bf16 autocast, channels_last) and
 onnxruntime's CPU provider. Written against documented APIs but NOT verified (no GPU
@@ -13,18 +17,18 @@ on a GPU, onnxruntime's CUDA provider) and TensorRT.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from collections import OrderedDict
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..device import torch_device
 from ..errors import BackendError, ModelError
-from ..model.record import ModelRecord
-from ._common import KINDS, plan_engine, resolve_device, resolve_precision
+from ..nn.record import WeightsRecord
+from .plan import KINDS, PRECISIONS, plan_engine, plan_run_device, resolve_precision, tensorrt_importable
 
-__all__ = ["Engine", "KINDS", "make_engine", "clear_engine_cache", "export_onnx", "available_kinds"]
+__all__ = ["Engine", "KINDS", "PRECISIONS", "make_engine", "clear_engine_cache", "export_onnx", "plan_run_device"]
 
 _CACHE_SIZE = 4
 _cache: OrderedDict[tuple, Engine] = OrderedDict()
@@ -33,45 +37,36 @@ _lock = threading.Lock()
 
 @runtime_checkable
 class Engine(Protocol):
-    """What every inference engine offers."""
+    """What every inference engine offers.
+
+    Images are float32 ``(N, C, H, W)`` (numpy, cupy or torch) with ``C`` and ``H = W``
+    those of the engine's record. Outputs are float64 numpy arrays of shape ``(N,)`` for
+    a one-logit network and ``(N, K)`` for a ``K``-class network.
+    """
 
     name: str
 
+    def logits(self, images: Any) -> np.ndarray:
+        """Raw logits (before temperature): ``(N,)`` or ``(N, K)``, float64."""
+        ...
+
+    def logits_and_features(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits as :meth:`logits` and the pooled features, float32 ``(N, F)``, from one pass."""
+        ...
+
     def predict(self, images: Any) -> np.ndarray:
-        """Calibrated probabilities, float64 ``(N,)``, of ``(N, C, H, W)`` float32 images."""
+        """Calibrated probabilities (the record's temperature applied): ``(N,)`` or ``(N, K)``, float64."""
         ...
 
 
 def export_onnx(*args: Any, **kwargs: Any) -> Any:
-    """See :func:`rescue_gpu.engine.onnxrt.export_onnx` (imported lazily)."""
+    """See :func:`rescue_gpu.engine.onnxrt.export_onnx` (imported lazily: onnx is optional)."""
     from .onnxrt import export_onnx as _export
 
     return _export(*args, **kwargs)
 
 
-def _tensorrt_importable() -> bool:
-    return importlib.util.find_spec("tensorrt") is not None
-
-
-def available_kinds(device: str = "auto") -> list[str]:
-    """The engine kinds that can be built for ``device`` in this process (``"auto"`` excluded)."""
-    dev = resolve_device(device)
-    kinds = ["torch", "compiled"]
-    if dev.type == "cuda":
-        kinds.append("cuda-graphs")
-    if importlib.util.find_spec("onnxruntime") is not None:
-        kinds.append("onnx")
-    if dev.type == "cuda" and _tensorrt_importable():
-        kinds.append("tensorrt")
-    return kinds
-
-
-def _resolve_kind(kind: str, device_type: str) -> str:
-    """The concrete kind (see :func:`~rescue_gpu.engine._common.plan_engine`, shared with the run's device plan)."""
-    return plan_engine(kind, device_type, tensorrt=_tensorrt_importable())
-
-
-def _build(record: ModelRecord, kind: str, device: Any, precision: str, batch_size: int) -> Engine:
+def _build(record: WeightsRecord, kind: str, device: Any, precision: str, batch_size: int) -> Engine:
     if kind in ("torch", "compiled", "cuda-graphs"):
         from .torch_engine import TorchEngine
 
@@ -89,14 +84,15 @@ def _build(record: ModelRecord, kind: str, device: Any, precision: str, batch_si
     return TensorRtEngine(record, device=device, precision=precision, batch_size=batch_size)
 
 
-def make_engine(record: ModelRecord, *, kind: str = "auto", device: str = "auto", precision: str = "auto",
+def make_engine(record: WeightsRecord, *, kind: str = "auto", device: str = "auto", precision: str = "auto",
                 batch_size: int = 64) -> Engine:
     """Build (or reuse) an inference engine for ``record``.
 
     Parameters
     ----------
     record
-        The model.
+        The model (a flow :class:`~rescue_gpu.flow.record.ModelRecord`, a
+        :class:`~rescue_gpu.cells.record.CellModelRecord`, or any other weights record).
     kind
         ``"auto"`` (TensorRT when importable and on a GPU, else torch), ``"torch"``
         (eager, channels_last), ``"compiled"`` (``torch.compile``), ``"cuda-graphs"``
@@ -125,8 +121,8 @@ def make_engine(record: ModelRecord, *, kind: str = "auto", device: str = "auto"
     """
     if batch_size < 1:
         raise ModelError(f"batch_size must be >= 1 (got {batch_size})")
-    dev = resolve_device(device)
-    kind = _resolve_kind(kind, dev.type)
+    dev = torch_device(device)
+    kind = plan_engine(kind, dev.type, tensorrt=tensorrt_importable())
     if kind in ("cuda-graphs", "tensorrt") and dev.type != "cuda":
         raise BackendError(f"kind={kind!r} needs a CUDA device (device resolved to 'cpu'); use kind='torch' or 'onnx'")
     prec = "fp32" if (kind == "onnx" and precision == "auto") else resolve_precision(precision, dev)

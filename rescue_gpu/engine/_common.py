@@ -1,8 +1,7 @@
-"""Pieces every engine shares: device and precision choice, input conversion, checks."""
+"""Pieces every engine shares: input conversion, shape checks, batching, the on-disk cache."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,91 +10,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BackendError, ModelError
+from ..device import is_cupy
+from ..errors import ModelError
 
-__all__ = ["PRECISIONS", "KINDS", "resolve_device", "resolve_precision", "plan_engine", "plan_precision", "to_torch",
-           "to_numpy_images", "check_images", "batches", "cache_dir", "is_cupy", "output_dims"]
+__all__ = ["DTYPES", "to_torch", "to_numpy_images", "check_images", "batches", "cache_dir", "output_dims",
+           "TorchFeatures"]
 
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-KINDS = ("auto", "torch", "compiled", "cuda-graphs", "onnx", "tensorrt")
-_GPU_KINDS = ("cuda-graphs", "tensorrt")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def is_cupy(a: Any) -> bool:
-    """Whether ``a`` is a cupy array (checked without importing cupy)."""
-    return type(a).__module__.split(".")[0] == "cupy"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto" | "cpu" | "gpu" | "cuda" | "cuda:N"`` to a :class:`torch.device`.
-
-    The shared decision of :func:`rescue_gpu.backend.torch_device`: ``"auto"`` takes
-    torch's current CUDA device and warns (``BackendFallbackWarning``) when it falls back
-    to the CPU. Raises :class:`BackendError` for a GPU request without a CUDA device.
-    """
-    from ..backend import torch_device
-
-    return torch_device(device)
-
-
-def tensorrt_importable() -> bool:
-    """Whether the ``tensorrt`` package can be imported here (it is not imported)."""
-    return importlib.util.find_spec("tensorrt") is not None
-
-
-def plan_engine(kind: str, device_type: str, *, tensorrt: bool | None = None) -> str:
-    """The concrete engine kind for ``kind`` on a ``"cpu"`` or ``"cuda"`` device.
-
-    ``"auto"`` is TensorRT on a GPU where it is importable (``tensorrt``; None: look
-    here), else torch.
-
-    Raises
-    ------
-    ModelError
-        An unknown kind.
-    BackendError
-        A GPU-only kind (``"cuda-graphs"``, ``"tensorrt"``) on the CPU.
-    """
-    if kind not in KINDS:
-        raise ModelError(f"unknown engine kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if kind == "auto":
-        trt = tensorrt_importable() if tensorrt is None else tensorrt
-        return "tensorrt" if device_type == "cuda" and trt else "torch"
-    if kind in _GPU_KINDS and device_type != "cuda":
-        raise BackendError(f"kind={kind!r} needs a CUDA device (device resolved to 'cpu'); use kind='torch' or 'onnx'")
-    return kind
-
-
-def plan_precision(precision: str, device_type: str, kind: str = "torch") -> str:
-    """The concrete precision for ``precision`` on a ``"cpu"`` or ``"cuda"`` device with engine ``kind``.
-
-    ``"auto"`` is fp32 on the CPU and for ONNX Runtime, fp16 on a GPU. Device queries
-    (bf16 support) are left to :func:`resolve_precision` on the machine that runs it.
-
-    Raises
-    ------
-    ModelError
-        An unknown precision, fp16 on the CPU, or reduced precision with ONNX Runtime.
-    """
-    if precision not in PRECISIONS:
-        raise ModelError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "fp32" if device_type != "cuda" or kind == "onnx" else "fp16"
-    if precision == "fp16" and device_type != "cuda":
-        raise ModelError("precision='fp16' is for GPUs; on the CPU use 'fp32' or 'bf16'")
-    if precision != "fp32" and kind == "onnx":
-        raise ModelError(f"kind='onnx' runs fp32 only (got precision={precision!r}); use kind='torch' or 'tensorrt' "
-                         "for reduced precision")
-    return precision
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` to ``"fp32"`` on the CPU and ``"fp16"`` on a GPU; checks the others (bf16 support here)."""
-    prec = plan_precision(precision, device.type)
-    if prec == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise BackendError(f"{torch.cuda.get_device_name(device)} has no bf16 support; use precision='fp16'")
-    return prec
 
 
 def to_torch(images: Any) -> torch.Tensor:
@@ -119,9 +40,8 @@ def to_numpy_images(images: Any) -> np.ndarray:
 
 
 def output_dims(record: Any) -> tuple[int, ...]:
-    """Per-image output shape: ``()`` for a one-logit MRD model, ``(K,)`` for a K-class cell model."""
-    k = getattr(record, "n_classes", None)
-    return () if k is None else (int(k),)
+    """Per-image output shape of a weights record: ``()`` for one logit (MRD), ``(K,)`` for K classes (cells)."""
+    return tuple(record.output_shape)
 
 
 def check_images(shape: tuple[int, ...], *, in_channels: int, image_size: int) -> None:
@@ -143,3 +63,39 @@ def cache_dir(kind: str) -> Path:
     path = root / kind
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class TorchFeatures:
+    """Pooled ``(N, F)`` features from a private fp32 eval copy of a record's network.
+
+    For engines whose exported graph gives only logits (ONNX Runtime, TensorRT): their
+    ``logits_and_features`` takes the logits from the engine and the features from here.
+
+    Parameters
+    ----------
+    record
+        The weights record (its own module is left as is).
+    device
+        A resolved :class:`torch.device`.
+    batch_size
+        Images per forward pass.
+    """
+
+    def __init__(self, record: Any, *, device: torch.device, batch_size: int) -> None:
+        self.record, self.device, self.batch_size = record, device, int(batch_size)
+        self._model: torch.nn.Module | None = None
+
+    def __call__(self, images: Any) -> np.ndarray:
+        """float32 ``(N, F)`` features of ``(N, C, H, W)`` images."""
+        if self._model is None:
+            import copy
+
+            self._model = copy.deepcopy(self.record.model).float().eval().to(self.device)
+        t = to_torch(images)
+        width = int(getattr(self._model, "num_features", 0))
+        if t.shape[0] == 0:
+            return np.zeros((0, width), dtype=np.float32)
+        with torch.inference_mode():
+            outs = [self._model.forward_features(t[sl].to(self.device)).float().cpu() for sl in batches(t.shape[0],
+                                                                                                          self.batch_size)]
+        return torch.cat(outs).numpy().astype(np.float32)

@@ -1,4 +1,4 @@
-"""ONNX export of a :class:`ModelRecord` and an onnxruntime engine.
+"""ONNX export of a :class:`WeightsRecord` and an onnxruntime engine.
 
 Export: :func:`export_onnx` writes one input ``images`` ``(N, C, S, S)`` float32 and one
 output ``logits`` ``(N,)``, batch axis dynamic by default, and stores the model's
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, ModelError
-from ..model.record import ModelRecord
-from ._common import batches, check_images, output_dims, to_numpy_images
+from ..nn.record import WeightsRecord
+from ._common import TorchFeatures, batches, check_images, output_dims, to_numpy_images
 
 __all__ = ["export_onnx", "OnnxEngine", "INPUT_NAME", "OUTPUT_NAME"]
 
@@ -46,7 +46,7 @@ def _export(model: torch.nn.Module, x: torch.Tensor, path: Path, *, opset: int, 
         torch.onnx.export(model, (x,), str(path), dynamo=dynamo, **kwargs)
 
 
-def _add_metadata(path: Path, record: ModelRecord) -> None:
+def _add_metadata(path: Path, record: WeightsRecord) -> None:
     import onnx
 
     proto = onnx.load(str(path))
@@ -60,7 +60,7 @@ def _add_metadata(path: Path, record: ModelRecord) -> None:
     onnx.save(proto, str(path))
 
 
-def export_onnx(record: ModelRecord, path: str | Path, *, opset: int = 17, dynamic_batch: bool = True,
+def export_onnx(record: WeightsRecord, path: str | Path, *, opset: int = 17, dynamic_batch: bool = True,
                 exporter: str = "auto") -> Path:
     """Export the record's network (fp32, eval mode, CPU) to an ONNX file.
 
@@ -128,7 +128,7 @@ class OnnxEngine:
         onnxruntime's intra-op thread count (0: its default, one per core).
     """
 
-    def __init__(self, record: ModelRecord, *, device: torch.device, batch_size: int = 64,
+    def __init__(self, record: WeightsRecord, *, device: torch.device, batch_size: int = 64,
                  onnx_path: str | Path | None = None, intra_op_threads: int = 0) -> None:
         try:
             import onnxruntime as ort
@@ -136,6 +136,7 @@ class OnnxEngine:
             raise BackendError(f"kind='onnx' needs onnxruntime ({exc}); pip install onnxruntime") from None
         self.record, self.device, self.batch_size, self.precision = record, device, int(batch_size), "fp32"
         self.name = f"onnxruntime-{device.type}"
+        self._features = TorchFeatures(record, device=device, batch_size=self.batch_size)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = int(intra_op_threads)
         kw: dict[str, Any] = {"providers": _providers(device), "sess_options": opts}
@@ -153,6 +154,10 @@ class OnnxEngine:
         outs = [self.session.run([OUTPUT_NAME], {INPUT_NAME: x[sl]})[0].reshape(-1, *dims)
                 for sl in batches(len(x), self.batch_size)]
         return np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, *dims), dtype=np.float64)
+
+    def logits_and_features(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits as :meth:`logits` and float32 ``(N, F)`` pooled features (from the record's torch network)."""
+        return self.logits(images), self._features(images)
 
     def predict(self, images: Any) -> np.ndarray:
         """Calibrated probabilities (temperature applied), float64 ``(N,)`` or ``(N, K)``."""

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, ModelError
-from ..model.record import ModelRecord
-from ._common import batches, cache_dir, check_images, output_dims, to_torch
+from ..nn.record import WeightsRecord
+from ._common import TorchFeatures, batches, cache_dir, check_images, output_dims, to_torch
 from .onnxrt import INPUT_NAME, OUTPUT_NAME, export_onnx
 
 __all__ = ["TensorRtEngine", "is_available", "engine_path"]
@@ -41,7 +41,7 @@ def is_available() -> bool:
     return torch.cuda.is_available()
 
 
-def engine_path(record: ModelRecord, *, device: torch.device, precision: str, batch_size: int) -> Path:
+def engine_path(record: WeightsRecord, *, device: torch.device, precision: str, batch_size: int) -> Path:
     """Cache file of the serialized engine for this model, GPU, TensorRT version and settings."""
     import tensorrt as trt
 
@@ -88,7 +88,7 @@ class TensorRtEngine:
         Largest batch in the optimisation profile and per execution.
     """
 
-    def __init__(self, record: ModelRecord, *, device: torch.device, precision: str = "fp16", batch_size: int = 64) -> None:
+    def __init__(self, record: WeightsRecord, *, device: torch.device, precision: str = "fp16", batch_size: int = 64) -> None:
         if not is_available() or device.type != "cuda":
             raise BackendError("kind='tensorrt' needs the tensorrt package and a CUDA device; use kind='torch' "
                                "(or 'cuda-graphs') instead")
@@ -98,6 +98,7 @@ class TensorRtEngine:
 
         self.record, self.device, self.precision, self.batch_size = record, device, precision, int(batch_size)
         self.name = f"tensorrt-{precision}"
+        self._features = TorchFeatures(record, device=device, batch_size=self.batch_size)
         plan = engine_path(record, device=device, precision=precision, batch_size=self.batch_size)
         if not plan.exists():
             plan.write_bytes(self._build_plan())
@@ -134,6 +135,10 @@ class TensorRtEngine:
         if not outs:
             return np.zeros((0, *output_dims(self.record)), dtype=np.float64)
         return torch.cat(outs).cpu().numpy().astype(np.float64)
+
+    def logits_and_features(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Raw logits as :meth:`logits` and float32 ``(N, F)`` pooled features (from the record's torch network)."""
+        return self.logits(images), self._features(images)
 
     def predict(self, images: Any) -> np.ndarray:
         """Calibrated probabilities (temperature applied), float64 ``(N,)`` or ``(N, K)``."""

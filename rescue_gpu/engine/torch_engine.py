@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import BackendError, ModelError
-from ..model.record import ModelRecord
+from ..nn.record import WeightsRecord
 from ._common import DTYPES, batches, check_images, output_dims, to_torch
 
 __all__ = ["TorchEngine", "MODES"]
@@ -54,7 +54,7 @@ class TorchEngine:
         Run in NHWC memory format (faster convolutions on most back ends).
     """
 
-    def __init__(self, record: ModelRecord, *, device: torch.device, precision: str = "fp32",
+    def __init__(self, record: WeightsRecord, *, device: torch.device, precision: str = "fp32",
                  batch_size: int = 64, mode: str = "eager", channels_last: bool = True) -> None:
         if mode not in MODES:
             raise ModelError(f"unknown torch mode {mode!r}; choose one of {', '.join(MODES)}")

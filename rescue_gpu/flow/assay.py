@@ -24,7 +24,7 @@ import numpy as np
 from ..config import Pipeline, RuntimeConfig
 from ..errors import ConfigError
 from ..fcs.reader import check_readable
-from ..records import software_versions
+from ..artifacts import software_versions
 from ..runner.assay import RunContext, SampleResult, SampleTask
 from ..runner.identity import file_digest, same_file
 from ..runner.manifest import ManifestRow, read_manifest
@@ -35,7 +35,7 @@ from ..runner.worker import worker_engine, worker_error_text
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..backend import DevicePlan
+    from ..device import DevicePlan
 
 __all__ = ["ScoreOptions", "WorkerJob", "FlowState", "FlowAssay", "score_cohort", "settings_record",
            "IDENTIFYING_KEYWORDS", "PACKAGES"]
@@ -157,9 +157,9 @@ class WorkerJob:
         ReferenceDataError, ModelError, BackendError
             A directory changed since the run started, or the device is not usable here.
         """
-        from ..backend import get_xp
+        from ..device import get_xp
         from ..errors import ReferenceDataError
-        from ..model.record import ModelRecord
+        from ..flow.record import ModelRecord
         from ..reference import Reference
 
         ref = Reference.load(self.reference_path)
@@ -199,7 +199,8 @@ class FlowState:
 
 def _device_record(device: DevicePlan | str, engine: str, precision: str) -> dict[str, str]:
     """Resolved ``backend``, ``engine``, ``precision``: from a DevicePlan, or resolved here from a backend name."""
-    from ..backend import DevicePlan, plan_run_device
+    from ..device import DevicePlan
+    from ..engine import plan_run_device
 
     plan = device if isinstance(device, DevicePlan) else plan_run_device(str(device), engine=engine, precision=precision)
     return plan.record()
@@ -208,7 +209,7 @@ def _device_record(device: DevicePlan | str, engine: str, precision: str) -> dic
 def settings_record(options: ScoreOptions, device: DevicePlan | str) -> dict[str, Any]:
     """The settings that change what a sample's stored result is (hashed for resume).
 
-    ``device`` is the run's :class:`~rescue_gpu.backend.DevicePlan` (a backend name is
+    ``device`` is the run's :class:`~rescue_gpu.device.DevicePlan` (a backend name is
     resolved here), so the record holds the resolved backend, engine kind and precision,
     never ``"auto"``: a run resumed on another machine re-scores rather than mixing GPU-
     and CPU-projected samples.
@@ -246,7 +247,7 @@ def _identifiers(path: str) -> dict[str, str]:
 
 def _prepare(task: SampleTask, job: WorkerJob, state: FlowState) -> tuple[SampleResult, Any]:
     """Read, preprocess, project and rasterise one sample; returns its result and coords (None when failed)."""
-    from ..backend import to_numpy
+    from ..device import to_numpy
     from .stages import load_events, project, rasterise
 
     rec = _base_record(task, job)
@@ -346,7 +347,7 @@ class FlowAssay:
     reference_path, model_path
         The directories as given.
     reference, record
-        The loaded :class:`~rescue_gpu.reference.Reference` and :class:`~rescue_gpu.model.record.ModelRecord`.
+        The loaded :class:`~rescue_gpu.reference.Reference` and :class:`~rescue_gpu.flow.record.ModelRecord`.
     options
         See :class:`ScoreOptions`.
     """
@@ -369,7 +370,7 @@ class FlowAssay:
         ReferenceDataError, ModelError, ConfigError
             A directory is unreadable, or the reference, model and pipeline do not fit.
         """
-        from ..model.record import ModelRecord
+        from ..flow.record import ModelRecord
         from ..reference import Reference
 
         ref, rec = Reference.load(reference), ModelRecord.load(model)

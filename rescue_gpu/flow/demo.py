@@ -87,7 +87,7 @@ def run_demo(
     import shutil
 
     from ..config import RuntimeConfig
-    from ..model.train import train_model
+    from ..flow.train import train_model
     from ..simulate import simulate_cohort
     from .assay import ScoreOptions, score_cohort
     from .stages import build_reference_from_rows

@@ -1,7 +1,7 @@
 """``--flag-events``: mark the events in the image regions that drive a positive call.
 
 1.-2. Guided Grad-CAM of the MRD logit on the last ResNet block
-   (:func:`rescue_gpu.model.saliency.grad_cam`): where in the image the call comes from.
+   (:func:`rescue_gpu.nn.saliency.grad_cam`): where in the image the call comes from.
 3. The driving region: the smallest set of pixels holding ``mass`` (default half) of
    the map's total.
 4. Each event goes through its pixel (the same :func:`~rescue_gpu.raster.pixel_index`
@@ -37,11 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..device import to_numpy
 from ..config import PanelSpec, Pipeline
 from ..errors import RescueError
 from ..fcs.spillover import SPILLOVER_KEYWORDS
-from ..model.saliency import grad_cam
+from ..nn.saliency import grad_cam
 
 __all__ = ["grad_cam", "driving_region", "flag_sample", "flagged_keywords", "flagged_markers", "FLAG_PARAMETER",
            "KEPT_KEYWORDS", "SAFE_KEYWORDS"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import array_module
+from ..device import array_module
 from ..errors import PreprocessError
 
 __all__ = ["decode_amplification"]

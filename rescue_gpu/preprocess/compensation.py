@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import array_module
+from ..device import array_module
 from ..errors import CompensationError, FcsFormatError
 from ..fcs.spillover import parse_spillover
 from ..fcs.types import FcsData, Spillover

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..device import to_numpy
 from ..config import PanelSpec, PreprocessSpec, TransformSpec
 from ..errors import CompensationError, PanelError, PreprocessError
 from ..fcs.types import FcsData, Spillover

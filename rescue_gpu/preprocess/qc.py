@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import array_module
+from ..device import array_module
 from ..config import QcSpec
 from .panel import marker_tokens
 

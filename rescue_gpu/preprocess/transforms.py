@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import array_module
+from ..device import array_module
 from ..config import TransformSpec
 
 __all__ = [

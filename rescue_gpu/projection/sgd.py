@@ -16,7 +16,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..backend import array_module
+from ..device import array_module
 
 __all__ = ["event_key", "rand_below", "edge_schedule", "optimize_layout"]
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..backend import array_module, resolve_backend, to_numpy
+from ..device import array_module, resolve_backend, to_numpy
 from ..errors import ProjectionError, ReferenceDataError
 from . import fuzzy, neighbors, sgd
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import array_module, to_numpy
+from ..device import array_module, to_numpy
 from ..errors import RasterError
 
 __all__ = ["CHANNEL_KINDS", "Extent", "pixel_index", "count_outside", "render", "save_png"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import resolve_backend
+from ..device import resolve_backend
 from ..config import RasterSpec, ReferenceSpec
 from ..errors import ReferenceDataError
 from ..projection.transform import UmapParams

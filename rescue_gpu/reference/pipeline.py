@@ -26,7 +26,7 @@ from typing import Any
 from ..config import (DEFAULT_PIPELINE, PanelSpec, Pipeline, PreprocessSpec, from_mapping, load_pipeline,
                       pipeline_from_record, pipeline_record)
 from ..errors import ConfigError, ReferenceDataError
-from ..records import raster_from_dict
+from ..artifacts import raster_from_dict
 from .store import _read_meta
 
 __all__ = ["ResolvedPipeline", "resolve_pipeline", "stored_pipeline", "pipeline_differences", "FIXED_SECTIONS"]

@@ -26,7 +26,7 @@ import numpy as np
 from ..config import RasterSpec
 from ..errors import ReferenceDataError
 from ..projection.transform import UmapParams
-from ..records import new_record_dir, raster_from_dict, read_record_json, software_versions
+from ..artifacts import new_record_dir, raster_from_dict, read_record_json, software_versions
 
 __all__ = ["Reference", "FORMAT", "FORMAT_VERSION", "array_sha256"]
 

@@ -79,7 +79,7 @@ def _evaluation(df: pd.DataFrame, threshold: float, n_boot: int) -> str:
     p = lab["p_mrd"].to_numpy(dtype=float)
     if y.min() == y.max():
         return f"<p>Only {'positive' if y[0] else 'negative'} labels among the scored samples: no ROC.</p>"
-    from ..model import metrics
+    from ..nn import metrics
 
     groups = np.where(lab["patient_id"] == "", lab["sample_id"], lab["patient_id"])
     ev = metrics.evaluate_predictions(y, p, threshold=threshold, groups=groups,

@@ -24,7 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-    from ..backend import DevicePlan
+    from ..device import DevicePlan
     from ..config import RuntimeConfig
     from .manifest import ManifestRow
     from .store import RunStore

@@ -83,7 +83,7 @@ class ClusterInfo:
 
 def gpu_cluster_available() -> tuple[bool, str]:
     """Whether an embedded LocalCUDACluster can be made here, and why not."""
-    from ..backend import device_probe
+    from ..device import device_probe
 
     probe = device_probe()
     ok, reason = bool(probe["gpu"]), str(probe["reason"])

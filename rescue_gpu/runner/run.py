@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import RuntimeConfig
-from ..records import software_versions
+from ..artifacts import software_versions
 from .assay import Assay, RunContext
 from .executors import run_batches, task_batches
 from .identity import pending_rows, settings_hash
@@ -32,7 +32,7 @@ from .manifest import ManifestRow
 from .store import RunStore, run_lock
 
 if TYPE_CHECKING:
-    from ..backend import DevicePlan
+    from ..device import DevicePlan
 
 __all__ = ["RunSummary", "run_cohort", "resolve_run_device", "announce_device"]
 
@@ -82,20 +82,21 @@ class RunSummary:
 
 def resolve_run_device(runtime: RuntimeConfig, *, engine: str = "auto", precision: str = "auto",
                        scheduler: str | None = None) -> DevicePlan:
-    """Resolve a run's backend, engine kind and precision once, on the client (a :class:`~rescue_gpu.backend.DevicePlan`).
+    """Resolve a run's backend, engine kind and precision once, on the client (a :class:`~rescue_gpu.device.DevicePlan`).
 
     An in-process run or an embedded cluster runs on this machine, so this process is
     asked; with ``scheduler`` (an existing cluster) every worker is asked
-    (:func:`~rescue_gpu.backend.device_probe`). ``"auto"`` without a GPU warns once.
+    (:func:`~rescue_gpu.device.device_probe`). ``"auto"`` without a GPU warns once.
 
     Raises
     ------
     BackendError, ModelError
-        See :func:`~rescue_gpu.backend.plan_run_device`.
+        See :func:`~rescue_gpu.engine.plan_run_device`.
     ConfigError
         The scheduler cannot be reached.
     """
-    from ..backend import device_probe, plan_run_device
+    from ..device import device_probe
+    from ..engine import plan_run_device
 
     probes = None
     if scheduler and runtime.backend != "cpu":

@@ -108,7 +108,7 @@ def worker_engine(record: Any, *, path: str, sha256: str, backend: str, kind: st
     BackendError
         ``backend`` is not resolved (``"auto"``), or is ``"gpu"`` on a worker without one.
     """
-    from ..backend import resolve_backend
+    from ..device import resolve_backend
     from ..engine import make_engine
     from ..errors import BackendError, ModelError
 

@@ -1,4 +1,4 @@
-"""MrdNet: shapes, head spec, local pretrained weights, conv1 adaptation, errors."""
+"""The flow network (nn.network over flow.record.build_model): shapes, head spec, local pretrained weights, conv1 adaptation, errors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from torch import nn
 
 from rescue_gpu.config import HeadSpec
 from rescue_gpu.errors import ModelError
-from rescue_gpu.model.network import MrdNet, adapt_conv1_weight, build_head, build_model
+from rescue_gpu.flow.record import build_model, head_layout
+from rescue_gpu.nn.network import adapt_conv1_weight, build_head
 
 
 
@@ -35,7 +36,7 @@ def tv_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, torc
 
 @pytest.mark.parametrize("c", [1, 3, 4])
 def test_output_shapes(c: int) -> None:
-    model = MrdNet(in_channels=c, head=HeadSpec()).eval()
+    model = build_model(in_channels=c, head=HeadSpec()).eval()
     x = torch.randn(2, c, 32, 32)
     with torch.inference_mode():
         assert model.forward_features(x).shape == (2, 512)
@@ -48,17 +49,17 @@ def test_output_shapes(c: int) -> None:
 
 
 def test_head_spec_widths_dropout_activation() -> None:
-    head = build_head(HeadSpec(hidden=(128, 64), dropout=0.2, activation="gelu"))
+    head = build_head(head_layout(HeadSpec(hidden=(128, 64), dropout=0.2, activation="gelu")), in_features=512)
     kinds = [type(m) for m in head]
     assert kinds == [nn.Linear, nn.GELU, nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Linear]
     assert [(m.in_features, m.out_features) for m in head if isinstance(m, nn.Linear)] == [(512, 128), (128, 64), (64, 1)]
     assert all(m.p == 0.2 for m in head if isinstance(m, nn.Dropout))
-    single = build_head(HeadSpec(hidden=(), dropout=0.0))
+    single = build_head(head_layout(HeadSpec(hidden=(), dropout=0.0)), in_features=512)
     assert len(single) == 1 and (single[0].in_features, single[0].out_features) == (512, 1)
 
 
 def test_dropout_active_in_train_only() -> None:
-    model = MrdNet(in_channels=1, head=HeadSpec(hidden=(256,), dropout=0.5))
+    model = build_model(in_channels=1, head=HeadSpec(hidden=(256,), dropout=0.5))
     f = torch.randn(8, 512)
     model.train()
     assert not torch.equal(model.forward_head(f), model.forward_head(f))
@@ -101,7 +102,7 @@ def test_pretrained_grey_input_matches_rgb_net(tv_weights) -> None:
     sd, files = tv_weights
     rgb = build_model(in_channels=3, head=HeadSpec(), pretrained=files["pth"]).eval()
     one = build_model(in_channels=1, head=HeadSpec(), pretrained=files["pth"]).eval()
-    assert not torch.equal(one.backbone.layer1[0].conv1.weight, MrdNet(in_channels=1, head=HeadSpec()).backbone.layer1[0].conv1.weight)
+    assert not torch.equal(one.backbone.layer1[0].conv1.weight, build_model(in_channels=1, head=HeadSpec()).backbone.layer1[0].conv1.weight)
     torch.testing.assert_close(one.backbone.layer4[2].bn2.running_var, sd["layer4.2.bn2.running_var"])
     grey = torch.rand(2, 1, 32, 32)
     with torch.inference_mode():
@@ -131,4 +132,4 @@ def test_pretrained_refuses_pickled_objects(tmp_path) -> None:
 
 def test_bad_in_channels() -> None:
     with pytest.raises(ModelError):
-        MrdNet(in_channels=0, head=HeadSpec())
+        build_model(in_channels=0, head=HeadSpec())

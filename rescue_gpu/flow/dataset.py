@@ -33,7 +33,7 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from ..backend import to_numpy
+from ..device import to_numpy
 from ..runner.manifest import ManifestRow
 from ..config import Pipeline, RasterSpec
 from ..errors import RescueError

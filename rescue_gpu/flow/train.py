@@ -4,12 +4,12 @@
    cache (:mod:`.dataset`); images are rendered from it each epoch.
 2. ``StratifiedGroupKFold`` splits samples by label, grouped by ``patient_id``: a
    patient is never in the training and validation part of a fold at once (checked).
-3. Each fold trains an :class:`~rescue_gpu.model.network.MrdNet` with
-   ``BCEWithLogits(pos_weight = negatives / positives of the training part)``, AdamW and
-   a per-step cosine schedule spanning ``max_epochs``; early stopping on validation
-   loss with ``patience``. The validation logits of the best epoch are the fold's
-   out-of-fold (OOF) predictions. On CUDA the forward pass runs under
-   :func:`torch.autocast` (bfloat16 where supported, else float16 with a grad scaler).
+3. Each fold trains the flow network (:func:`rescue_gpu.flow.record.build_model`) with
+   ``BCEWithLogits(pos_weight = negatives / positives of the training part)`` in the
+   shared loop of :mod:`rescue_gpu.nn.train` (AdamW and a per-step cosine schedule
+   spanning ``max_epochs``, AMP on CUDA, early stopping on validation loss with
+   ``patience``, the seeding policy of :func:`rescue_gpu.nn.train.seeded`). The
+   validation logits of the best epoch are the fold's out-of-fold (OOF) predictions.
 4. The final epoch count is the median of the folds' best epochs; the final model is
    trained on all samples for that many epochs with the same schedule.
 5. The temperature is fitted on the OOF logits, the threshold chosen on the calibrated
@@ -27,8 +27,7 @@ import contextlib
 import dataclasses
 import math
 import time
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,55 +38,20 @@ from torch import nn
 
 from ..runner.manifest import ManifestRow
 from ..config import Pipeline, TrainSpec
-from ..errors import ConfigError, ModelError
+from ..device import is_available, torch_device
+from ..errors import ModelError
+from ..nn.calibration import fit_temperature, nll
+from ..nn.metrics import choose_threshold, evaluate_predictions, roc_auc
+from ..nn.splits import patient_folds
+from ..nn.train import (Trainer, batch_slices, collect_logits, fit, loss_value, make_trainer, provenance, seeded,
+                        train_epoch)
 from ..reference import Reference
-from .calibration import fit_temperature, nll
 from .dataset import CachedSample, MrdImageDataset, build_cache, label_value
-from .metrics import choose_threshold, evaluate_predictions, roc_auc
 
-__all__ = ["resolve_device", "patient_folds", "FoldResult", "train_model", "fit_fold", "train_epochs"]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"`` (CUDA if present, else CPU with a warning), ``"cpu"``, ``"cuda"``/``"gpu"`` or ``"cuda:N"``.
-
-    The shared decision of :func:`rescue_gpu.backend.torch_device` (one rule and one error
-    type, :class:`~rescue_gpu.errors.BackendError`, for training and inference).
-    """
-    from ..backend import torch_device
-
-    return torch_device(device)
+__all__ = ["FoldResult", "train_model", "fit_fold", "train_epochs", "TrainingData"]
 
 
-def patient_folds(y: np.ndarray, groups: np.ndarray, *, folds: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Stratified k-fold over samples, grouped by patient (sklearn ``StratifiedGroupKFold``).
-
-    Raises
-    ------
-    ConfigError
-        Fewer patients than folds.
-    AssertionError
-        A patient lands on both sides of a split (never expected; checked anyway).
-    """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    groups = np.asarray(groups).astype(str)
-    n_patients = np.unique(groups).size
-    if n_patients < folds:
-        raise ConfigError(f"{folds}-fold cross-validation needs at least {folds} patients (have {n_patients}); use fewer --folds")
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    out = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "least populated class has fewer members than n_splits"
-        for tr, va in splitter.split(np.zeros(len(y)), np.asarray(y), groups):
-            shared = set(groups[tr]) & set(groups[va])
-            if shared:
-                raise AssertionError(f"patient-level split leaked patients {sorted(shared)[:5]} into both sides")
-            out.append((tr, va))
-    return out
-
-
-@dataclass
+@dataclass(kw_only=True)
 class FoldResult:
     """One fold: indices, best epoch, its validation logits, and the loss history."""
 
@@ -105,14 +69,10 @@ class FoldResult:
                 "best_epoch": self.best_epoch, "best_val_loss": self.best_val_loss, "history": self.history}
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Shuffled batches; a trailing batch of one joins the previous one (BatchNorm needs >= 2)."""
+def _epoch_batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled BatchNorm-safe batches of ``range(n)`` (see :func:`rescue_gpu.nn.train.batch_slices`)."""
     order = rng.permutation(n)
-    out = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    if len(out) > 1 and out[-1].size == 1:
-        out[-2] = np.concatenate(out[-2:])
-        out.pop()
-    return out
+    return [order[s] for s in batch_slices(n, batch_size)]
 
 
 def _stack(ds: MrdImageDataset, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,90 +80,45 @@ def _stack(ds: MrdImageDataset, idx: Sequence[int]) -> tuple[torch.Tensor, torch
     return torch.stack([x for x, _ in items]), torch.stack([t for _, t in items])
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Mixed precision on CUDA (bfloat16 if supported, else float16); a no-op on the CPU."""
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def _scaler(device: torch.device) -> torch.amp.GradScaler:
-    use = device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    return torch.amp.GradScaler("cuda", enabled=use)
-
-
-@dataclass
-class _Trainer:
-    """Model, optimiser, schedule and loss of one training run."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LRScheduler
-    loss: nn.Module
-    scaler: torch.amp.GradScaler
-    device: torch.device
-
-
-def _make_trainer(pipeline: Pipeline, in_channels: int, y_train: np.ndarray, *, steps: int, seed: int,
-                  device: torch.device) -> _Trainer:
-    from .network import build_model
+def _make_trainer(pipeline: Pipeline, in_channels: int, y_train: np.ndarray, *, steps: int,
+                  device: torch.device) -> Trainer:
+    """The flow network, weighted BCE loss, AdamW and cosine schedule (call inside :func:`seeded`)."""
+    from .record import build_model
 
     spec = pipeline.model.train
-    torch.manual_seed(seed)
-    model = build_model(in_channels=in_channels, head=pipeline.model.head, pretrained=spec.pretrained).to(device)
+    model = build_model(in_channels=in_channels, head=pipeline.model.head, pretrained=spec.pretrained)
     n_pos = max(int(y_train.sum()), 1)
     pos_weight = torch.tensor((y_train.size - n_pos) / n_pos, dtype=torch.float32, device=device)
-    opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=spec.learning_rate * 0.01)
-    return _Trainer(model, opt, sched, nn.BCEWithLogitsLoss(pos_weight=pos_weight), _scaler(device), device)
+    return make_trainer(model, loss=nn.BCEWithLogitsLoss(pos_weight=pos_weight), learning_rate=spec.learning_rate,
+                        weight_decay=spec.weight_decay, steps=steps, device=device)
 
 
-def train_step(model: torch.nn.Module, loss_fn: Any, x: torch.Tensor, y: torch.Tensor, *, optimizer: Any,
-               scaler: Any, schedule: Any, device: torch.device) -> float:
-    """One optimiser step (autocast and gradient scaling on CUDA; plain fp32 on the CPU); the batch loss."""
-    optimizer.zero_grad(set_to_none=True)
-    with _autocast(device):
-        logits = model(x)
-    loss = loss_fn(logits.float(), y)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    schedule.step()
-    return float(loss.detach())
-
-
-def _train_one_epoch(t: _Trainer, ds: MrdImageDataset, *, epoch: int, batch_size: int, seed: int) -> float:
-    t.model.train()
+def _train_one_epoch(t: Trainer, ds: MrdImageDataset, *, epoch: int, batch_size: int, seed: int) -> float:
     ds.set_epoch(epoch)
-    total, count = 0.0, 0
-    for idx in _batches(len(ds), batch_size, np.random.default_rng([seed, epoch])):
-        x, target = _stack(ds, idx)
-        x, target = x.to(t.device), target.to(t.device)
-        total += train_step(t.model, t.loss, x, target, optimizer=t.optimizer, scaler=t.scaler, schedule=t.schedule,
-                            device=t.device) * len(idx)
-        count += len(idx)
-    return total / max(count, 1)
+    order = _epoch_batches(len(ds), batch_size, np.random.default_rng([seed, epoch]))
+    return train_epoch(t, (_stack(ds, idx) for idx in order))
 
 
-@torch.no_grad()
-def _logits(t: _Trainer, ds: MrdImageDataset, *, batch_size: int) -> np.ndarray:
-    t.model.eval()
-    out = []
+def _image_batches(ds: MrdImageDataset, batch_size: int) -> Iterator[torch.Tensor]:
     for start in range(0, len(ds), batch_size):
-        x, _ = _stack(ds, range(start, min(start + batch_size, len(ds))))
-        with _autocast(t.device):
-            out.append(t.model(x.to(t.device)).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        yield _stack(ds, range(start, min(start + batch_size, len(ds))))[0]
 
 
-def _val_loss(t: _Trainer, logits: np.ndarray, y: np.ndarray) -> float:
-    z = torch.from_numpy(logits.astype(np.float32)).to(t.device)
-    return float(t.loss(z, torch.from_numpy(y.astype(np.float32)).to(t.device)))
+def _logits(t: Trainer, ds: MrdImageDataset, *, batch_size: int) -> np.ndarray:
+    return collect_logits(t.model, _image_batches(ds, batch_size), device=t.device)
 
 
-@dataclass(frozen=True)
-class _Data:
+def _val_loss(t: Trainer, logits: np.ndarray, y: np.ndarray) -> float:
+    return loss_value(t.loss, logits, torch.from_numpy(y.astype(np.float32)), t.device)
+
+
+def _steps(n: int, spec: TrainSpec) -> int:
+    """Optimiser steps of ``max_epochs`` epochs over ``n`` samples (what the cosine schedule spans)."""
+    return spec.max_epochs * len(batch_slices(n, spec.batch_size))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingData:
     """The labelled cached samples and their truth, patients and timepoints."""
 
     samples: list[CachedSample]
@@ -212,64 +127,69 @@ class _Data:
 
     @property
     def y(self) -> np.ndarray:
+        """Truth per sample, 0/1."""
         return np.array([s.label for s in self.samples], dtype=np.int64)
 
     @property
     def groups(self) -> np.ndarray:
+        """Patient per sample (the sample itself where no patient is given): the unit of the folds."""
         return np.array([s.patient_id or f"sample:{s.sample_id}" for s in self.samples])
 
     @property
     def timepoints(self) -> np.ndarray:
+        """Timepoint per sample."""
         return np.array([s.timepoint for s in self.samples])
 
     def dataset(self, index: np.ndarray, pipeline: Pipeline, raster: Any, *, train: bool, seed: int) -> MrdImageDataset:
+        """The images of samples ``index`` (augmented when ``train``)."""
         spec = pipeline.model.train
         return MrdImageDataset([self.samples[i] for i in index], extent=self.extent, raster=raster, train=train,
                                copies=spec.augment_copies, jitter=spec.intensity_jitter, seed=seed)
 
 
-def fit_fold(data: _Data, fold: FoldResult, pipeline: Pipeline, raster: Any, *, device: torch.device,
+def fit_fold(data: TrainingData, fold: FoldResult, pipeline: Pipeline, raster: Any, *, device: torch.device,
              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FoldResult:
     """Train one fold with early stopping; keep the validation logits of the best epoch."""
     spec = pipeline.model.train
     seed = spec.seed * 1000 + fold.fold
     y = data.y
+    y_val = y[fold.val_index]
     train_ds = data.dataset(fold.train_index, pipeline, raster, train=True, seed=seed)
     val_ds = data.dataset(fold.val_index, pipeline, raster, train=False, seed=seed)
-    steps = spec.max_epochs * len(_batches(len(train_ds), spec.batch_size, np.random.default_rng(0)))
-    t = _make_trainer(pipeline, data.in_channels, y[fold.train_index], steps=steps, seed=seed, device=device)
-    since_best = 0
-    for epoch in range(1, spec.max_epochs + 1):
-        train_loss = _train_one_epoch(t, train_ds, epoch=epoch, batch_size=spec.batch_size, seed=seed)
-        logits = _logits(t, val_ds, batch_size=spec.batch_size)
-        val_loss = _val_loss(t, logits, y[fold.val_index])
-        rec = {"fold": fold.fold, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               "val_auc": roc_auc(y[fold.val_index], logits)}
-        fold.history.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()})
-        if on_epoch is not None:
-            on_epoch(rec)
-        if val_loss < fold.best_val_loss:
-            fold.best_epoch, fold.best_val_loss, fold.val_logits, since_best = epoch, val_loss, logits, 0
-        else:
-            since_best += 1
-            if since_best >= spec.patience:
-                break
+    with seeded(seed, device):
+        t = _make_trainer(pipeline, data.in_channels, y[fold.train_index], steps=_steps(len(train_ds), spec),
+                          device=device)
+        result = fit(max_epochs=spec.max_epochs, patience=spec.patience,
+                     train_epoch=lambda epoch: _train_one_epoch(t, train_ds, epoch=epoch, batch_size=spec.batch_size,
+                                                                seed=seed),
+                     validate=lambda: _logits(t, val_ds, batch_size=spec.batch_size),
+                     val_loss=lambda logits: _val_loss(t, logits, y_val),
+                     describe=lambda epoch, train_loss, val_loss, logits, seconds: {
+                         "fold": fold.fold, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                         "val_auc": roc_auc(y_val, logits)},
+                     on_epoch=on_epoch)
+    fold.history = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
+                    for rec in result.history]
+    fold.best_epoch, fold.best_val_loss = result.stop.best_epoch, result.stop.best_loss
+    if result.stop.best_epoch:
+        fold.val_logits = result.best_logits
     return fold
 
 
-def train_epochs(data: _Data, pipeline: Pipeline, raster: Any, *, epochs: int, device: torch.device,
+def train_epochs(data: TrainingData, pipeline: Pipeline, raster: Any, *, epochs: int, device: torch.device,
                  on_epoch: Callable[[dict[str, Any]], None] | None = None, fold_id: int = -1) -> nn.Module:
     """Train on every sample for ``epochs`` epochs (the cosine schedule still spans ``max_epochs``)."""
     spec = pipeline.model.train
     seed = spec.seed * 1000 + 999
     index = np.arange(len(data.samples))
     ds = data.dataset(index, pipeline, raster, train=True, seed=seed)
-    steps = spec.max_epochs * len(_batches(len(ds), spec.batch_size, np.random.default_rng(0)))
-    t = _make_trainer(pipeline, data.in_channels, data.y, steps=steps, seed=seed, device=device)
-    for epoch in range(1, epochs + 1):
-        loss = _train_one_epoch(t, ds, epoch=epoch, batch_size=spec.batch_size, seed=seed)
-        if on_epoch is not None:
-            on_epoch({"fold": fold_id, "epoch": epoch, "train_loss": loss, "val_loss": float("nan"), "val_auc": float("nan")})
+    with seeded(seed, device):
+        t = _make_trainer(pipeline, data.in_channels, data.y, steps=_steps(len(ds), spec), device=device)
+        for epoch in range(1, epochs + 1):
+            loss = _train_one_epoch(t, ds, epoch=epoch, batch_size=spec.batch_size, seed=seed)
+            if on_epoch is not None:
+                on_epoch({"fold": fold_id, "epoch": epoch, "train_loss": loss, "val_loss": float("nan"),
+                          "val_auc": float("nan")})
     return t.model.eval()
 
 
@@ -279,7 +199,7 @@ def _labelled(rows: Sequence[ManifestRow]) -> tuple[list[ManifestRow], list[str]
 
 
 def _load_data(rows: Sequence[ManifestRow], reference: Reference, pipeline: Pipeline, *, cache_dir: Path,
-               backend: str, show_progress: bool) -> tuple[_Data, dict[str, str]]:
+               backend: str, show_progress: bool) -> tuple[TrainingData, dict[str, str]]:
     from ..cliutil import progress
     from .record import expected_channels
 
@@ -291,10 +211,11 @@ def _load_data(rows: Sequence[ManifestRow], reference: Reference, pipeline: Pipe
     samples = [cache.get(r.sample_id) for r in rows if r.sample_id not in failed]
     samples = [dataclasses.replace(s, label=label_value(r.label), patient_id=r.patient_id, timepoint=r.timepoint)
                for s, r in zip(samples, [r for r in rows if r.sample_id not in failed])]
-    return _Data(samples, reference.extent, expected_channels(reference.raster, reference.markers)), failed
+    return TrainingData(samples=samples, extent=reference.extent,
+                        in_channels=expected_channels(reference.raster, reference.markers)), failed
 
 
-def _cv(data: _Data, pipeline: Pipeline, raster: Any, *, folds: int, device: torch.device,
+def _cv(data: TrainingData, pipeline: Pipeline, raster: Any, *, folds: int, device: torch.device,
         on_epoch: Callable[[dict[str, Any]], None] | None, show_progress: bool) -> list[FoldResult]:
     from ..cliutil import progress
 
@@ -309,7 +230,7 @@ def _cv(data: _Data, pipeline: Pipeline, raster: Any, *, folds: int, device: tor
                             val_loss=f"{rec['val_loss']:.3f}", val_auc=f"{rec['val_auc']:.3f}")
                 if on_epoch is not None:
                     on_epoch(rec)
-            results.append(fit_fold(data, FoldResult(k, tr, va), pipeline, raster, device=device, on_epoch=report))
+            results.append(fit_fold(data, FoldResult(fold=k, train_index=tr, val_index=va), pipeline, raster, device=device, on_epoch=report))
     return results
 
 
@@ -320,7 +241,7 @@ def _oof_logits(n: int, results: list[FoldResult]) -> tuple[np.ndarray, np.ndarr
     return logits, fold_of
 
 
-def _cv_metrics(data: _Data, logits: np.ndarray, fold_of: np.ndarray, spec: TrainSpec, *, n_boot: int
+def _cv_metrics(data: TrainingData, logits: np.ndarray, fold_of: np.ndarray, spec: TrainSpec, *, n_boot: int
                 ) -> tuple[float, float, dict[str, Any]]:
     """Temperature, threshold and the JSON-ready CV metrics from the OOF logits."""
     y = data.y
@@ -401,10 +322,10 @@ def train_model(
         raise ModelError(f"{out}: already exists; choose another --out or remove it first")
     spec = pipeline.model.train
     k = int(folds or spec.folds)
-    dev = resolve_device(device)
+    dev = torch_device(device)
     rows, unlabelled = _labelled(manifest_rows)
     cache = Path(cache_dir) if cache_dir is not None else out.with_name(out.name + "-cache")
-    backend = "gpu" if dev.type == "cuda" and _gpu_ok() else "cpu"
+    backend = "gpu" if dev.type == "cuda" and is_available("gpu") else "cpu"
     data, failed = _load_data(rows, reference, pipeline, cache_dir=cache, backend=backend, show_progress=show_progress)
     _check_classes(data)
     results = _cv(data, pipeline, reference.raster, folds=k, device=dev, on_epoch=on_epoch, show_progress=show_progress)
@@ -422,28 +343,19 @@ def train_model(
     return record
 
 
-def _gpu_ok() -> bool:
-    from ..backend import is_available
-
-    return is_available("gpu")
-
-
-def _check_classes(data: _Data) -> None:
+def _check_classes(data: TrainingData) -> None:
     y = data.y
     if y.size == 0 or y.min() == y.max():
         raise ModelError(f"training needs positive and negative samples; after leaving out failed and unlabelled "
                          f"samples there are {int(y.sum())} positive and {int(y.size - y.sum())} negative")
 
 
-def _provenance(data: _Data, results: list[FoldResult], spec: TrainSpec, folds: int, epochs: int,
+def _provenance(data: TrainingData, results: list[FoldResult], spec: TrainSpec, folds: int, epochs: int,
                 failed: dict[str, str], unlabelled: list[str], cache: Path, device: torch.device,
                 pipeline: Pipeline, seconds: float) -> dict[str, Any]:
-    from datetime import datetime, timezone
-
-    return {"trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pipeline": pipeline.name,
-            "train": dataclasses.asdict(spec), "folds": folds, "final_epochs": epochs,
-            "final_epochs_rule": "median of the folds' best epochs (lowest validation loss)",
-            "fold_results": [r.summary() for r in results], "n_samples": len(data.samples),
-            "n_patients": int(np.unique(data.groups).size), "n_positive": int(data.y.sum()),
-            "failed_samples": failed, "unlabelled_samples": unlabelled, "cache": str(cache),
-            "device": str(device), "seconds": round(seconds, 1), "torch": torch.__version__}
+    return provenance(device=device, seconds=seconds, pipeline=pipeline.name, train=dataclasses.asdict(spec),
+                      folds=folds, final_epochs=epochs,
+                      final_epochs_rule="median of the folds' best epochs (lowest validation loss)",
+                      fold_results=[r.summary() for r in results], n_samples=len(data.samples),
+                      n_patients=int(np.unique(data.groups).size), n_positive=int(data.y.sum()),
+                      failed_samples=failed, unlabelled_samples=unlabelled, cache=str(cache))

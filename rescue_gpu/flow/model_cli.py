@@ -66,7 +66,7 @@ def parse_head_spec(text: str) -> HeadSpec:
 
 @model_app.command("import")
 def import_cmd(
-    state_dict: Annotated[Path, typer.Argument(help="MrdNet state dict: .safetensors or a torch.save file (read weights_only).")],
+    state_dict: Annotated[Path, typer.Argument(help="Flow network state dict (backbone.* and head.*): .safetensors or a torch.save file (read weights_only).")],
     head: Annotated[str, typer.Option("--head", help="'hidden=256;dropout=0.3;activation=relu' or a pipeline TOML path.")],
     reference: Annotated[Path, typer.Option("--reference", help="Reference directory the model was trained with.")],
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (must not exist).")],

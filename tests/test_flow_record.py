@@ -1,4 +1,4 @@
-"""ModelRecord: save/load, sha256, compatibility checks, import of external weights, CLI."""
+"""ModelRecord (flow.record over nn.record): save/load, sha256, compatibility checks, import of external weights, CLI."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from rescue_gpu.config import HeadSpec, RasterSpec
 from rescue_gpu.errors import ConfigError, ModelError
-from rescue_gpu.model.cli import parse_head_spec, register
-from rescue_gpu.model.network import MrdNet
-from rescue_gpu.model.record import ModelRecord, expected_channels, import_state_dict
+from rescue_gpu.flow.model_cli import parse_head_spec, register
+from rescue_gpu.flow.record import ModelRecord, build_model, expected_channels, import_state_dict
+from rescue_gpu.nn.network import Network
 from rescue_gpu.projection.transform import UmapParams
 from rescue_gpu.reference.store import Reference
 
@@ -37,7 +37,7 @@ def reference() -> Reference:
 @pytest.fixture(scope="module")
 def record(reference: Reference) -> ModelRecord:
     torch.manual_seed(0)
-    return ModelRecord(model=MrdNet(in_channels=1, head=HEAD).eval(), in_channels=1, image_size=SIZE, head=HEAD,
+    return ModelRecord(model=build_model(in_channels=1, head=HEAD).eval(), in_channels=1, image_size=SIZE, head=HEAD,
                        raster=reference.raster, reference_fingerprint=reference.fingerprint, threshold=0.4,
                        temperature=1.7, metrics={"auc": 0.91}, provenance={"n_samples": 12})
 
@@ -76,7 +76,7 @@ def test_sha256_tamper_detected(tmp_path, record: ModelRecord) -> None:
 
 
 def test_sha256_follows_weights(record: ModelRecord) -> None:
-    model = MrdNet(in_channels=1, head=HEAD)
+    model = build_model(in_channels=1, head=HEAD)
     model.load_state_dict(record.model.state_dict())
     rec = ModelRecord(model=model, in_channels=1, image_size=SIZE, head=HEAD, raster=record.raster,
                       reference_fingerprint="x")
@@ -125,13 +125,13 @@ def test_probabilities_and_calls(record: ModelRecord) -> None:
     assert list(record.calls(np.array([0.1, 0.5, 0.4, 0.39999]))) == ["negative", "positive", "positive", "negative"]
 
 
-def _torchvision_style(model: MrdNet) -> dict[str, torch.Tensor]:
+def _torchvision_style(model: Network) -> dict[str, torch.Tensor]:
     return {k.removeprefix("backbone."): v.clone() for k, v in model.state_dict().items()}
 
 
 def test_import_state_dict(tmp_path, reference: Reference) -> None:
     torch.manual_seed(3)
-    src = MrdNet(in_channels=1, head=HEAD).eval()
+    src = build_model(in_channels=1, head=HEAD).eval()
     torch.save(_torchvision_style(src), tmp_path / "ext.pt")
     rec = import_state_dict(tmp_path / "ext.pt", head=HEAD, reference=reference, out=tmp_path / "m", threshold=0.3)
     assert (rec.in_channels, rec.image_size, rec.raster, rec.threshold) == (1, SIZE, reference.raster, 0.3)
@@ -142,14 +142,14 @@ def test_import_state_dict(tmp_path, reference: Reference) -> None:
 
 
 def test_import_strict_keys_listed(tmp_path, reference: Reference) -> None:
-    sd = _torchvision_style(MrdNet(in_channels=1, head=HEAD))
+    sd = _torchvision_style(build_model(in_channels=1, head=HEAD))
     del sd["layer2.0.bn1.running_var"]
     sd["head.9.weight"] = torch.zeros(1)
     torch.save(sd, tmp_path / "ext.pt")
     with pytest.raises(ModelError, match=r"missing keys \['backbone.layer2.0.bn1.running_var'\]; "
                                          r"unexpected keys \['head.9.weight'\]"):
         import_state_dict(tmp_path / "ext.pt", head=HEAD, reference=reference, out=tmp_path / "m")
-    wide = _torchvision_style(MrdNet(in_channels=1, head=HeadSpec(hidden=(64, 16))))
+    wide = _torchvision_style(build_model(in_channels=1, head=HeadSpec(hidden=(64, 16))))
     torch.save(wide, tmp_path / "wide.pt")
     with pytest.raises(ModelError, match=r"unexpected keys \['head.3.bias', 'head.3.weight', 'head.6.bias', 'head.6.weight'\]"):
         import_state_dict(tmp_path / "wide.pt", head=HeadSpec(hidden=()), reference=reference, out=tmp_path / "m")
@@ -157,7 +157,7 @@ def test_import_strict_keys_listed(tmp_path, reference: Reference) -> None:
 
 
 def test_import_channel_count_from_conv1(tmp_path, reference: Reference) -> None:
-    torch.save(_torchvision_style(MrdNet(in_channels=3, head=HEAD)), tmp_path / "rgb.pt")
+    torch.save(_torchvision_style(build_model(in_channels=3, head=HEAD)), tmp_path / "rgb.pt")
     with pytest.raises(ModelError, match="channel count 3 \\(model\\) vs 1"):
         import_state_dict(tmp_path / "rgb.pt", head=HEAD, reference=reference, out=tmp_path / "m")
 
@@ -177,7 +177,7 @@ def test_cli_import_and_export(tmp_path, reference: Reference) -> None:
     app = typer.Typer()
     register(app)
     ref_dir = reference.save(tmp_path / "ref")
-    torch.save(MrdNet(in_channels=1, head=HEAD).state_dict(), tmp_path / "ext.pt")
+    torch.save(build_model(in_channels=1, head=HEAD).state_dict(), tmp_path / "ext.pt")
     runner = CliRunner()
     res = runner.invoke(app, ["model", "import", str(tmp_path / "ext.pt"), "--head", "hidden=32;dropout=0.1",
                               "--reference", str(ref_dir), "--out", str(tmp_path / "m")])
@@ -241,7 +241,7 @@ def _as_format_1(path) -> None:
 def test_format_1_model_loads_with_a_warning_then_upgrades(tmp_path, record: ModelRecord) -> None:
     import warnings
 
-    from rescue_gpu.records import RecordFormatWarning
+    from rescue_gpu.artifacts import RecordFormatWarning
 
     path = record.save(tmp_path / "m")
     _as_format_1(path)

@@ -1,14 +1,17 @@
-"""Classification metrics for MRD calls, with patient-level bootstrap intervals.
+"""Classification metrics: binary calls (with patient-level bootstrap intervals) and multi-class labels.
 
 Everything here is plain numpy (scikit-learn serves as the independent peer in the
 tests). Conventions:
 
-- ``y`` holds the truth as 0/1 (1 = MRD-positive), ``p`` the scores (higher = more
+- Binary: ``y`` holds the truth as 0/1 (1 = MRD-positive), ``p`` the scores (higher = more
   likely positive); a call is positive when ``p >= threshold``.
 - A metric that is undefined on the data at hand (sensitivity without positives,
   AUC with one class) is ``nan`` in arrays and ``None`` in JSON records.
 - Intervals resample *patients* with replacement (all samples of a drawn patient come
   along), because samples of one patient are not independent.
+- Multi-class: ``y_true`` and ``y_pred`` hold class indices ``0..K-1``; macro averages
+  leave undefined entries out (as scikit-learn does with ``zero_division=np.nan``), and
+  balanced accuracy is the mean recall over the classes present in the truth.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import numpy as np
 __all__ = [
     "Interval", "confusion", "sensitivity", "specificity", "f1_score", "roc_curve", "roc_auc", "pr_auc",
     "binary_metrics", "choose_threshold", "bootstrap_intervals", "by_timepoint", "evaluate_predictions",
-    "plot_roc", "TIMEPOINT_ORDER",
+    "plot_roc", "TIMEPOINT_ORDER", "json_float", "safe_ratio", "confusion_matrix", "per_class_metrics", "class_indices",
 ]
 
 TIMEPOINT_ORDER = ("diagnosis", "follow-up", "control", "")
@@ -41,7 +44,7 @@ class Interval:
 
     def as_dict(self) -> dict[str, float | None]:
         """JSON-ready: ``nan`` becomes ``None``."""
-        return {"estimate": _num(self.estimate), "low": _num(self.low), "high": _num(self.high)}
+        return {"estimate": json_float(self.estimate), "low": json_float(self.low), "high": json_float(self.high)}
 
     def __str__(self) -> str:
         if not math.isfinite(self.estimate):
@@ -51,7 +54,8 @@ class Interval:
         return f"{self.estimate:.3f} [{self.low:.3f}, {self.high:.3f}]"
 
 
-def _num(x: float) -> float | None:
+def json_float(x: float) -> float | None:
+    """``x`` as a float, or None where it is not finite (JSON has no NaN)."""
     return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
@@ -79,26 +83,27 @@ def confusion(y: Any, calls: Any) -> dict[str, int]:
     return {"tp": int(np.sum(c & t)), "fp": int(np.sum(c & ~t)), "tn": int(np.sum(~c & ~t)), "fn": int(np.sum(~c & t))}
 
 
-def _ratio(a: int, b: int) -> float:
+def safe_ratio(a: float, b: float) -> float:
+    """``a / b``, NaN where ``b`` is 0."""
     return a / b if b else float("nan")
 
 
 def sensitivity(y: Any, calls: Any) -> float:
     """TP / (TP + FN); ``nan`` without positives."""
     c = confusion(y, calls)
-    return _ratio(c["tp"], c["tp"] + c["fn"])
+    return safe_ratio(c["tp"], c["tp"] + c["fn"])
 
 
 def specificity(y: Any, calls: Any) -> float:
     """TN / (TN + FP); ``nan`` without negatives."""
     c = confusion(y, calls)
-    return _ratio(c["tn"], c["tn"] + c["fp"])
+    return safe_ratio(c["tn"], c["tn"] + c["fp"])
 
 
 def f1_score(y: Any, calls: Any) -> float:
     """2 TP / (2 TP + FP + FN); ``nan`` when there are no positives and no positive calls."""
     c = confusion(y, calls)
-    return _ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
+    return safe_ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
 
 
 def _cumulative(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -321,3 +326,57 @@ def plot_roc(y: Any, p: Any, path: str | Path, *, threshold: float | None = None
     finally:
         plt.close(fig)
     return out
+
+
+# --------------------------------------------------------------------------- multi-class
+
+def class_indices(y: Any, k: int, name: str) -> np.ndarray:
+    """``y`` as int64 class indices, checked to lie in ``0..k-1`` (``name`` in the ValueError)."""
+    y = np.asarray(y).ravel()
+    if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k):
+        raise ValueError(f"{name} must hold class indices 0..{k - 1}")
+    return y.astype(np.int64)
+
+
+def confusion_matrix(y_true: Any, y_pred: Any, *, n_classes: int) -> np.ndarray:
+    """``(K, K)`` counts: row = true class, column = predicted class."""
+    t, p = class_indices(y_true, n_classes, "y_true"), class_indices(y_pred, n_classes, "y_pred")
+    if t.shape != p.shape:
+        raise ValueError(f"y_true and y_pred must have the same length (got {t.size} and {p.size})")
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+
+
+def per_class_metrics(y_true: Any, y_pred: Any, *, classes: Sequence[str]) -> dict[str, Any]:
+    """Precision, recall, F1 and support per class, plus accuracy, balanced accuracy and macro F1.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        Class indices ``0..K-1`` per cell.
+    classes
+        The ``K`` class names, in index order.
+
+    Returns
+    -------
+    dict
+        ``n``, ``classes``, ``per_class`` (name -> ``precision``, ``recall``, ``f1``,
+        ``support``), ``accuracy``, ``balanced_accuracy``, ``macro_f1`` and
+        ``confusion`` (``K x K`` nested list, rows = truth). Undefined values are ``None``.
+    """
+    k = len(classes)
+    cm = confusion_matrix(y_true, y_pred, n_classes=k).astype(np.float64)
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    precision = np.array([safe_ratio(a, b) for a, b in zip(tp, predicted)])
+    recall = np.array([safe_ratio(a, b) for a, b in zip(tp, support)])
+    f1 = np.array([safe_ratio(2 * a, b + c) for a, b, c in zip(tp, support, predicted)])
+    per_class = {name: {"precision": json_float(precision[i]), "recall": json_float(recall[i]), "f1": json_float(f1[i]),
+                        "support": int(support[i])} for i, name in enumerate(classes)}
+    n = cm.sum()
+    return {"n": int(n), "classes": list(classes), "per_class": per_class,
+            "accuracy": json_float(safe_ratio(tp.sum(), n)), "balanced_accuracy": json_float(_nanmean(recall)),
+            "macro_f1": json_float(_nanmean(f1)), "confusion": cm.astype(np.int64).tolist()}
+
+
+def _nanmean(a: np.ndarray) -> float:
+    ok = a[np.isfinite(a)]
+    return float(ok.mean()) if ok.size else float("nan")

@@ -1,4 +1,4 @@
-"""Array-module and device choice: one code path for numpy (CPU) and cupy (GPU).
+"""The device, decided in one place: array module (numpy/cupy) and torch device.
 
 Stage kernels take an array module ``xp`` and never import cupy themselves. The
 backend is resolved once, at the edge, from ``"auto" | "cpu" | "gpu"``; a fall-back
@@ -7,11 +7,13 @@ silent, and ``"gpu"`` without a usable GPU is a :class:`~rescue_gpu.errors.Backe
 
 Every "is there a GPU" question goes through one decision, :func:`choose_backend`:
 :func:`resolve_backend` asks it about cupy (the array backend), :func:`torch_device`
-about torch (the network's device; :func:`rescue_gpu.engine.resolve_device` and
-:func:`rescue_gpu.model.train.resolve_device` are this function), and
-:func:`plan_run_device` about both, for a scoring run: the client resolves the backend,
-engine kind and precision once into a :class:`DevicePlan`, and the workers are given
-the resolved values, never ``"auto"``.
+about torch (the network's device, for training and inference alike), and
+:func:`resolve_run_backend` about both, for a scoring run on this process or on the
+workers of a cluster (:func:`device_probe` of each). A run's :class:`DevicePlan` (backend,
+engine kind, precision) is composed by :func:`rescue_gpu.engine.plan_run_device`, which
+adds the engine's choices to this module's; the workers are given the resolved values,
+never ``"auto"``. This module imports neither torch nor cupy at import time and nothing
+of rescue_gpu but :mod:`rescue_gpu.errors`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from .errors import BackendError
 Backend = Literal["auto", "cpu", "gpu"]
 BACKENDS: tuple[str, ...] = ("auto", "cpu", "gpu")
 
-__all__ = ["Backend", "BACKENDS", "BackendFallbackWarning", "DevicePlan", "is_available", "choose_backend",
-           "resolve_backend", "torch_device", "device_probe", "plan_run_device", "get_xp", "array_module", "to_numpy"]
+__all__ = ["Backend", "BACKENDS", "BackendFallbackWarning", "DevicePlan", "is_available", "gpu_status",
+           "torch_status", "choose_backend", "resolve_backend", "torch_device", "device_probe", "cluster_status",
+           "resolve_run_backend", "get_xp", "array_module", "to_numpy", "is_cupy"]
 
 
 class BackendFallbackWarning(RuntimeWarning):
@@ -39,8 +42,14 @@ class BackendFallbackWarning(RuntimeWarning):
 
 
 @functools.cache
-def _gpu_status() -> tuple[bool, str]:
-    """Return (available, reason) for the cupy GPU backend; cached per process."""
+def gpu_status() -> tuple[bool, str]:
+    """Whether cupy sees a CUDA device here, and why (or why not); cached per process.
+
+    Returns
+    -------
+    tuple
+        ``(available, reason)``, e.g. ``(False, "cupy is not importable (...)")``.
+    """
     try:
         import cupy  # noqa: F401
     except Exception as exc:  # ImportError, or a broken CUDA install
@@ -59,7 +68,7 @@ def is_available(backend: str) -> bool:
     if backend == "cpu":
         return True
     if backend == "gpu":
-        return _gpu_status()[0]
+        return gpu_status()[0]
     raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
@@ -118,11 +127,17 @@ def resolve_backend(backend: str = "auto") -> Literal["cpu", "gpu"]:
     """
     if backend not in BACKENDS:  # before probing cupy
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return choose_backend(backend, _gpu_status() if backend != "cpu" else (False, ""))
+    return choose_backend(backend, gpu_status() if backend != "cpu" else (False, ""))
 
 
-def _torch_status() -> tuple[bool, str]:
-    """Return (available, reason) for torch's CUDA devices (not cached: torch caches it itself)."""
+def torch_status() -> tuple[bool, str]:
+    """Whether torch sees a CUDA device here, and why (not cached: torch caches it itself).
+
+    Returns
+    -------
+    tuple
+        ``(available, reason)``.
+    """
     import torch
 
     if torch.cuda.is_available():
@@ -147,12 +162,12 @@ def torch_device(device: str = "auto") -> Any:
         index = device.partition(":")[2]
         if index and not index.isdecimal():
             raise BackendError(f"unknown device {device!r}; choose 'auto', 'cpu', 'gpu', 'cuda' or 'cuda:N'")
-        choose_backend("gpu", _torch_status(), what="device", asked=device,
+        choose_backend("gpu", torch_status(), what="device", asked=device,
                        fix="use device='cpu' or install a CUDA build of torch on a CUDA machine")
         return torch.device("cuda", int(index) if index else torch.cuda.current_device())
     if device not in BACKENDS:
         raise BackendError(f"unknown device {device!r}; choose 'auto', 'cpu', 'gpu', 'cuda' or 'cuda:N'")
-    if choose_backend(device, _torch_status() if device == "auto" else (False, ""), what="device",
+    if choose_backend(device, torch_status() if device == "auto" else (False, ""), what="device",
                       stacklevel=4) == "cpu":
         return torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device())
@@ -166,13 +181,13 @@ def device_probe() -> dict[str, Any]:
     """
     import importlib.util
 
-    ok, reason = _gpu_status()
+    ok, reason = gpu_status()
     if ok:
-        ok, reason = _torch_status()
+        ok, reason = torch_status()
     return {"gpu": ok, "reason": reason, "tensorrt": importlib.util.find_spec("tensorrt") is not None}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DevicePlan:
     """Where and how a scoring run computes, resolved once on the client.
 
@@ -209,8 +224,24 @@ class DevicePlan:
         return f"device: {self.backend}{how}, engine {self.engine}, precision {self.precision}"
 
 
-def _cluster_status(probes: Mapping[str, Mapping[str, Any]]) -> tuple[bool, str, bool]:
-    """``(usable, reason, tensorrt)`` of a set of workers: a GPU is usable only if every worker has one."""
+def cluster_status(probes: Mapping[str, Mapping[str, Any]]) -> tuple[bool, str, bool]:
+    """Whether a set of workers can run on a GPU: only if every worker has one.
+
+    Parameters
+    ----------
+    probes
+        :func:`device_probe` of each worker, keyed by worker address.
+
+    Returns
+    -------
+    tuple
+        ``(usable, reason, tensorrt)``; ``tensorrt`` is true when every worker can import it.
+
+    Raises
+    ------
+    BackendError
+        No workers.
+    """
     if not probes:
         raise BackendError("the Dask cluster has no workers to run on; start 'dask worker' or 'dask cuda worker'")
     without = sorted(w for w, p in probes.items() if not p.get("gpu"))
@@ -223,50 +254,43 @@ def _cluster_status(probes: Mapping[str, Mapping[str, Any]]) -> tuple[bool, str,
                    f"{', ...' if len(without) > 3 else ''})"), tensorrt
 
 
-def plan_run_device(backend: str = "auto", *, engine: str = "auto", precision: str = "auto",
-                    probes: Mapping[str, Mapping[str, Any]] | None = None) -> DevicePlan:
-    """Resolve a scoring run's backend, engine kind and precision once, on the client.
+def resolve_run_backend(backend: str = "auto", *, probes: Mapping[str, Mapping[str, Any]] | None = None
+                        ) -> tuple[Literal["cpu", "gpu"], str, bool]:
+    """Resolve a scoring run's array backend and network device once, on the client.
 
     Parameters
     ----------
     backend
         ``"auto" | "cpu" | "gpu"`` (the runtime config's ``backend``).
-    engine, precision
-        The requested engine kind and precision (see :func:`rescue_gpu.engine.make_engine`).
     probes
         :func:`device_probe` of every worker of an existing cluster, keyed by worker
         address; None: this process (an in-process run or an embedded cluster).
 
     Returns
     -------
-    DevicePlan
-        Concrete values; ``"auto"`` without a GPU warns once (:class:`BackendFallbackWarning`).
+    tuple
+        ``(resolved, reason, tensorrt)``: ``"cpu"`` or ``"gpu"``, why (empty for an explicit
+        ``"cpu"``), and whether TensorRT is importable where the run computes. ``"auto"``
+        without a GPU warns once (:class:`BackendFallbackWarning`).
 
     Raises
     ------
     BackendError
         ``"gpu"`` without a usable GPU (on some worker of a cluster), ``"auto"`` on a
-        cluster whose workers disagree, an unknown name, or an engine kind that needs a GPU.
-    ModelError
-        An unknown engine kind or precision, or a precision the device or engine cannot run.
+        cluster whose workers disagree, or an unknown name.
     """
-    from .engine._common import plan_engine, plan_precision
-
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if probes is None:
         probe = device_probe() if backend != "cpu" else {"gpu": False, "reason": "", "tensorrt": False}
         ok, reason, tensorrt = bool(probe["gpu"]), str(probe["reason"]), bool(probe["tensorrt"])
     else:
-        ok, reason, tensorrt = _cluster_status(probes) if backend != "cpu" else (False, "", False)
+        ok, reason, tensorrt = cluster_status(probes) if backend != "cpu" else (False, "", False)
         if backend == "auto" and not ok and any(p.get("gpu") for p in probes.values()):
             raise BackendError(f"backend='auto' cannot choose: {reason}; pass --backend cpu, or --backend gpu "
                                "after making every worker a GPU worker")
-    resolved = choose_backend(backend, (ok, reason), stacklevel=3)
-    device_type = "cuda" if resolved == "gpu" else "cpu"
-    kind = plan_engine(engine, device_type, tensorrt=tensorrt)
-    return DevicePlan(resolved, kind, plan_precision(precision, device_type, kind), backend,
-                      reason if backend != "cpu" else "")
+    resolved = choose_backend(backend, (ok, reason), stacklevel=4)
+    return resolved, (reason if backend != "cpu" else ""), tensorrt
 
 
 def get_xp(backend: str = "auto") -> ModuleType:
@@ -276,6 +300,11 @@ def get_xp(backend: str = "auto") -> ModuleType:
 
         return cupy
     return np
+
+
+def is_cupy(a: Any) -> bool:
+    """Whether ``a`` is a cupy array (checked without importing cupy)."""
+    return type(a).__module__.split(".")[0] == "cupy"
 
 
 def array_module(*arrays: Any) -> ModuleType:

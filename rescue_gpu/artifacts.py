@@ -1,4 +1,11 @@
-"""Helpers shared by the self-describing artifacts (reference, model, run store)."""
+"""Checksummed record directories shared by every artifact (reference, weights records, run store).
+
+JSON records with a ``format`` and ``format_version`` (:func:`read_record_json`), new
+record directories (:func:`new_record_dir`), atomic JSON writes (:func:`write_json_atomic`,
+:func:`update_record_json`), sha256 of files and of a record's settings
+(:func:`file_sha256`, :func:`settings_checksum`, :func:`check_settings_checksum`, with the
+version-1 migration warning :class:`RecordFormatWarning`) and installed software versions.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ from .config import RasterSpec
 from .errors import RescueError
 
 __all__ = ["software_versions", "read_record_json", "raster_from_dict", "new_record_dir", "RecordFormatWarning",
-           "settings_checksum", "check_settings_checksum", "update_record_json"]
+           "settings_checksum", "check_settings_checksum", "update_record_json", "write_json_atomic", "file_sha256"]
 
 
 class RecordFormatWarning(UserWarning):
@@ -127,13 +134,33 @@ def check_settings_checksum(path: Path, meta: Mapping[str, Any], computed: str, 
                     f"{computed[:12]}... now): the file was edited after it was written; {fix}")
 
 
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` via a temporary file renamed over it.
+
+    Raises
+    ------
+    OSError
+        The folder is not writable or the disk is full (the old file, if any, is left as it was).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path, *, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def update_record_json(path: Path, changes: Mapping[str, Any], *, error: type[RescueError]) -> None:
     """Set keys of a JSON record in place (written to a temporary file, then renamed over it)."""
     try:
         meta = json.loads(path.read_text())
         meta.update(changes)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, path)
+        write_json_atomic(path, meta)
     except (OSError, json.JSONDecodeError) as exc:
         raise error(f"{path}: cannot update ({exc.__class__.__name__}: {exc})") from None

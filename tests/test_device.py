@@ -1,11 +1,12 @@
-"""Backend choice: explicit errors for an unavailable GPU, a warning on auto fall-back."""
+"""Device choice (rescue_gpu.device, and the run plan of rescue_gpu.engine.plan_run_device): explicit errors for an unavailable GPU, a warning on auto fall-back."""
 
 import warnings
 
 import numpy as np
 import pytest
 
-from rescue_gpu import backend
+from rescue_gpu import device as backend
+from rescue_gpu.engine import plan_run_device
 from rescue_gpu.errors import BackendError
 from tests.conftest import HAS_GPU
 
@@ -52,11 +53,9 @@ NO_TORCH_GPU = pytest.mark.skipif(HAS_GPU or __import__("torch").cuda.is_availab
 
 @NO_TORCH_GPU
 def test_every_gpu_question_shares_one_decision_and_error_type():
-    from rescue_gpu.engine import resolve_device as engine_device
-    from rescue_gpu.model.train import resolve_device as train_device
+    train_device = backend.torch_device  # training and inference share the one torch-device decision
 
-    for ask in (backend.resolve_backend, engine_device, train_device, backend.torch_device,
-                lambda d: backend.plan_run_device(d)):
+    for ask in (backend.resolve_backend, backend.torch_device, lambda d: plan_run_device(d)):
         with pytest.raises(BackendError, match="'gpu' was requested but"):
             ask("gpu")
         with pytest.raises(BackendError, match="unknown"):
@@ -83,19 +82,19 @@ def test_choose_backend_is_the_rule():
 def test_cpu_plan_is_concrete_and_silent():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plan = backend.plan_run_device("cpu")
+        plan = plan_run_device("cpu")
         assert plan.record() == {"backend": "cpu", "engine": "torch", "precision": "fp32"}
-        assert backend.plan_run_device("cpu", engine="onnx").record()["precision"] == "fp32"
+        assert plan_run_device("cpu", engine="onnx").record()["precision"] == "fp32"
     assert "device: cpu, engine torch, precision fp32" in plan.describe()
     with pytest.raises(BackendError, match="needs a CUDA device"):
-        backend.plan_run_device("cpu", engine="tensorrt")
+        plan_run_device("cpu", engine="tensorrt")
 
 
 @pytest.mark.skipif(HAS_GPU, reason="needs a machine without a GPU")
 def test_auto_plan_warns_exactly_once_and_says_so():
     with warnings.catch_warnings(record=True) as got:
         warnings.simplefilter("always")
-        plan = backend.plan_run_device("auto")
+        plan = plan_run_device("auto")
     assert [w.category for w in got] == [backend.BackendFallbackWarning]
     assert plan.backend == "cpu" and plan.engine == "torch" and plan.precision == "fp32"
     assert "auto fell back to the CPU" in plan.describe()
@@ -106,20 +105,20 @@ def test_plan_from_worker_probes():
     cpu = {"gpu": False, "reason": "cupy is not importable", "tensorrt": False}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        plan = backend.plan_run_device("auto", probes={"w1": gpu, "w2": gpu})
+        plan = plan_run_device("auto", probes={"w1": gpu, "w2": gpu})
     assert plan.record() == {"backend": "gpu", "engine": "torch", "precision": "fp16"}
     trt = {**gpu, "tensorrt": True}
-    assert backend.plan_run_device("gpu", probes={"w1": trt, "w2": trt}).engine == "tensorrt"
-    assert backend.plan_run_device("gpu", probes={"w1": trt, "w2": gpu}).engine == "torch"
+    assert plan_run_device("gpu", probes={"w1": trt, "w2": trt}).engine == "tensorrt"
+    assert plan_run_device("gpu", probes={"w1": trt, "w2": gpu}).engine == "torch"
     with pytest.warns(backend.BackendFallbackWarning, match="no worker has a usable GPU"):
-        assert backend.plan_run_device("auto", probes={"w1": cpu}).backend == "cpu"
+        assert plan_run_device("auto", probes={"w1": cpu}).backend == "cpu"
     with pytest.raises(BackendError, match="1 of 2 workers have no usable GPU"):
-        backend.plan_run_device("auto", probes={"w1": gpu, "w2": cpu})
+        plan_run_device("auto", probes={"w1": gpu, "w2": cpu})
     with pytest.raises(BackendError, match="backend='gpu' was requested but 1 of 2 workers"):
-        backend.plan_run_device("gpu", probes={"w1": gpu, "w2": cpu})
-    assert backend.plan_run_device("cpu", probes={"w1": gpu}).backend == "cpu"
+        plan_run_device("gpu", probes={"w1": gpu, "w2": cpu})
+    assert plan_run_device("cpu", probes={"w1": gpu}).backend == "cpu"
     with pytest.raises(BackendError, match="no workers"):
-        backend.plan_run_device("auto", probes={})
+        plan_run_device("auto", probes={})
 
 
 @pytest.mark.skipif(HAS_GPU, reason="needs a machine without a GPU")
