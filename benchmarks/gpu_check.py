@@ -8,8 +8,14 @@ Stages, each a subprocess with its own time limit (the whole run stays under
 ``--budget-s``, default 450 s, well inside the 8-minute rule):
 
 1. ``install``  -- ``pip install --no-index --no-deps --target /tmp/site .whl/*.whl`` when
-   ``.whl/`` holds wheels (fetch them beforehand with ../shared/gpu/fetch-wheels.sh);
-2. ``env``      -- versions and the device (python, numpy, numba, numba-cuda, cupy, torch);
+   ``.whl/`` holds wheels. Fetch them beforehand, on a machine with network, with the
+   packages our runtime and tests need beyond the script's default set::
+
+       bash ../shared/gpu/fetch-wheels.sh rich markdown-it-py mdurl pygments safetensors \
+           array-api-strict hypothesis sortedcontainers pytest-timeout tifffile
+
+2. ``env``      -- versions, the device, and every import that fails (one look shows
+   what is missing before the tests run);
 3. ``tests``    -- ``pytest -m "gpu or gpusim"`` on the real device (real numba.cuda
    kernels, cupy, CUDA torch: fp16/bf16 parity, CUDA graphs, torch.compile);
 4. ``projection`` -- events/s of ``transform(backend="gpu")`` on ``--events`` (1.5 M)
@@ -199,7 +205,7 @@ def _stage_cmd(name: str, args: argparse.Namespace) -> list[str]:
                 "--no-cache-dir", "--upgrade", "--target", str(args.site), *wheels]
     if name == "tests":
         return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu or gpusim",
-                f"--junitxml={args.out / 'junit.xml'}", "tests"]
+                "--continue-on-collection-errors", f"--junitxml={args.out / 'junit.xml'}", "tests"]
     params = {k: getattr(args, k) for k in ("events", "ref_events", "dims", "image", "batch", "cohort_samples",
                                             "cohort_events", "worker_list", "cpu")}
     return [sys.executable, str(Path(__file__).resolve()), "--stage", name, "--params", json.dumps(params)]
@@ -271,6 +277,14 @@ def stage_env(p: dict[str, Any]) -> dict[str, Any]:
             res[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             res[pkg] = None
+    missing = {}
+    for mod in ("rescue_gpu.projection._cuda", "rescue_gpu.engine", "rescue_gpu.config", "cupy", "dask_cuda",
+                "distributed", "umap", "zarr", "flowio", "rich", "safetensors", "array_api_strict", "hypothesis"):
+        try:
+            __import__(mod)
+        except Exception as e:  # noqa: BLE001 - report every missing piece at once
+            missing[mod] = f"{e.__class__.__name__}: {e}"[:200]
+    res["import_errors"] = missing
     try:
         import torch
 
