@@ -89,3 +89,27 @@ def test_cpu_mode_runs_the_throughput_stages(tmp_path: Path) -> None:
     f = rep["figures"]
     assert f["projection.events"] == 600 and f["projection.events_per_s"] > 0
     assert f["resnet.resnet34_32_fp32_images_per_s"] > 0 and f["resnet.resnet34_32_bf16_max_dp"] <= 1e-2
+
+
+def test_ci_wiring_runs_the_simulator_tests() -> None:
+    """`make test` runs the gpusim module in its own process under the simulator; the main run deselects it."""
+    make = (ROOT / "Makefile").read_text()
+    test_recipe = make.split("\ntest: install\n", 1)[1].split("\n\n", 1)[0]
+    assert "$(PY) -m pytest -q || rc=1" in test_recipe
+    assert "NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m gpusim tests/test_gpusim.py || rc=1" in test_recipe
+    assert "exit $$rc" in test_recipe
+    assert "benchmarks/gpu_check.py" in make.split("\ngpu-check:", 1)[1].split("\n\n", 1)[0]
+    py = (ROOT / "pyproject.toml").read_text()
+    assert "-m 'not gpusim'" in py and '"gpusim:' in py
+
+
+def test_one_kernel_source() -> None:
+    """The CPU dispatchers are compiled from the registered per-event sources; the CUDA C copy is gone."""
+    from rescue_gpu.projection import _kernels, fuzzy, neighbors, sgd
+
+    assert not (ROOT / "rescue_gpu" / "projection" / "_cupy_kernels.py").exists()
+    assert {"merge_tile_row", "pair_distance", "resort_row", "smooth_row", "edge_weight", "init_row",
+            "layout_event", "rand_below"} <= set(_kernels.SOURCES)
+    for mod, name in ((neighbors, "pair_distance"), (neighbors, "resort_row"), (fuzzy, "smooth_row"),
+                      (fuzzy, "init_row"), (sgd, "layout_event"), (sgd, "rand_below")):
+        assert getattr(mod, name).py_func is _kernels.SOURCES[name]

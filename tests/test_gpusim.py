@@ -225,3 +225,14 @@ def test_too_many_neighbours_raise(xp, cuda_mod) -> None:
 def test_empty_events(reference, xp, cuda_mod) -> None:
     out = _gpu(reference, np.empty((0, 9), np.float32), xp)
     assert out.shape == (0, 2)
+
+
+def test_device_functions_are_the_cpu_source(cuda_mod) -> None:
+    """Each device function runs the very code object numba.njit compiles for the CPU."""
+    from rescue_gpu.projection import _kernels
+
+    dev = _kernels.device_functions()
+    assert set(dev) == set(_kernels.SOURCES)
+    for name, fn in dev.items():
+        py = getattr(fn, "py_func", None) or getattr(fn, "fn", None) or getattr(fn, "_func", None)
+        assert py is not None and py.__code__ is _kernels.SOURCES[name].__code__, name

@@ -22,6 +22,7 @@ from ._kernels import event_key, layout_event, rand_below
 
 __all__ = ["event_key", "rand_below", "edge_schedule", "optimize_layout"]
 
+
 def edge_schedule(weights: np.ndarray, n_epochs: int) -> np.ndarray:
     """Epochs per sample of each edge after umap-learn's transform-time pruning.
 
