@@ -6,7 +6,10 @@ PY     := $(VENV)/bin/python
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo-out
 
-.PHONY: install test demo bench clean
+# gpu-check: the one-shot check on the GPU machine (see ../shared/GPU.md); results under $(GPU_OUT).
+GPU_OUT ?= $(if $(OUT),$(OUT),gpu-check-out)
+
+.PHONY: install test test-main test-gpusim demo bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -17,8 +20,23 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PINS)
 	touch $@
 
+# Two pytest processes: the main run (gpusim deselected by addopts) and the GPU kernels in
+# numba's CUDA simulator. Both always run; the target fails if either fails.
 test: install
+	@rc=0; \
+	$(PY) -m pytest -q || rc=1; \
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m gpusim tests/test_gpusim.py || rc=1; \
+	exit $$rc
+
+test-main: install
 	$(PY) -m pytest -q
+
+test-gpusim: install
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m gpusim tests/test_gpusim.py
+
+# No install step: the GPU machine has no network (wheels from .whl/, see GPU.md).
+gpu-check:
+	PYTHONUNBUFFERED=1 $(PYTHON) benchmarks/gpu_check.py --out $(GPU_OUT)
 
 demo: install
 	$(VENV)/bin/rescue demo --out $(DEMO_OUT)
@@ -33,4 +51,4 @@ bench: install
 	$(PY) benchmarks/bench_cells.py --e2e
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache gpu-check-out

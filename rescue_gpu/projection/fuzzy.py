@@ -11,50 +11,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._kernels import MIN_K_DIST_SCALE, SMOOTH_K_TOLERANCE, edge_weight, init_row, smooth_row
+
 __all__ = ["SMOOTH_K_TOLERANCE", "MIN_K_DIST_SCALE", "smooth_knn_dist", "membership_strengths", "init_embedding"]
 
-SMOOTH_K_TOLERANCE = 1e-5
-MIN_K_DIST_SCALE = 1e-3
-_FLOATMAX = np.finfo(np.float32).max
-
-
-@numba.njit(cache=True)
-def _rho(row: np.ndarray, local_connectivity: float) -> np.float32:
-    """Distance to the ``local_connectivity``-th nearest non-zero neighbour (interpolated)."""
-    nz = row[row > 0.0]
-    rho = np.float32(0.0)
-    if nz.shape[0] >= local_connectivity:
-        index = int(np.floor(local_connectivity))
-        interpolation = local_connectivity - index
-        if index > 0:
-            rho = nz[index - 1]
-            if interpolation > SMOOTH_K_TOLERANCE:
-                rho += np.float32(interpolation * (nz[index] - nz[index - 1]))
-        elif nz.shape[0] > 0:
-            rho = np.float32(interpolation * nz[0])
-    elif nz.shape[0] > 0:
-        rho = np.max(nz)
-    return rho
-
-
-@numba.njit(cache=True)
-def _sigma(row: np.ndarray, rho: np.float32, target: float, n_iter: int) -> float:
-    """Binary search for the bandwidth whose membership sum (from the 2nd neighbour) is ``target``."""
-    lo, hi, mid = 0.0, np.inf, 1.0
-    for _ in range(n_iter):
-        psum = 0.0
-        for j in range(1, row.shape[0]):
-            d = row[j] - rho
-            psum += np.exp(-(d / mid)) if d > 0 else 1.0
-        if np.fabs(psum - target) < SMOOTH_K_TOLERANCE:
-            break
-        if psum > target:
-            hi = mid
-            mid = (lo + hi) / 2.0
-        else:
-            lo = mid
-            mid = mid * 2 if hi >= _FLOATMAX else (lo + hi) / 2.0
-    return mid
 
 
 @numba.njit(parallel=True, cache=True)
@@ -85,13 +45,9 @@ def smooth_knn_dist(
     n = dists.shape[0]
     sigmas = np.zeros(n, dtype=np.float32)
     rhos = np.zeros(n, dtype=np.float32)
+    kk = dists.shape[1]
     for i in numba.prange(n):
-        row = dists[i]
-        rho = _rho(row, local_connectivity)
-        sig = np.float32(_sigma(row, rho, target, n_iter))
-        floor = MIN_K_DIST_SCALE * (np.mean(row) if rho > 0.0 else mean_distances)
-        if sig < floor:
-            sig = np.float32(floor)
+        sig, rho = smooth_row(dists[i], kk, local_connectivity, target, n_iter, mean_distances)
         rhos[i] = rho
         sigmas[i] = sig
     return sigmas, rhos
@@ -117,41 +73,8 @@ def membership_strengths(idx: np.ndarray, dists: np.ndarray, sigmas: np.ndarray,
     w = np.zeros((n, k), dtype=np.float32)
     for i in numba.prange(n):
         for j in range(k):
-            if idx[i, j] < 0:
-                continue
-            d = dists[i, j] - rhos[i]
-            if d <= 0.0 or sigmas[i] == 0.0:
-                w[i, j] = 1.0
-            else:
-                w[i, j] = np.exp(-(d / sigmas[i]))
+            w[i, j] = edge_weight(idx[i, j], dists[i, j], rhos[i], sigmas[i])
     return w
-
-
-@numba.njit(cache=True)
-def _init_row(idx_row: np.ndarray, w_row: np.ndarray, embedding: np.ndarray, out: np.ndarray) -> None:
-    """Weighted mean of the neighbours' coordinates; a weight of exactly 1 snaps to that neighbour.
-
-    Among several weight-1 neighbours umap-learn takes the lowest reference index
-    (its CSR row is sorted by column); no usable neighbour gives NaN.
-    """
-    total = np.float32(0.0)
-    snap = -1
-    for j in range(idx_row.shape[0]):
-        if idx_row[j] >= 0 and w_row[j] > 0.0:
-            total += w_row[j]
-            if w_row[j] == 1.0 and (snap < 0 or idx_row[j] < snap):
-                snap = idx_row[j]
-    if snap >= 0:
-        out[:] = embedding[snap]
-        return
-    if total == 0.0:
-        out[:] = np.nan
-        return
-    out[:] = 0.0
-    for j in range(idx_row.shape[0]):
-        if idx_row[j] >= 0 and w_row[j] > 0.0:
-            for c in range(out.shape[0]):
-                out[c] += w_row[j] / total * embedding[idx_row[j], c]
 
 
 @numba.njit(parallel=True, cache=True)
@@ -172,5 +95,5 @@ def init_embedding(idx: np.ndarray, weights: np.ndarray, embedding: np.ndarray) 
     """
     out = np.empty((idx.shape[0], embedding.shape[1]), dtype=np.float32)
     for i in numba.prange(idx.shape[0]):
-        _init_row(idx[i], weights[i], embedding, out[i])
+        init_row(idx[i], weights[i], idx.shape[1], embedding, out[i])
     return out

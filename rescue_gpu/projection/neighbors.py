@@ -1,7 +1,7 @@
 """Exact euclidean k-nearest neighbours of new events among a reference's training events.
 
 Two CPU methods (a KD-tree and a fused brute-force scan with a streaming top-k) and one GPU
-method (tiled cupy GEMM with a streaming top-k raw kernel). All return the neighbours
+method (tiled cupy GEMM with a streaming top-k numba.cuda kernel). All return the neighbours
 of each event sorted by increasing distance, distances recomputed directly as
 ``||x - y||`` in float64 and stored as float32 (the GEMM identity
 ``||x||^2 + ||y||^2 - 2 x.y`` only selects candidates).
@@ -14,6 +14,8 @@ from typing import Any, Literal
 import numba
 import numpy as np
 from scipy.spatial import cKDTree
+
+from ._kernels import insert_sorted, pair_distance, resort_row
 
 KnnMethod = Literal["kdtree", "brute"]
 
@@ -42,24 +44,8 @@ def exact_distances(events: np.ndarray, train: np.ndarray, idx: np.ndarray) -> n
     out = np.empty((n, k), dtype=np.float32)
     for i in numba.prange(n):
         for j in range(k):
-            s = 0.0
-            for c in range(events.shape[1]):
-                diff = np.float64(events[i, c]) - np.float64(train[idx[i, j], c])
-                s += diff * diff
-            out[i, j] = np.float32(np.sqrt(s))
+            out[i, j] = pair_distance(events, i, train, idx[i, j])
     return out
-
-
-@numba.njit(inline="always", cache=True)
-def _insert(best_d: np.ndarray, best_i: np.ndarray, v: float, j: int) -> None:
-    """Insert ``(v, j)`` into a sorted top-k list whose last entry ``v`` beats."""
-    p = best_d.shape[0] - 1
-    while p > 0 and best_d[p - 1] > v:
-        best_d[p] = best_d[p - 1]
-        best_i[p] = best_i[p - 1]
-        p -= 1
-    best_d[p] = v
-    best_i[p] = j
 
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
@@ -86,22 +72,16 @@ def _knn_brute_kernel(x: np.ndarray, train_t: np.ndarray, yy: np.ndarray, k: int
                     acc[j] += xc * row[j]
             for j in range(m):
                 if acc[j] < best_d[k - 1]:
-                    _insert(best_d, best_i, acc[j], c0 + j)
+                    insert_sorted(best_d, best_i, k, acc[j], c0 + j)
         out[i] = best_i
     return out
 
 
 @numba.njit(parallel=True, cache=True)
 def _resort(dist: np.ndarray, idx: np.ndarray) -> None:
-    """Sort each row by (distance, index) in place: stable insertion sort, rows are short."""
+    """Sort each row by (distance, index) in place."""
     for i in numba.prange(dist.shape[0]):
-        for j in range(1, dist.shape[1]):
-            dv, iv = dist[i, j], idx[i, j]
-            p = j
-            while p > 0 and (dist[i, p - 1] > dv or (dist[i, p - 1] == dv and idx[i, p - 1] > iv)):
-                dist[i, p], idx[i, p] = dist[i, p - 1], idx[i, p - 1]
-                p -= 1
-            dist[i, p], idx[i, p] = dv, iv
+        resort_row(dist[i], idx[i], dist.shape[1])
 
 
 def _knn_brute(train: np.ndarray, events: np.ndarray, k: int, tile: int = 2048) -> np.ndarray:
@@ -164,45 +144,51 @@ def knn_gpu(
     *,
     chunk_size: int = 262_144,
     tile: int = 8192,
+    xp: Any = None,
+    launch: Any = None,
 ) -> tuple[Any, Any]:
-    """Exact euclidean k-nearest neighbours on the GPU (cupy; unverified without a device).
+    """Exact euclidean k-nearest neighbours on the GPU (cupy GEMMs, numba.cuda kernels).
 
     Distances come from tiled GEMMs (``||x||^2 + ||y||^2 - 2 x.y``, one reference tile
-    at a time, never an ``n x N`` matrix) merged into running top-k lists by a raw
-    kernel, then recomputed exactly for the chosen neighbours and sorted.
+    at a time, never an ``n x N`` matrix) merged into running top-k lists by a kernel,
+    then recomputed exactly for the chosen neighbours and sorted.
 
     Parameters
     ----------
     train, events
-        cupy float32 arrays ``(N, d)`` and ``(n, d)``.
+        float32 arrays ``(N, d)`` and ``(n, d)`` of ``xp``.
     k
         Number of neighbours.
     chunk_size, tile
-        Events per block and reference events per tile.
+        Events per block and reference events per tile (neither changes the result).
+    xp
+        Array module for the GEMMs: cupy (default) or numpy under the CUDA simulator.
+    launch
+        :class:`._cuda.Launch` (threads per block, block cap); default one thread per item.
 
     Returns
     -------
     indices, distances
-        cupy ``(n, k)`` int32 and float32, each row sorted by increasing distance.
+        ``(n, k)`` int32 and float32 of ``xp``, each row sorted by increasing distance.
     """
-    import cupy as cp
+    from . import _cuda
 
-    from . import _cupy_kernels as ck
-
+    if xp is None:
+        import cupy as xp
     n = events.shape[0]
-    idx = cp.empty((n, k), dtype=cp.int32)
-    mu = train.mean(axis=0, dtype=cp.float64)
-    y = (train - mu).astype(cp.float32)
-    yy = cp.einsum("ij,ij->i", y, y)
+    idx = xp.empty((n, k), dtype=xp.int32)
+    mu = train.mean(axis=0, dtype=xp.float64)
+    y = (train - mu).astype(xp.float32)
+    yy = xp.einsum("ij,ij->i", y, y)
     for s in range(0, n, chunk_size):
-        x = (events[s : s + chunk_size] - mu).astype(cp.float32)
-        best_d = cp.full((x.shape[0], k), cp.inf, dtype=cp.float32)
-        best_i = cp.zeros((x.shape[0], k), dtype=cp.int32)
-        xx = cp.einsum("ij,ij->i", x, x)
+        x = (events[s : s + chunk_size] - mu).astype(xp.float32)
+        best_d = xp.full((x.shape[0], k), xp.inf, dtype=xp.float32)
+        best_i = xp.zeros((x.shape[0], k), dtype=xp.int32)
+        xx = xp.einsum("ij,ij->i", x, x)
         for c0 in range(0, y.shape[0], tile):
-            dot_t = cp.ascontiguousarray(y[c0 : c0 + tile] @ x.T)  # (tile, rows): coalesced reads
-            ck.topk_merge(dot_t, xx, cp.ascontiguousarray(yy[c0 : c0 + tile]), c0, best_d, best_i)
+            dot_t = xp.ascontiguousarray(y[c0 : c0 + tile] @ x.T)  # (tile, rows): coalesced reads
+            _cuda.topk_merge(dot_t, xx, xp.ascontiguousarray(yy[c0 : c0 + tile]), c0, best_d, best_i, launch=launch)
         idx[s : s + x.shape[0]] = best_i
-    dist = ck.exact_distances(events, train, idx)
-    ck.resort(dist, idx)
+    dist = _cuda.exact_distances(events, train, idx, xp=xp, launch=launch)
+    _cuda.resort(dist, idx, launch=launch)
     return idx, dist

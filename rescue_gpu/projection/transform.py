@@ -241,26 +241,35 @@ def _transform_cpu(
     )
 
 
-def _transform_gpu(reference: ReferenceLike, events: Any, *, seed: int, chunk_size: int) -> Any:
-    """The GPU pipeline: cupy GEMMs and raw kernels (unverified without a device)."""
-    import cupy as cp
+def _transform_gpu(
+    reference: ReferenceLike, events: Any, *, seed: int, chunk_size: int, xp: Any = None, launch: Any = None,
+    tile: int = 8192,
+) -> Any:
+    """The GPU pipeline: cupy GEMMs and reductions, numba.cuda kernels for the per-event math.
 
-    from . import _cupy_kernels as ck
+    ``xp`` is cupy (the default) or numpy under ``NUMBA_ENABLE_CUDASIM=1``, where the
+    kernels run in numba's CUDA simulator; ``launch`` (:class:`._cuda.Launch`) and
+    ``tile`` only change how the work is cut, never the result.
+    """
+    from . import _cuda
 
+    if xp is None:
+        import cupy as xp
     train, emb, p = _check_reference(reference)
-    train = cp.ascontiguousarray(cp.asarray(train), dtype=cp.float32)
-    emb = cp.ascontiguousarray(cp.asarray(emb), dtype=cp.float32)
-    x = _check_events(cp.asarray(events), train.shape[1], cp)
+    train = xp.ascontiguousarray(xp.asarray(train), dtype=xp.float32)
+    emb = xp.ascontiguousarray(xp.asarray(emb), dtype=xp.float32)
+    x = _check_events(xp.asarray(events), train.shape[1], xp)
     if x.shape[0] == 0:
-        return cp.empty((0, 2), dtype=cp.float32)
-    idx, dists = neighbors.knn_gpu(train, x, p.n_neighbors, chunk_size=chunk_size)
+        return xp.empty((0, 2), dtype=xp.float32)
+    idx, dists = neighbors.knn_gpu(train, x, p.n_neighbors, chunk_size=chunk_size, tile=tile, xp=xp, launch=launch)
     idx[dists >= p.disconnection_distance] = -1
     lc = max(0.0, p.local_connectivity - 1.0)
-    mean_d = float(dists.mean(dtype=cp.float64))
-    weights, init = ck.fuzzy_init(idx, dists, emb, float(p.n_neighbors), lc, mean_d)
+    mean_d = float(dists.mean(dtype=xp.float64))
+    weights, init = _cuda.fuzzy_init(idx, dists, emb, float(p.n_neighbors), lc, mean_d, xp=xp, launch=launch)
     n_epochs = transform_epochs(p, x.shape[0])
     eps = sgd.edge_schedule(weights, n_epochs)
-    return ck.layout(
+    return _cuda.layout(
         init, emb, idx, eps, n_epochs=n_epochs, a=p.a, b=p.b, gamma=p.repulsion_strength,
         initial_alpha=p.learning_rate / 4.0, negative_sample_rate=p.negative_sample_rate, seed=seed,
+        xp=xp, launch=launch,
     )

@@ -2,8 +2,9 @@
 
 The canvas extent is fixed by the reference, so every sample of a cohort lands on the
 same pixels; events outside the extent are dropped and can be counted. Every kernel is a
-scatter-add (``bincount``) written against the array module of its input, so the same
-code runs on numpy and cupy.
+scatter-add (``bincount``, the one reviewed non-standard call, see :mod:`rescue_gpu.xp`)
+written against the array API of its input, so the same code runs on numpy, cupy and
+(in tests) ``array_api_strict``. There is no custom GPU kernel here.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..device import array_module, to_numpy
+from ..device import to_numpy
 from ..errors import RasterError
+from ..xp import astype, bincount, copy, namespace
 
 __all__ = ["CHANNEL_KINDS", "Extent", "pixel_index", "count_outside", "render", "save_png"]
 
@@ -38,7 +40,7 @@ def pixel_index(coords: Any, *, extent: Extent, size: int | Sequence[int]) -> tu
     Row 0 is the top of the image (largest y), as in a plot saved as a picture.
     Returns ``(flat, inside)``; ``flat`` is only meaningful where ``inside``.
     """
-    xp = array_module(coords)
+    xp = namespace(coords)
     h, w = _shape(size)
     x0, x1, y0, y1 = (float(v) for v in extent)
     if not (x1 > x0 and y1 > y0):
@@ -47,34 +49,35 @@ def pixel_index(coords: Any, *, extent: Extent, size: int | Sequence[int]) -> tu
     col = xp.floor((c[:, 0] - x0) / (x1 - x0) * w)
     row = xp.floor((y1 - c[:, 1]) / (y1 - y0) * h)
     inside = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-    flat = xp.where(inside, row * w + col, 0).astype(xp.int64)
+    flat = astype(xp.where(inside, row * w + col, 0.0), xp.int64, xp)
     return flat, inside
 
 
 def count_outside(coords: Any, *, extent: Extent) -> int:
     """Number of events that fall outside ``extent`` (or are not finite)."""
     _, inside = pixel_index(coords, extent=extent, size=1)
-    return int(inside.size - int(inside.sum()))
+    xp = namespace(inside)
+    return int(inside.shape[0]) - int(xp.sum(astype(inside, xp.int64, xp)))
 
 
 def _counts(flat: Any, inside: Any, n_pix: int, weights: Any = None) -> Any:
-    xp = array_module(flat)
-    wts = inside.astype(xp.float64) if weights is None else xp.where(inside, weights, 0.0)
-    return xp.bincount(flat, weights=wts, minlength=n_pix)
+    xp = namespace(flat)
+    wts = astype(inside, xp.float64, xp) if weights is None else xp.where(inside, weights, 0.0)
+    return bincount(flat, wts, n_pix, xp)
 
 
 def _density(counts: Any) -> Any:
-    xp = array_module(counts)
+    xp = namespace(counts)
     d = xp.log1p(counts)
-    top = d.max() if d.size else 0.0
+    top = xp.max(d) if d.shape[0] else 0.0
     return d / top if float(top) > 0 else d
 
 
 def _dilate(occupied: Any, radius: int) -> Any:
     """Binary dilation by a disk of ``radius`` pixels (shifted ORs, no wrap-around)."""
-    xp = array_module(occupied)
+    xp = namespace(occupied)
     h, w = occupied.shape
-    out = occupied.copy()
+    out = copy(occupied, xp)
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             if (dy or dx) and dy * dy + dx * dx <= radius * radius:
@@ -84,9 +87,10 @@ def _dilate(occupied: Any, radius: int) -> Any:
 
 
 def _marker_means(flat: Any, inside: Any, counts: Any, values: Any) -> list[Any]:
-    xp = array_module(values)
-    safe = xp.maximum(counts, 1.0)
-    return [_counts(flat, inside, counts.size, values[:, j].astype(xp.float64)) / safe for j in range(values.shape[1])]
+    xp = namespace(values)
+    safe = xp.where(counts > 1.0, counts, 1.0)
+    n_pix = int(counts.shape[0])
+    return [_counts(flat, inside, n_pix, astype(values[:, j], xp.float64, xp)) / safe for j in range(values.shape[1])]
 
 
 def render(
@@ -124,7 +128,7 @@ def render(
     array
         ``(C, H, W)`` float32.
     """
-    xp = array_module(coords)
+    xp = namespace(coords)
     h, w = _shape(size)
     unknown = [c for c in channels if c not in CHANNEL_KINDS]
     if unknown or not channels:
@@ -140,10 +144,10 @@ def render(
         if kind == "density":
             planes.append(_density(counts))
         elif kind == "scatter":
-            planes.append(_dilate((counts > 0).reshape(h, w), int(point_radius)).astype(xp.float64))
+            planes.append(astype(_dilate(xp.reshape(counts > 0, (h, w)), int(point_radius)), xp.float64, xp))
         else:
             planes.extend(_marker_means(flat, inside, counts, xp.asarray(values)))
-    return xp.stack([p.reshape(h, w) for p in planes]).astype(xp.float32)
+    return astype(xp.stack([xp.reshape(p, (h, w)) for p in planes]), xp.float32, xp)
 
 
 def save_png(image: Any, path: str | Path, *, channels: Sequence[int] | None = None) -> Path:
