@@ -386,11 +386,8 @@ def _pipeline_size() -> int:
 
 
 def _score_fn() -> Any:
-    """The cohort scorer (rescue_gpu.runner after the redesign, rescue_gpu.cohort.runner before)."""
-    try:
-        from rescue_gpu.runner import ScoreOptions, score_cohort  # type: ignore[attr-defined]
-    except ImportError:
-        from rescue_gpu.cohort.runner import ScoreOptions, score_cohort
+    """The flow cohort scorer (options and entry point)."""
+    from rescue_gpu.flow.assay import ScoreOptions, score_cohort
     return ScoreOptions, score_cohort
 
 

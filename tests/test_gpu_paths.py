@@ -7,8 +7,8 @@
   errors, and a clear ``ConfigError`` when dask-cuda finds no GPU (with a stand-in
   ``dask_cuda`` module, since dask-cuda is not installed on our machines).
 
-Imports are from today's paths (``rescue_gpu.cohort.cluster``, ``rescue_gpu.engine``); the
-runner redesign moves the cluster module (see the note in the issue-13 report).
+Imports are from ``rescue_gpu.runner.cluster`` and ``rescue_gpu.engine``; the
+(they stand in for dask-cuda where it is not installed).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def test_cuda_graphs_mode_refused_without_cuda() -> None:
 
 
 def _cluster():
-    from rescue_gpu.cohort import cluster
+    from rescue_gpu.runner import cluster
 
     return cluster
 
@@ -102,8 +102,6 @@ class NVMLError_DriverNotLoaded(Exception):  # noqa: N801 - the name pynvml uses
 @pytest.mark.parametrize("exc", [NVMLError_DriverNotLoaded("Driver Not Loaded"),
                                  ValueError("Number of workers cannot be less than 1.")],
                          ids=["nvml-no-driver", "zero-gpus"])
-@pytest.mark.xfail(strict=True, reason="cluster.py must turn LocalCUDACluster start-up failures into ConfigError "
-                                       "(outside the issue-13 worktree; the lead applies it after the merge)")
 def test_dask_cuda_finding_no_gpu_is_a_clear_config_error(monkeypatch: pytest.MonkeyPatch, exc: Exception) -> None:
     import rescue_gpu.device as device
 

@@ -140,7 +140,12 @@ def _local_cuda(runtime: RuntimeConfig, n_workers: int, dashboard: str) -> Any: 
                               "rmm_pool_size": "50%" if _has_rmm() else None}
     if n_workers:
         kwargs["n_workers"] = n_workers
-    return LocalCUDACluster(**kwargs)
+    try:
+        return LocalCUDACluster(**kwargs)
+    except Exception as exc:  # pynvml NVMLError_*, ValueError (0 GPUs), CUDA initialisation
+        raise ConfigError(f"LocalCUDACluster could not start: dask-cuda finds no usable GPU "
+                          f"({exc.__class__.__name__}: {exc}); check nvidia-smi and CUDA_VISIBLE_DEVICES, "
+                          "or use --backend cpu") from None
 
 
 def _has_rmm() -> bool:
