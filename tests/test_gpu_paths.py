@@ -80,7 +80,7 @@ def test_gpu_backend_without_cupy_device_is_a_clear_config_error() -> None:
 def test_missing_dask_cuda_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     import rescue_gpu.device as device
 
-    monkeypatch.setattr(device, "gpu_status", lambda: (True, "1 CUDA device(s)"))
+    monkeypatch.setattr(device, "device_probe", lambda: {"gpu": True, "reason": "1 CUDA device(s)", "tensorrt": False})
     monkeypatch.setitem(sys.modules, "dask_cuda", None)  # import fails
     ok, reason = _cluster().gpu_cluster_available()
     assert not ok and "dask-cuda is not installed" in reason and "rescue_gpu[gpu]" in reason
@@ -89,7 +89,7 @@ def test_missing_dask_cuda_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_plan_cluster_with_a_gpu_asks_for_one_worker_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     import rescue_gpu.device as device
 
-    monkeypatch.setattr(device, "gpu_status", lambda: (True, "1 CUDA device(s)"))
+    monkeypatch.setattr(device, "device_probe", lambda: {"gpu": True, "reason": "1 CUDA device(s)", "tensorrt": False})
     monkeypatch.setitem(sys.modules, "dask_cuda", types.ModuleType("dask_cuda"))
     assert _cluster().plan_cluster(RuntimeConfig(backend="gpu")) == ("cuda", 0)
     assert _cluster().plan_cluster(RuntimeConfig(backend="auto", workers="2")) == ("cuda", 2)
@@ -110,7 +110,7 @@ def test_dask_cuda_finding_no_gpu_is_a_clear_config_error(monkeypatch: pytest.Mo
 
     fake = types.ModuleType("dask_cuda")
     fake.LocalCUDACluster = no_gpu
-    monkeypatch.setattr(device, "gpu_status", lambda: (True, "1 CUDA device(s)"))
+    monkeypatch.setattr(device, "device_probe", lambda: {"gpu": True, "reason": "1 CUDA device(s)", "tensorrt": False})
     monkeypatch.setitem(sys.modules, "dask_cuda", fake)
     with pytest.raises(ConfigError, match="LocalCUDACluster.*GPU"):
         with _cluster().open_client(RuntimeConfig(backend="gpu"), dashboard_address=":0"):
