@@ -1,9 +1,8 @@
 """The package layout rules of DESIGN.md, checked statically (``tools/layout.py``).
 
-No import cycles (module level and package level), and no module importing a private
-name (``_x``) or private module of another package. Until the other half of the redesign
-(``device.py``, ``nn/``; ``model/`` moved) is merged, the cycles and private imports that
-only it removes are tolerated, and nothing else is.
+No import cycles (module level and package level), no module importing a private name
+(``_x``) or private module of another package, and arrows pointing down: the shared core
+(``device``, ``artifacts``, ``nn``, ``engine``, ``runner``) never imports an assay or the CLI.
 """
 
 from __future__ import annotations
@@ -18,13 +17,12 @@ layout = importlib.util.module_from_spec(_spec)
 sys.modules["layout_tool"] = layout  # its dataclasses look their module up
 _spec.loader.exec_module(layout)
 
-#: Parts the nn/device half of the redesign rewrites; gone from the tree once it is merged.
-PENDING = ("rescue_gpu.device", "rescue_gpu.engine", "rescue_gpu.model", "rescue_gpu.cells.train")
-OTHER_HALF_MERGED = not (ROOT / "rescue_gpu" / "model").exists()
+CORE = ("device", "artifacts", "nn", "engine", "runner")
+UPPER = ("flow", "cells", "cli", "simulate")
 
 
-def _pending(name: str) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in PENDING)
+def _part(mod: str) -> str:
+    return mod.split(".")[1] if "." in mod else mod
 
 
 def _scan():  # noqa: ANN202
@@ -45,21 +43,20 @@ def test_the_checker_finds_a_cycle_and_a_private_import(tmp_path: Path) -> None:
 
 
 def test_no_module_level_import_cycles() -> None:
-    found = layout.cycles(_scan().edges)
-    if not OTHER_HALF_MERGED:
-        found = [c for c in found if not any(_pending(m) for m in c)]
-    assert found == []
+    assert layout.cycles(_scan().edges) == []
 
 
 def test_no_package_level_import_cycles() -> None:
-    edges = layout.package_edges(_scan().edges)
-    if not OTHER_HALF_MERGED:
-        edges = {a: {b for b in bs if not _pending(b)} for a, bs in edges.items() if not _pending(a)}
-    assert layout.cycles(edges) == []
+    assert layout.cycles(layout.package_edges(_scan().edges)) == []
 
 
 def test_no_private_imports_across_packages() -> None:
-    found = _scan().private
-    if not OTHER_HALF_MERGED:
-        found = [p for p in found if not _pending(p.split(" imports ")[0])]
-    assert found == []
+    assert _scan().private == []
+
+
+def test_the_core_never_imports_an_assay_and_device_is_at_the_bottom() -> None:
+    edges = _scan().edges
+    up = sorted((m, t) for m, ts in edges.items() if _part(m) in CORE for t in ts if _part(t) in UPPER)
+    assert up == []
+    assert not {_part(t) for t in edges["rescue_gpu.device"]} & {"nn", "engine", "artifacts", "runner"}
+    assert not any(_part(t) in ("engine", "runner") for m, ts in edges.items() if _part(m) == "nn" for t in ts)

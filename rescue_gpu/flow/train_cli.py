@@ -144,7 +144,7 @@ def evaluate_cmd(
 ) -> None:
     """Score calls against the truth: metrics with patient-level 95% intervals, confusion, per timepoint."""
     from ..runner.manifest import read_manifest
-    from .metrics import binary_metrics, confusion, evaluate_predictions, plot_roc
+    from ..nn.metrics import binary_metrics, confusion, evaluate_predictions, plot_roc
 
     recs = read_scores(scores)
     data, excluded = join_scores(recs, read_manifest(truth))
