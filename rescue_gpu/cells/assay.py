@@ -29,7 +29,7 @@ import numpy as np
 from ..config import RuntimeConfig
 from ..errors import ConfigError
 from ..artifacts import software_versions
-from ..runner.assay import RunContext, SampleResult, SampleTask
+from ..runner.assay import OptionsAssay, RunContext, SampleResult, SampleTask
 from ..runner.manifest import ManifestRow
 from ..runner.run import RunSummary, run_cohort
 from ..runner.store import RunStore, encode_strings
@@ -293,7 +293,7 @@ class CellRunSummary(RunSummary):
 
 
 @dataclass
-class CellsAssay:
+class CellsAssay(OptionsAssay):
     """The single-cell image assay for :func:`rescue_gpu.runner.run.run_cohort` (implements its ``Assay`` protocol).
 
     Build it with :meth:`open`, which loads the model and checks it against the pipeline.
@@ -335,21 +335,6 @@ class CellsAssay:
     def engine(self) -> str:
         """The engine kind to resolve: ``"auto"`` means torch when embeddings are kept (TensorRT gives logits only)."""
         return _engine_kind(self.options)
-
-    @property
-    def precision(self) -> str:
-        """The precision asked for."""
-        return self.options.precision
-
-    @property
-    def samples_per_task(self) -> int:
-        """Samples per task."""
-        return self.options.samples_per_task
-
-    @property
-    def window(self) -> int:
-        """Tasks in flight at once (0: twice the workers)."""
-        return self.options.window
 
     def settings(self, device: DevicePlan) -> dict[str, Any]:
         """See :func:`settings_record`."""

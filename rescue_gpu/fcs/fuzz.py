@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import signal
 import tempfile
 import time
@@ -42,7 +41,7 @@ import numpy as np
 from ..errors import RescueError
 from .inspect import describe_data
 from .numbers import ascii_int_or_none
-from .reader import read_fcs
+from .reader import read_fcs, split_tokens
 
 __all__ = [
     "Seed", "Case", "Result", "OUTCOMES", "FAILURES", "MUTATIONS", "NotApplicable", "load_corpus",
@@ -261,20 +260,6 @@ class _Text:
         return i
 
 
-def _tokens(body: bytes, delim: bytes) -> list[bytes]:
-    pieces = re.split(b"(" + re.escape(delim) + b"+)", body)
-    out, cur = [], bytearray()
-    for i, piece in enumerate(pieces):
-        if i % 2 == 0:
-            cur += piece
-            continue
-        cur += delim * (len(piece) // 2)
-        if len(piece) % 2:
-            out.append(bytes(cur))
-            cur = bytearray()
-    return out
-
-
 def _header_int(blob: bytes, start: int) -> int | None:
     field_ = blob[start : start + 8].strip()
     return int(field_) if field_.isdigit() else (0 if not field_ else None)
@@ -288,7 +273,7 @@ def _parse(blob: bytes) -> _Text:
     if t0 is None or t1 is None or not 58 <= t0 < t1 < len(blob):
         raise NotApplicable
     delim = blob[t0 : t0 + 1]
-    toks = _tokens(blob[t0 + 1 : t1 + 1], delim)
+    toks = split_tokens(blob[t0 + 1 : t1 + 1], delim)
     pairs = [[k, v] for k, v in zip(toks[0::2], toks[1::2])]
     if not pairs or delim.isalnum():
         raise NotApplicable

@@ -184,7 +184,7 @@ def _decode(token: bytes) -> str:
         return token.decode("latin-1")
 
 
-def _split_tokens(body: bytes, delim: bytes) -> list[bytes]:
+def split_tokens(body: bytes, delim: bytes) -> list[bytes]:
     """Split on single delimiters; a run of 2k (+1) delimiters is k literal ones (+ a split)."""
     pieces = re.split(b"(" + re.escape(delim) + b"+)", body)
     tokens: list[bytes] = []
@@ -250,7 +250,7 @@ def parse_text(raw: bytes, *, path: PathLike | None = None, delimiter: bytes | N
     if delim.isalnum():
         raise FcsFormatError(path, f"TEXT delimiter {delim!r} is a letter or digit: the TEXT is garbled")
     body = raw[1:] if raw[:1] == delim else raw
-    tokens = _split_tokens(body, delim)
+    tokens = split_tokens(body, delim)
     if len(tokens) % 2:
         tokens = tokens[:-1]  # a dangling key without value (trailing padding)
     keywords: dict[str, str] = {}

@@ -25,7 +25,7 @@ from ..config import Pipeline, RuntimeConfig
 from ..errors import ConfigError
 from ..fcs.reader import check_readable
 from ..artifacts import software_versions
-from ..runner.assay import RunContext, SampleResult, SampleTask
+from ..runner.assay import OptionsAssay, RunContext, SampleResult, SampleTask
 from ..runner.identity import file_digest, same_file
 from ..runner.manifest import ManifestRow, read_manifest
 from ..runner.run import RunSummary, run_cohort
@@ -336,7 +336,7 @@ def _check_fit(reference: Any, record: Any, pipeline: Pipeline) -> None:
 
 
 @dataclass
-class FlowAssay:
+class FlowAssay(OptionsAssay):
     """The flow MRD assay for :func:`rescue_gpu.runner.run.run_cohort` (implements its ``Assay`` protocol).
 
     Build it with :meth:`open`, which loads the reference and model and checks that they
@@ -381,21 +381,6 @@ class FlowAssay:
     def engine(self) -> str:
         """The engine kind asked for."""
         return self.options.engine
-
-    @property
-    def precision(self) -> str:
-        """The precision asked for."""
-        return self.options.precision
-
-    @property
-    def samples_per_task(self) -> int:
-        """Samples per task (their images go through the network as one batch)."""
-        return self.options.samples_per_task
-
-    @property
-    def window(self) -> int:
-        """Tasks in flight at once (0: twice the workers)."""
-        return self.options.window
 
     def settings(self, device: DevicePlan) -> dict[str, Any]:
         """See :func:`settings_record`."""

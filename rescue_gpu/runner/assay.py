@@ -112,6 +112,30 @@ class AssayJob(Protocol):
         ...
 
 
+class OptionsAssay:
+    """The ``precision``, ``samples_per_task`` and ``window`` of an :class:`Assay`, read from its ``options``.
+
+    A base for assays whose options object carries those three fields (both assays' score options do).
+    """
+
+    options: Any
+
+    @property
+    def precision(self) -> str:
+        """The precision asked for."""
+        return self.options.precision
+
+    @property
+    def samples_per_task(self) -> int:
+        """Samples one task processes."""
+        return self.options.samples_per_task
+
+    @property
+    def window(self) -> int:
+        """Tasks in flight at once (0: twice the workers)."""
+        return self.options.window
+
+
 @runtime_checkable
 class Assay(Protocol):
     """The client half of an assay, as :func:`~rescue_gpu.runner.run.run_cohort` uses it.
