@@ -180,6 +180,7 @@ class TrainSpec:
     intensity_jitter: float = 0.05  # relative multiplicative noise on image intensities
     target_sensitivity: float = 0.0  # 0: Youden's J; else the threshold reaching this sensitivity
     pretrained: str = ""           # a local torchvision resnet34 state dict; "" for random init
+    recompute_bn: bool = True      # BatchNorm statistics from each epoch's training images (rescue_gpu.nn.train)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -115,6 +115,8 @@ class CellTrainSpec:
     given fractions. ``balance``: ``"sampler"`` (inverse-frequency sampling),
     ``"loss"`` (inverse-frequency class weights) or ``"none"``. Augmentation draws
     flips, 90-degree rotations and shifts of up to ``max_shift`` pixels.
+    ``recompute_bn``: after each epoch the BatchNorm running statistics are set from
+    that epoch's training images (:func:`rescue_gpu.nn.train.recompute_bn_stats`).
     """
 
     val_fraction: float = 0.2
@@ -127,6 +129,7 @@ class CellTrainSpec:
     balance: Literal["sampler", "loss", "none"] = "sampler"
     augment: bool = True
     max_shift: int = 4
+    recompute_bn: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:

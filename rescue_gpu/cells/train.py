@@ -166,7 +166,8 @@ def _make_run(pipeline: CellPipeline, spec: CellTrainSpec, *, in_channels: int, 
     loss_w = w.to(device) if spec.balance == "loss" else None
     val_w = torch.where(w > 0, w, torch.ones_like(w)).to(device)  # a class absent from training counts once
     trainer = make_trainer(model, loss=nn.CrossEntropyLoss(weight=loss_w), learning_rate=spec.learning_rate,
-                           weight_decay=spec.weight_decay, steps=steps, device=device)
+                           weight_decay=spec.weight_decay, steps=steps, device=device,
+                           recompute_bn=spec.recompute_bn)
     return _Run(trainer=trainer, val_loss=nn.CrossEntropyLoss(weight=None if spec.balance == "none" else val_w),
                 generator=torch.Generator().manual_seed(spec.seed), spec=spec,
                 sample_weights=w[torch.from_numpy(y_train)].double() if spec.balance == "sampler" else None)

@@ -90,7 +90,7 @@ def _make_trainer(pipeline: Pipeline, in_channels: int, y_train: np.ndarray, *, 
     n_pos = max(int(y_train.sum()), 1)
     pos_weight = torch.tensor((y_train.size - n_pos) / n_pos, dtype=torch.float32, device=device)
     return make_trainer(model, loss=nn.BCEWithLogitsLoss(pos_weight=pos_weight), learning_rate=spec.learning_rate,
-                        weight_decay=spec.weight_decay, steps=steps, device=device)
+                        weight_decay=spec.weight_decay, steps=steps, device=device, recompute_bn=spec.recompute_bn)
 
 
 def _train_one_epoch(t: Trainer, ds: MrdImageDataset, *, epoch: int, batch_size: int, seed: int) -> float:

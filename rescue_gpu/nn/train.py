@@ -13,6 +13,14 @@ what both do the same way:
 - :func:`batch_slices`: consecutive batches of an epoch's order; a trailing batch of
   one joins the previous one (BatchNorm needs at least two samples in training mode).
 - :func:`train_step`, :func:`train_epoch`, :func:`collect_logits` and :func:`loss_value`.
+- :func:`recompute_bn_stats`: BatchNorm running statistics set to the exact pooled
+  statistics of the epoch's training images under the epoch's final weights. With
+  ``Trainer.recompute_bn`` (the default of :func:`make_trainer`) :func:`train_epoch`
+  does this after its last step, so every evaluation (and every saved model) uses
+  statistics of the data instead of a momentum-0.1 average that, on small cohorts
+  (a few optimiser steps per epoch), is still close to its start (mean 0, variance 1)
+  and lags the changing weights. Training itself (train-mode forward passes use batch
+  statistics) and the random state are unchanged by it.
 - :class:`EarlyStopping` and :func:`fit`: the epoch loop with early stopping on the
   validation loss (a non-finite loss never counts as an improvement), keeping the
   best epoch's validation logits and, if asked, its weights.
@@ -35,9 +43,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+BN_MAX_SAMPLES = 2048
+"""At most this many of an epoch's training images (the first, in the epoch's order) give the BatchNorm statistics."""
 
 __all__ = ["autocast", "grad_scaler", "Trainer", "make_trainer", "batch_slices", "train_step", "collect_logits",
-           "loss_value", "train_epoch", "EarlyStopping", "FitResult", "fit", "seeded", "provenance"]
+           "loss_value", "recompute_bn_stats", "has_batchnorm", "BN_MAX_SAMPLES", "train_epoch", "EarlyStopping", "FitResult", "fit", "seeded", "provenance"]
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -56,7 +68,11 @@ def grad_scaler(device: torch.device) -> torch.amp.GradScaler:
 
 @dataclass(kw_only=True)
 class Trainer:
-    """Model, optimiser, schedule, loss and gradient scaler of one training run, on ``device``."""
+    """Model, optimiser, schedule, loss and gradient scaler of one training run, on ``device``.
+
+    ``recompute_bn``: after each epoch, set the BatchNorm running statistics from the
+    epoch's training images (:func:`recompute_bn_stats`).
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -64,6 +80,7 @@ class Trainer:
     loss: nn.Module
     scaler: torch.amp.GradScaler
     device: torch.device
+    recompute_bn: bool = False
 
     @property
     def lr(self) -> float:
@@ -72,7 +89,7 @@ class Trainer:
 
 
 def make_trainer(model: nn.Module, *, loss: nn.Module, learning_rate: float, weight_decay: float, steps: int,
-                 device: torch.device) -> Trainer:
+                 device: torch.device, recompute_bn: bool = True) -> Trainer:
     """AdamW on ``model`` (moved to ``device``) with a cosine schedule over ``steps`` optimiser steps.
 
     Parameters
@@ -87,6 +104,9 @@ def make_trainer(model: nn.Module, *, loss: nn.Module, learning_rate: float, wei
         Optimiser steps the cosine spans (at least 1).
     device
         Where the model is trained.
+    recompute_bn
+        Set BatchNorm running statistics from each epoch's training images after the
+        epoch (see :func:`recompute_bn_stats`).
 
     Returns
     -------
@@ -95,7 +115,8 @@ def make_trainer(model: nn.Module, *, loss: nn.Module, learning_rate: float, wei
     model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(steps, 1), eta_min=learning_rate * 0.01)
-    return Trainer(model=model, optimizer=opt, schedule=sched, loss=loss, scaler=grad_scaler(device), device=device)
+    return Trainer(model=model, optimizer=opt, schedule=sched, loss=loss, scaler=grad_scaler(device), device=device,
+                   recompute_bn=recompute_bn)
 
 
 def batch_slices(n: int, batch_size: int) -> list[slice]:
@@ -132,17 +153,108 @@ def train_epoch(t: Trainer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
         The epoch's batches (on any device; moved to ``t.device``).
     transform
         Applied to each image batch on the device before the step (augmentation).
+
+    With ``t.recompute_bn`` the first :data:`BN_MAX_SAMPLES` images the epoch trained on
+    (after ``transform``) are kept on the CPU and, after the last step, give the
+    BatchNorm running statistics (:func:`recompute_bn_stats`).
     """
     t.model.train()
     total, count = 0.0, 0
+    kept: list[torch.Tensor] = []
+    keep = t.recompute_bn and has_batchnorm(t.model)
     for x, y in batches:
         x, y = x.to(t.device, non_blocking=True), y.to(t.device, non_blocking=True)
         if transform is not None:
             x = transform(x)
+        if keep and count < BN_MAX_SAMPLES:
+            kept.append(x[:BN_MAX_SAMPLES - count].detach().to("cpu", copy=True))
         total += train_step(t.model, t.loss, x, y, optimizer=t.optimizer, scaler=t.scaler, schedule=t.schedule,
                             device=t.device) * x.shape[0]
         count += x.shape[0]
+    if kept:
+        recompute_bn_stats(t.model, kept, device=t.device)
     return total / max(count, 1)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether ``model`` holds a BatchNorm layer that tracks running statistics."""
+    return any(isinstance(m, _BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+@dataclass
+class _Moments:
+    """Per-channel float64 sums of a BatchNorm layer's inputs."""
+
+    total: torch.Tensor | None = None
+    squares: torch.Tensor | None = None
+    count: int = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add a ``(N, C, ...)`` input: sums over every dimension but the channels."""
+        x64 = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)
+        s, q = x64.sum(1), (x64 * x64).sum(1)
+        self.total = s if self.total is None else self.total + s
+        self.squares = q if self.squares is None else self.squares + q
+        self.count += x64.shape[1]
+
+    def mean_var(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled mean and unbiased variance (what BatchNorm keeps as running statistics)."""
+        assert self.total is not None and self.squares is not None and self.count > 1
+        mean = self.total / self.count
+        var = (self.squares - self.total * mean) / (self.count - 1)
+        return mean, var.clamp_min(0.0)
+
+
+def recompute_bn_stats(model: nn.Module, batches: Iterable[torch.Tensor], *, device: torch.device) -> None:
+    """Set every BatchNorm layer's running mean and variance to the pooled statistics of its inputs over ``batches``.
+
+    The images pass through the network with only the BatchNorm layers in training
+    mode (each normalises by its batch's statistics, as in training; dropout is off, so
+    no random numbers are drawn) under :func:`torch.no_grad`. Each layer's running mean
+    and (unbiased) variance become the mean and variance of all its inputs (per channel,
+    over every image and position), pooled exactly in float64 (the first layer's are the
+    same for any batching; deeper layers see inputs normalised by batch statistics, as in
+    training). Weights, ``num_batches_tracked`` and the model's training flag are left
+    as they were. This is what :func:`torch.optim.swa_utils.update_bn` does, with exact
+    pooling instead of an average of per-batch statistics.
+
+    Parameters
+    ----------
+    model
+        The network.
+    batches
+        ``(B, C, H, W)`` input batches (on any device; moved to ``device``).
+    device
+        Where the network runs.
+    """
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    if not layers:
+        return
+    moments = {id(m): _Moments() for m in layers}
+    tracked = [None if m.num_batches_tracked is None else m.num_batches_tracked.clone() for m in layers]
+    hooks = [m.register_forward_pre_hook(lambda mod, args: moments[id(mod)].add(args[0])) for m in layers]
+    was_training = model.training
+    model.eval()
+    for m in layers:
+        m.train()
+    try:
+        with torch.no_grad():
+            for xb in batches:
+                with autocast(device):
+                    model(xb.to(device, non_blocking=True))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    for m, nbt in zip(layers, tracked):
+        mom = moments[id(m)]
+        if mom.count < 2:
+            continue
+        mean, var = mom.mean_var()
+        m.running_mean.copy_(mean.to(m.running_mean.dtype))
+        m.running_var.copy_(var.to(m.running_var.dtype))
+        if nbt is not None:
+            m.num_batches_tracked.copy_(nbt)
 
 
 def collect_logits(model: nn.Module, batches: Iterable[torch.Tensor], *, device: torch.device,
