@@ -114,7 +114,7 @@ def main() -> None:
     times["project+train"] = time.perf_counter() - t0
     cv = record.metrics["cv"]
     _print_report(cv, a, times, int(ref.train_events.shape[0]))
-    print(f"final model: {record.provenance['final_epochs']} epochs; temperature {record.temperature:.3f}; "
+    print(f"model: ensemble of {record.n_members} fold models; temperature {record.temperature:.3f}; "
           f"failed samples {len(record.provenance['failed_samples'])}")
     (a.out / "summary.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "times": times,
                                                     "cv": {k: v for k, v in cv.items() if k != "oof"}}, indent=2))

@@ -141,12 +141,62 @@ def test_train_model_tiny_cohort(cohort, tmp_path: Path) -> None:
     assert cv["metrics"]["sensitivity"]["estimate"] == pytest.approx(skm.recall_score(y, p >= loaded.threshold))
     groups = {f: {o["patient_id"] for o in oof if o["fold"] == f} for f in (0, 1)}
     assert not groups[0] & groups[1]
-    assert loaded.provenance["final_epochs"] >= 1 and {e["fold"] for e in epochs} == {0, 1, -1}
+    assert loaded.n_members == 2 and loaded.calibration_route == "cv-fold-ensemble"
+    assert {e["fold"] for e in epochs} == {0, 1}
     loaded.check_compatible(ref)
     # the CLI with the same settings and seeds on the CPU: the same out-of-fold logits (the cache is reused)
     rec2 = _train_via_cli(cohort, tmp_path)
     np.testing.assert_allclose([o["logit"] for o in rec2.metrics["cv"]["oof"]], [o["logit"] for o in oof], rtol=1e-5)
     assert rec2.threshold == pytest.approx(rec.threshold)
+    _check_oof_calibration(loaded, cohort, tmp_path)
+    _check_score_is_the_ensemble(rec2, cohort, tmp_path)
+
+
+def _check_oof_calibration(rec, cohort, tmp_path: Path) -> None:
+    """The stored T and threshold are those of the OOF logits, and each OOF logit is its fold member's."""
+    from rescue_gpu.nn.calibration import fit_temperature
+    from rescue_gpu.nn.metrics import choose_threshold
+
+    rows, ref, pipe, _ = cohort
+    oof = rec.metrics["cv"]["oof"]
+    z, y = np.array([o["logit"] for o in oof]), np.array([o["label"] for o in oof])
+    assert rec.temperature == pytest.approx(fit_temperature(z, y))
+    p = 1.0 / (1.0 + np.exp(-z / rec.temperature))
+    np.testing.assert_allclose(p, [o["p"] for o in oof], rtol=1e-9)
+    assert rec.threshold == pytest.approx(choose_threshold(y, p, target_sensitivity=0.0))
+    cache, _ = build_cache(rows, ref, pipe, cache_dir=tmp_path / "cache", seed=pipe.model.train.seed, backend="cpu")
+    samples = [cache.get(o["sample_id"]) for o in oof]
+    images = np.stack([MrdImageDataset([s], extent=ref.extent, raster=ref.raster)[0][0].numpy() for s in samples])
+    import torch
+
+    with torch.inference_mode():
+        own = np.array([float(rec.model.members[o["fold"]](torch.from_numpy(im[None]))[0])
+                        for o, im in zip(oof, images)])
+    np.testing.assert_allclose(own, z, rtol=1e-4, atol=1e-4)
+
+
+def _check_score_is_the_ensemble(rec, cohort, tmp_path: Path) -> None:
+    """``rescue score`` with the trained ensemble: p_mrd is sigmoid(mean of the members' logits / T)."""
+    import pandas as pd
+    import torch
+
+    from rescue_gpu.flow.cli import _main
+    from rescue_gpu.runner.store import RunStore
+
+    _, _, _, root = cohort
+    out = tmp_path / "run"
+    rc = _main(["score", str(root / "sim" / "manifest.csv"), "--reference", str(tmp_path / "ref"), "--model",
+                str(tmp_path / "m2"), "--out", str(out), "--in-process", "--engine", "torch", "--backend", "cpu", "--no-report",
+                "--pipeline", str(tmp_path / "tiny.toml")])
+    assert rc == 0
+    df = pd.read_csv(out / "scores.csv")
+    assert (df["status"] == "scored").all()
+    store = RunStore(out / "store.zarr")
+    for sid, p_mrd in zip(df["sample_id"], df["p_mrd"]):
+        x = torch.from_numpy(np.asarray(store.image(str(sid)), dtype=np.float32)[None])
+        with torch.inference_mode():
+            z = np.mean([float(m(x)[0]) for m in rec.model.members])
+        assert p_mrd == pytest.approx(1.0 / (1.0 + np.exp(-z / rec.temperature)), rel=1e-4, abs=1e-6)
 
 
 def _train_via_cli(cohort, tmp_path: Path):
@@ -170,7 +220,11 @@ def _train_via_cli(cohort, tmp_path: Path):
                                    "--pipeline", str(tmp_path / "tiny.toml"), "--cache", str(tmp_path / "cache")])
     assert res.exit_code == 0, res.output
     assert "cross-validation" in res.output and "threshold" in res.output
-    return ModelRecord.load(tmp_path / "m2")
+    rec = ModelRecord.load(tmp_path / "m2")
+    # 12 samples in 2 folds: far fewer than 20 patients per class per fold
+    assert rec.provenance["warnings"] and "fewer than 20 per class" in rec.provenance["warnings"][0]
+    assert f"warning: {rec.provenance['warnings'][0][:40]}" in res.output
+    return rec
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:

@@ -89,11 +89,11 @@ class TorchEngine:
         return torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))]).contiguous(memory_format=self._fmt)
 
     def _outputs(self, x: torch.Tensor, features: bool) -> Any:
-        """Logits, or ``(logits, features)`` through the model's ``forward_features`` / ``forward_head``."""
+        """Logits, or ``(logits, features)`` from the model's ``forward_with_features`` (mean logits and
+        mean features for an :class:`~rescue_gpu.nn.ensemble.EnsembleNetwork`)."""
         if not features:
             return self._forward(x)
-        f = self.model.forward_features(x)
-        return self.model.forward_head(f), f
+        return self.model.forward_with_features(x)
 
     def _capture(self, shape: tuple[int, ...], features: bool) -> tuple[torch.Tensor, Any, Any]:
         """Record a CUDA graph for a ``(batch_size, *shape)`` input (warm-up on a side stream first)."""

@@ -4,13 +4,21 @@ Layout of ``MODEL_DIR`` (see :mod:`rescue_gpu.nn.record` for the checksum scheme
 version-1 migration)::
 
     weights.safetensors   the network's state dict: a ResNet-34 backbone (``backbone.*``)
-                          and the head of a :class:`~rescue_gpu.config.HeadSpec` (``head.*``)
+                          and the head of a :class:`~rescue_gpu.config.HeadSpec` (``head.*``);
+                          for an ensemble (what ``rescue train`` writes) every cross-validation
+                          fold model's, under ``members.<k>.backbone.*`` / ``members.<k>.head.*``
     model.json            format, architecture, head spec, in_channels, image_size, raster
                           settings, reference fingerprint, threshold, temperature, metrics,
                           provenance, software versions, the weights' sha256 and the checksum
 
-The checksum covers the weights' sha256, architecture, head, in_channels, image_size,
-raster settings, reference fingerprint, threshold and temperature; a cohort run resumes
+An ensemble record (``ensemble_members`` in ``model.json``) scores with the mean of its
+members' logits (:class:`~rescue_gpu.nn.ensemble.EnsembleNetwork`); ``calibration_route``
+says which predictions chose its temperature and threshold. Records without these keys
+(every model directory written before them, and imported ones) hold one network.
+
+The checksum covers the weights' sha256 (every member's), architecture, head, in_channels,
+image_size, raster settings, reference fingerprint, threshold and temperature, and for an
+ensemble its member count and calibration route; a cohort run resumes
 only samples scored with an equal checksum. ``rescue model upgrade MODEL_DIR`` writes
 the checksum into a format version 1 directory.
 """
@@ -29,15 +37,17 @@ import torch
 from ..artifacts import raster_from_dict
 from ..config import HeadSpec, RasterSpec
 from ..errors import ModelError
+from ..nn.ensemble import EnsembleNetwork
 from ..nn.network import HeadLayout, Network, build_network, load_torchvision_state_dict
 from ..nn.record import FORMAT_VERSION, WeightsRecord
 
-__all__ = ["ModelRecord", "build_model", "head_layout", "import_state_dict", "expected_channels", "FORMAT",
-           "FORMAT_VERSION", "ARCHITECTURE"]
+__all__ = ["ModelRecord", "build_model", "build_ensemble", "head_layout", "import_state_dict", "expected_channels",
+           "FORMAT", "FORMAT_VERSION", "ARCHITECTURE", "ENSEMBLE_ROUTE"]
 
 FORMAT = "rescue-model"
 ARCHITECTURE = "resnet34"
 _TV_TOP = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+ENSEMBLE_ROUTE = "cv-fold-ensemble"  # mean logits of the fold models; T and threshold fitted on their OOF logits
 
 
 def head_layout(head: HeadSpec) -> HeadLayout:
@@ -65,6 +75,13 @@ def build_model(*, in_channels: int, head: HeadSpec, pretrained: str | Path = ""
     """
     return build_network(architecture=ARCHITECTURE, in_channels=in_channels, head=head_layout(head),
                          pretrained=pretrained)
+
+
+def build_ensemble(*, in_channels: int, head: HeadSpec, members: int) -> EnsembleNetwork:
+    """``members`` freshly initialised flow networks (:func:`build_model`) as one mean-logit ensemble."""
+    if members < 1:
+        raise ModelError(f"an ensemble needs at least one member (got {members})")
+    return EnsembleNetwork([build_model(in_channels=in_channels, head=head) for _ in range(members)])
 
 
 def expected_channels(raster: RasterSpec, markers: tuple[str, ...] | list[str]) -> int:
@@ -98,6 +115,10 @@ class ModelRecord(WeightsRecord):
         Temperature scaling of the logits (``p = sigmoid(logit / temperature)``).
     metrics, provenance
         Training / cross-validation metrics; training manifest, sample counts, dates.
+    calibration_route
+        Which predictions chose ``temperature`` and ``threshold``: :data:`ENSEMBLE_ROUTE`
+        for a trained ensemble (its fold models' out-of-fold logits), ``""`` for a
+        single network (imported, or trained before ensembles).
     """
 
     FORMAT: ClassVar[str] = FORMAT
@@ -112,6 +133,12 @@ class ModelRecord(WeightsRecord):
     raster: RasterSpec
     reference_fingerprint: str
     threshold: float = 0.5
+    calibration_route: str = ""
+
+    @property
+    def n_members(self) -> int:
+        """Networks whose mean logit is scored (1 for a single network)."""
+        return int(getattr(self.model, "n_members", 1))
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.threshold <= 1.0):
@@ -126,12 +153,22 @@ class ModelRecord(WeightsRecord):
         return {"architecture": ARCHITECTURE, "head": dataclasses.asdict(self.head),
                 "in_channels": int(self.in_channels), "image_size": int(self.image_size),
                 "raster": dataclasses.asdict(self.raster), "reference_fingerprint": self.reference_fingerprint,
-                "threshold": float(self.threshold), "temperature": float(self.temperature)}
+                "threshold": float(self.threshold), "temperature": float(self.temperature),
+                **self._ensemble_fields()}
+
+    def _ensemble_fields(self) -> dict[str, Any]:
+        """``ensemble_members`` and ``calibration_route`` where set (absent for a single legacy network)."""
+        out: dict[str, Any] = {}
+        if isinstance(self.model, EnsembleNetwork):
+            out["ensemble_members"] = self.n_members
+        if self.calibration_route:
+            out["calibration_route"] = self.calibration_route
+        return out
 
     def covers(self) -> str:
         """What the checksum protects, for messages."""
         return (f"its settings (threshold {self.threshold:g}, temperature {self.temperature:g}, head, raster, "
-                "reference fingerprint, input channels/size)")
+                "reference fingerprint, input channels/size, ensemble members and calibration route)")
 
     @classmethod
     def check_meta(cls, path: Path, meta: dict[str, Any]) -> None:
@@ -143,13 +180,18 @@ class ModelRecord(WeightsRecord):
     def from_meta(cls, meta: dict[str, Any], sd: dict[str, torch.Tensor], map_location: str) -> ModelRecord:
         """The record of ``model.json``'s content ``meta`` and the verified weights ``sd``."""
         head, raster = _head_from(meta["head"]), raster_from_dict(meta["raster"])
-        model = build_model(in_channels=int(meta["in_channels"]), head=head)
+        n_in = int(meta["in_channels"])
+        model: Network | EnsembleNetwork
+        if "ensemble_members" in meta:
+            model = build_ensemble(in_channels=n_in, head=head, members=int(meta["ensemble_members"]))
+        else:
+            model = build_model(in_channels=n_in, head=head)
         model.load_state_dict(sd, strict=True)
-        return cls(model=model.to(map_location).eval(), in_channels=int(meta["in_channels"]),
+        return cls(model=model.to(map_location).eval(), in_channels=n_in,
                    image_size=int(meta["image_size"]), head=head, raster=raster,
                    reference_fingerprint=meta["reference_fingerprint"], threshold=float(meta["threshold"]),
                    temperature=float(meta["temperature"]), metrics=meta.get("metrics", {}),
-                   provenance=meta.get("provenance", {}))
+                   provenance=meta.get("provenance", {}), calibration_route=str(meta.get("calibration_route", "")))
 
     def check_compatible(self, reference: Any) -> None:
         """Raise :class:`ModelError` listing every way this model does not fit ``reference``.

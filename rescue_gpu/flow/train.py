@@ -1,4 +1,4 @@
-"""Training: patient-level cross-validation, then a final model on all data.
+"""Training: patient-level cross-validation; the fold models, as one ensemble, are the model.
 
 1. Every labelled manifest sample is preprocessed and projected once into a Zarr
    cache (:mod:`.dataset`); images are rendered from it each epoch.
@@ -9,16 +9,26 @@
    shared loop of :mod:`rescue_gpu.nn.train` (AdamW and a per-step cosine schedule
    spanning ``max_epochs``, AMP on CUDA, early stopping on validation loss with
    ``patience``, the seeding policy of :func:`rescue_gpu.nn.train.seeded`). The
-   validation logits of the best epoch are the fold's out-of-fold (OOF) predictions.
-4. The final epoch count is the median of the folds' best epochs; the final model is
-   trained on all samples for that many epochs with the same schedule.
+   validation logits of the best epoch are the fold's out-of-fold (OOF) predictions,
+   and the weights of that epoch are the fold's model.
+4. The model that makes the calls is the ensemble of the fold models
+   (:class:`~rescue_gpu.nn.ensemble.EnsembleNetwork`: the mean of their logits), so
+   the predictions that choose temperature and threshold come from the models that
+   score: each sample's OOF logit is that of the one member that did not train on it
+   (calibration route :data:`~rescue_gpu.flow.record.ENSEMBLE_ROUTE`). No model is
+   retrained on all data: a threshold fitted on one set of models does not transfer to
+   another (a held-out cohort once scored p_mrd 0.774-0.819 against a threshold of 0.660).
 5. The temperature is fitted on the OOF logits, the threshold chosen on the calibrated
    OOF probabilities (Youden's J, or a target sensitivity), and the pooled OOF metrics
    with patient-level bootstrap intervals go into the record's ``metrics``.
+6. :mod:`rescue_gpu.nn.diagnostics` warns about folds with few patients per class and
+   about unstable validation-AUC curves; the messages go into ``provenance["warnings"]``.
 
 Note that sensitivity, specificity and F1 in ``metrics["cv"]`` are measured at a
 threshold chosen on the same OOF predictions, so they are slightly optimistic; ROC AUC
-and PR AUC do not depend on the threshold.
+and PR AUC do not depend on the threshold. A member's OOF logit stands in for the
+ensemble's: the mean over K members usually varies less between members than one
+member does, so the ensemble on new data may be somewhat better than the OOF metrics say.
 """
 
 from __future__ import annotations
@@ -41,6 +51,8 @@ from ..config import Pipeline, TrainSpec
 from ..device import is_available, torch_device
 from ..errors import ModelError
 from ..nn.calibration import fit_temperature, nll
+from ..nn.diagnostics import small_cohort_warnings, unstable_curve_warnings
+from ..nn.ensemble import EnsembleNetwork
 from ..nn.metrics import choose_threshold, evaluate_predictions, roc_auc
 from ..nn.splits import patient_folds
 from ..nn.train import (Trainer, batch_slices, collect_logits, fit, loss_value, make_trainer, provenance, seeded,
@@ -48,12 +60,12 @@ from ..nn.train import (Trainer, batch_slices, collect_logits, fit, loss_value, 
 from ..reference import Reference
 from .dataset import CachedSample, MrdImageDataset, build_cache, label_value
 
-__all__ = ["FoldResult", "train_model", "fit_fold", "train_epochs", "TrainingData"]
+__all__ = ["FoldResult", "train_model", "fit_fold", "TrainingData", "training_warnings"]
 
 
 @dataclass(kw_only=True)
 class FoldResult:
-    """One fold: indices, best epoch, its validation logits, and the loss history."""
+    """One fold: indices, best epoch, its validation logits, the loss history and the best epoch's model."""
 
     fold: int
     train_index: np.ndarray
@@ -62,6 +74,7 @@ class FoldResult:
     best_val_loss: float = math.inf
     val_logits: np.ndarray = field(default_factory=lambda: np.zeros(0))
     history: list[dict[str, float]] = field(default_factory=list)
+    model: nn.Module | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready summary (no arrays)."""
@@ -149,7 +162,7 @@ class TrainingData:
 
 def fit_fold(data: TrainingData, fold: FoldResult, pipeline: Pipeline, raster: Any, *, device: torch.device,
              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> FoldResult:
-    """Train one fold with early stopping; keep the validation logits of the best epoch."""
+    """Train one fold with early stopping; keep the validation logits and weights (on the CPU) of the best epoch."""
     spec = pipeline.model.train
     seed = spec.seed * 1000 + fold.fold
     y = data.y
@@ -167,30 +180,15 @@ def fit_fold(data: TrainingData, fold: FoldResult, pipeline: Pipeline, raster: A
                      describe=lambda epoch, train_loss, val_loss, logits, seconds: {
                          "fold": fold.fold, "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                          "val_auc": roc_auc(y_val, logits)},
-                     on_epoch=on_epoch)
+                     model=t.model, on_epoch=on_epoch)
+        result.stop.restore(t.model)
     fold.history = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in rec.items()}
                     for rec in result.history]
     fold.best_epoch, fold.best_val_loss = result.stop.best_epoch, result.stop.best_loss
     if result.stop.best_epoch:
         fold.val_logits = result.best_logits
+    fold.model = t.model.cpu().eval()
     return fold
-
-
-def train_epochs(data: TrainingData, pipeline: Pipeline, raster: Any, *, epochs: int, device: torch.device,
-                 on_epoch: Callable[[dict[str, Any]], None] | None = None, fold_id: int = -1) -> nn.Module:
-    """Train on every sample for ``epochs`` epochs (the cosine schedule still spans ``max_epochs``)."""
-    spec = pipeline.model.train
-    seed = spec.seed * 1000 + 999
-    index = np.arange(len(data.samples))
-    ds = data.dataset(index, pipeline, raster, train=True, seed=seed)
-    with seeded(seed, device):
-        t = _make_trainer(pipeline, data.in_channels, data.y, steps=_steps(len(ds), spec), device=device)
-        for epoch in range(1, epochs + 1):
-            loss = _train_one_epoch(t, ds, epoch=epoch, batch_size=spec.batch_size, seed=seed)
-            if on_epoch is not None:
-                on_epoch({"fold": fold_id, "epoch": epoch, "train_loss": loss, "val_loss": float("nan"),
-                          "val_auc": float("nan")})
-    return t.model.eval()
 
 
 def _labelled(rows: Sequence[ManifestRow]) -> tuple[list[ManifestRow], list[str]]:
@@ -252,7 +250,8 @@ def _cv_metrics(data: TrainingData, logits: np.ndarray, fold_of: np.ndarray, spe
                                   n_boot=n_boot, seed=spec.seed)
     report["threshold_rule"] = (f"target sensitivity {spec.target_sensitivity}" if spec.target_sensitivity > 0
                                 else "Youden's J")
-    report["note"] = "pooled out-of-fold predictions; the threshold was chosen on these same predictions"
+    report["note"] = ("pooled out-of-fold predictions (each from the ensemble member that did not train on the "
+                      "sample); the threshold was chosen on these same predictions")
     report["oof_nll"] = {"temperature_1": nll(logits, y, 1.0), "fitted": nll(logits, y, temperature)}
     report["oof"] = [{"sample_id": s.sample_id, "patient_id": s.patient_id, "timepoint": s.timepoint,
                       "label": int(s.label), "fold": int(f), "logit": float(z), "p": float(q)}
@@ -273,7 +272,7 @@ def train_model(
     n_boot: int = 1000,
     show_progress: bool = True,
 ) -> Any:
-    """Cross-validate, train the final model, calibrate, and save a model directory.
+    """Cross-validate, calibrate on the out-of-fold logits, and save the fold models' ensemble as a model directory.
 
     Parameters
     ----------
@@ -293,8 +292,7 @@ def train_model(
     device
         ``"auto" | "cpu" | "cuda" | "cuda:N"``.
     on_epoch
-        Called with ``{fold, epoch, train_loss, val_loss, val_auc}`` after every epoch
-        (``fold == -1`` for the final model, whose losses are training losses only).
+        Called with ``{fold, epoch, train_loss, val_loss, val_auc}`` after every epoch.
     n_boot
         Patient-level bootstrap replicates of the CV metric intervals.
     show_progress
@@ -314,7 +312,7 @@ def train_model(
     BackendError
         An unusable device (e.g. ``"cuda"`` without a CUDA device).
     """
-    from .record import ModelRecord
+    from .record import ENSEMBLE_ROUTE, ModelRecord
 
     began = time.perf_counter()
     out = Path(out)
@@ -331,13 +329,13 @@ def train_model(
     results = _cv(data, pipeline, reference.raster, folds=k, device=dev, on_epoch=on_epoch, show_progress=show_progress)
     logits, fold_of = _oof_logits(len(data.samples), results)
     temperature, threshold, cv = _cv_metrics(data, logits, fold_of, spec, n_boot=n_boot)
-    epochs = max(1, int(round(float(np.median([r.best_epoch for r in results])))))
-    model = train_epochs(data, pipeline, reference.raster, epochs=epochs, device=dev, on_epoch=on_epoch)
-    record = ModelRecord(model=model.cpu(), in_channels=data.in_channels, image_size=reference.raster.size,
-                         head=pipeline.model.head, raster=reference.raster, reference_fingerprint=reference.fingerprint,
-                         threshold=threshold, temperature=temperature, metrics={"cv": cv},
-                         provenance=_provenance(data, results, spec, k, epochs, failed, unlabelled, cache, dev,
-                                                pipeline, time.perf_counter() - began))
+    warned = training_warnings(data, results)
+    record = ModelRecord(model=EnsembleNetwork([r.model for r in results]), in_channels=data.in_channels,
+                         image_size=reference.raster.size, head=pipeline.model.head, raster=reference.raster,
+                         reference_fingerprint=reference.fingerprint, threshold=threshold, temperature=temperature,
+                         metrics={"cv": cv}, calibration_route=ENSEMBLE_ROUTE,
+                         provenance=_provenance(data, results, spec, k, failed, unlabelled, cache, dev, pipeline,
+                                                time.perf_counter() - began, warnings=warned))
     record.check_compatible(reference)
     record.save(out)
     return record
@@ -350,12 +348,21 @@ def _check_classes(data: TrainingData) -> None:
                          f"samples there are {int(y.sum())} positive and {int(y.size - y.sum())} negative")
 
 
-def _provenance(data: TrainingData, results: list[FoldResult], spec: TrainSpec, folds: int, epochs: int,
+def training_warnings(data: TrainingData, results: Sequence[FoldResult]) -> list[str]:
+    """The small-cohort and unstable-curve warnings of a cross-validation (see :mod:`rescue_gpu.nn.diagnostics`)."""
+    folds = [(r.train_index, r.val_index) for r in results]
+    curves = [[rec.get("val_auc") for rec in r.history] for r in results]
+    return (small_cohort_warnings(labels=data.y, groups=data.groups, folds=folds)
+            + unstable_curve_warnings(curves, name="validation AUC"))
+
+
+def _provenance(data: TrainingData, results: list[FoldResult], spec: TrainSpec, folds: int,
                 failed: dict[str, str], unlabelled: list[str], cache: Path, device: torch.device,
-                pipeline: Pipeline, seconds: float) -> dict[str, Any]:
+                pipeline: Pipeline, seconds: float, *, warnings: list[str]) -> dict[str, Any]:
     return provenance(device=device, seconds=seconds, pipeline=pipeline.name, train=dataclasses.asdict(spec),
-                      folds=folds, final_epochs=epochs,
-                      final_epochs_rule="median of the folds' best epochs (lowest validation loss)",
-                      fold_results=[r.summary() for r in results], n_samples=len(data.samples),
+                      folds=folds, ensemble_members=len(results),
+                      ensemble_rule="mean logit of the cross-validation fold models, each at its best epoch "
+                                    "(lowest validation loss); no model retrained on all data",
+                      warnings=warnings, fold_results=[r.summary() for r in results], n_samples=len(data.samples),
                       n_patients=int(np.unique(data.groups).size), n_positive=int(data.y.sum()),
                       failed_samples=failed, unlabelled_samples=unlabelled, cache=str(cache))

@@ -44,7 +44,13 @@ def train_cmd(
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder of the projected-events cache (default: <out>-cache).")] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")] = "auto",
 ) -> None:
-    """Train an MRD model with patient-level cross-validation, then on all samples; save it with its CV metrics."""
+    """Train an MRD model with patient-level cross-validation; save the fold models' ensemble with its CV metrics.
+
+    The ensemble (mean logit of the fold models) makes the calls; its threshold and
+    temperature are fitted on the fold models' out-of-fold logits. Warnings about too
+    few patients per class per fold or unstable validation curves are printed as
+    ``warning: ...`` lines and stored in model.json (provenance ``warnings``).
+    """
     from ..runner.manifest import read_manifest
     from ..reference import Reference
     from ..reference.pipeline import resolve_pipeline
@@ -64,8 +70,11 @@ def train_cmd(
     _print_metrics(cv, title=f"cross-validation (out-of-fold, {record.provenance['folds']} folds)")
     _print_excluded(record.provenance.get("failed_samples", {}), "failed to project, left out")
     _print_excluded({s: "no label" for s in record.provenance.get("unlabelled_samples", [])}, "unlabelled, left out")
-    console.print(f"wrote {out}: threshold {record.threshold:.4f} ({cv['threshold_rule']}), temperature "
-                  f"{record.temperature:.3f}, final model {record.provenance['final_epochs']} epochs, sha256 {record.sha256[:12]}")
+    for text in record.provenance.get("warnings", []):
+        err_console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote {out}: ensemble of {record.n_members} fold models (mean logit; threshold and temperature "
+                  f"fitted on their out-of-fold logits), threshold {record.threshold:.4f} ({cv['threshold_rule']}), "
+                  f"temperature {record.temperature:.3f}, sha256 {record.sha256[:12]}")
 
 
 def read_scores(path: Path) -> list[dict[str, str]]:

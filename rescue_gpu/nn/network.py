@@ -166,6 +166,11 @@ class Network(nn.Module):
         """``(N, C, H, W)`` images to logits (before temperature scaling), see :meth:`forward_head`."""
         return self.forward_head(self.forward_features(x))
 
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits (as :meth:`forward`) and the ``(N, F)`` pooled features from one pass."""
+        f = self.forward_features(x)
+        return self.forward_head(f), f
+
 
 def adapt_conv1_weight(weight: Tensor, in_channels: int) -> Tensor:
     """Adapt an RGB ``conv1`` weight ``(64, 3, k, k)`` to ``in_channels`` input planes.

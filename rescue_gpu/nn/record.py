@@ -40,6 +40,7 @@ import torch
 from ..artifacts import (RecordFormatWarning, check_settings_checksum, new_record_dir, read_record_json,
                          settings_checksum, software_versions, update_record_json, write_json_atomic)
 from ..errors import ConfigError, ModelError
+from .ensemble import EnsembleNetwork
 from .network import Network, load_torchvision_state_dict
 
 __all__ = ["WeightsRecord", "state_dict_sha256", "write_weights_dir", "verified_state_dict", "read_weights",
@@ -87,7 +88,7 @@ class WeightsRecord:
     MISSING_HINT: ClassVar[str] = "train one first"
     FIX: ClassVar[str] = "restore the original model.json from a copy, or retrain the model"
 
-    model: Network
+    model: Network | EnsembleNetwork
     temperature: float = 1.0
     metrics: dict = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)

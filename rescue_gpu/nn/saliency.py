@@ -2,7 +2,10 @@
 
 1. Grad-CAM on the last ResNet block (``layer4``): the block's activations ``A`` and the
    gradient of a scalar score with respect to them give ``relu(sum_k mean(dS/dA_k) * A_k)``,
-   upsampled (bilinear) to the image size.
+   upsampled (bilinear) to the image size. A network with several ``layer4`` blocks (an
+   :class:`~rescue_gpu.nn.ensemble.EnsembleNetwork`, one per member) gets the sum of
+   their maps; the score being the members' mean logit, that is the mean of the members'
+   own Grad-CAM maps.
 2. The map is multiplied by the gradient x input saliency of the image (positive part,
    summed over channels), which sharpens the coarse map to the pixels that carry signal
    ("guided" Grad-CAM). Where that product is all zero the Grad-CAM map is used, and
@@ -23,7 +26,7 @@ import numpy as np
 
 from ..errors import RescueError
 
-__all__ = ["grad_cam", "last_block"]
+__all__ = ["grad_cam", "last_block", "cam_blocks"]
 
 
 def last_block(network: Any) -> Any:
@@ -34,13 +37,27 @@ def last_block(network: Any) -> Any:
     return found[-1]
 
 
-def _guided(acts: Any, g_act: Any, g_in: Any, x: Any) -> Any:
-    """Per image: Grad-CAM x positive gradient-x-input, with the fallbacks of the module docstring."""
+def cam_blocks(network: Any) -> list[Any]:
+    """Every ``layer4`` block of ``network`` (one for a ResNet, one per member of an ensemble)."""
+    found = [m for name, m in network.named_modules() if name.split(".")[-1] == "layer4"]
+    if not found:
+        raise RescueError("the network has no 'layer4' block (not a ResNet); Grad-CAM cannot be computed")
+    return found
+
+
+def _cam(acts: Any, g_act: Any, size: tuple[int, int]) -> Any:
+    """One block's Grad-CAM map, ``(N, H, W)`` upsampled to ``size``."""
     import torch.nn.functional as F
 
     weights = g_act.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * acts).sum(dim=1, keepdim=True))
-    cam = F.interpolate(cam, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)[:, 0]
+    return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def _guided(cam: Any, g_in: Any, x: Any) -> Any:
+    """Per image: Grad-CAM x positive gradient-x-input, with the fallbacks of the module docstring."""
+    import torch.nn.functional as F
+
     saliency = F.relu((g_in * x).sum(dim=1))
     guided = cam * saliency
     out = []
@@ -72,17 +89,21 @@ def grad_cam(network: Any, images: np.ndarray, *, score: Callable[[Any], Any] | 
     single = np.ndim(images) == 3
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     x = (x[None] if single else x).requires_grad_(True)
-    block, store = last_block(network), {}
-    hook = block.register_forward_hook(lambda _m, _i, out: store.__setitem__("a", out))
+    blocks, store = cam_blocks(network), {}
+    hooks = [b.register_forward_hook(lambda _m, _i, out, k=k: store.__setitem__(k, out)) for k, b in enumerate(blocks)]
     was_training = network.training
     network.eval()
     try:
         with torch.enable_grad():
             out = network(x)
             s = score(out) if score is not None else out.reshape(x.shape[0], -1)[:, 0]
-            g_act, g_in = torch.autograd.grad(s.sum(), [store["a"], x])
+            acts = [store[k] for k in range(len(blocks))]
+            *g_acts, g_in = torch.autograd.grad(s.sum(), [*acts, x])
     finally:
-        hook.remove()
+        for h in hooks:
+            h.remove()
         network.train(was_training)
-    maps = torch.stack(_guided(store["a"].detach(), g_act, g_in, x.detach())).numpy().astype(np.float32)
+    size = tuple(x.shape[-2:])
+    cam = sum(_cam(a.detach(), g, size) for a, g in zip(acts, g_acts))
+    maps = torch.stack(_guided(cam, g_in, x.detach())).numpy().astype(np.float32)
     return maps[0] if single else maps
