@@ -1,0 +1,247 @@
+"""Transfer check (issue 17): train on one simulator's cohort, score the other's, both directions.
+
+Sources: the main simulator (``rescue_gpu.simulate.flow``, 10-colour, ``$PnR`` 2**18) and
+Lab B (``rescue_gpu.simulate.labb``, 8-colour, other fluorochromes, ``$PnR`` 2**20). Each
+source's patients are split into training and held-out patients. Per source, the CLI
+builds a reference from the training manifest (``rescue reference build --pipeline``),
+trains (``rescue train``: 3-fold patient CV, then a final model) and scores
+(``rescue score --in-process``) the held-out patients of both sources. The pipeline
+of a source keeps the 8 markers both panels share (CD45, CD34, CD117, CD13, CD33, HLA-DR,
+CD7, CD56) plus FSC-A/SSC-A, its own instrument scale (logicle ``t`` and scatter
+``scale``: 262144 for the main simulator, 1048576 for Lab B) and CPU-sized training
+(64 px, 3 folds, <= 12 epochs, patience 4, 2 augmentation copies; aml-mrd otherwise);
+the target is preprocessed with the source's pipeline, as ``rescue score`` does with
+any reference. Reported per (source -> target) on the target's held-out patients: ROC
+AUC, sensitivity and specificity at the model's stored threshold, with patient-level
+95% bootstrap intervals, overall and per timepoint (control, MRD-negative follow-up,
+MRD-positive follow-up). Writes ``transfer.md`` and ``transfer.json`` to ``--out``.
+
+Usage::
+
+    python benchmarks/transfer.py --main-samples 48 --labb-patients 12 --events 4000 --out /tmp/transfer
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rescue_gpu.cli import main as rescue
+from rescue_gpu.nn.metrics import bootstrap_intervals
+from rescue_gpu.simulate.labb import PIPELINE_FILE, simulate_labb_cohort
+
+COMMON = ["CD45", "CD34", "CD117", "CD13", "CD33", "HLA-DR", "CD7", "CD56"]
+SCALE = {"main": 262144.0, "labb": 1048576.0}
+GROUPS = ("control", "mrd_negative", "mrd_positive", "diagnosis")
+
+PIPELINE = """
+name = "transfer-{source}"
+description = "issue 17 transfer check, trained on the {source} simulator"
+
+[panel]
+markers = {markers}
+scatter = ["FSC-A", "SSC-A"]
+
+[panel.aliases]
+"HLA-DR" = ["HLADR", "DR", "HLA DR"]
+"CD117" = ["KIT", "C-KIT", "CKIT"]
+"CD56" = ["NCAM"]
+"CD45" = ["PTPRC"]
+
+[preprocess.fluorescence]
+kind = "logicle"
+t = {scale}
+w = 0.5
+m = 4.5
+a = 0.0
+
+[preprocess.scatter]
+kind = "linear"
+scale = {scale}
+
+[reference]
+events_per_sample = {ref_events}
+
+[raster]
+size = 64
+
+[model.train]
+folds = 3
+max_epochs = 12
+patience = 4
+augment_copies = 2
+seed = {seed}
+"""
+
+
+def _args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--main-samples", type=int, default=48, help="samples of the main simulator's cohort")
+    ap.add_argument("--labb-patients", type=int, default=12, help="leukaemic patients of the Lab B cohort")
+    ap.add_argument("--labb-controls", type=int, default=None, help="Lab B control donors (default patients // 2)")
+    ap.add_argument("--events", type=int, default=4000, help="events per sample (both sources)")
+    ap.add_argument("--ref-events", type=int, default=1000, help="events pooled per reference sample")
+    ap.add_argument("--held-out", type=float, default=0.4, help="share of each source's patients held out")
+    ap.add_argument("--boot", type=int, default=1000, help="patient-level bootstrap replicates")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/transfer"))
+    return ap.parse_args()
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write_manifest(path: Path, rows: list[dict[str, str]], base: Path) -> Path:
+    """A manifest of ``rows`` with absolute paths (so it may live outside the cohort folder)."""
+    cols = ["sample_id", "path", "patient_id", "timepoint", "label"]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows([{**r, "path": str((base / r["path"]).resolve())} for r in rows])
+    return path
+
+
+def _split(rows: list[dict[str, str]], share: float, seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Patient-level split, stratified by whether the patient is a control."""
+    rng = np.random.default_rng(seed)
+    held: set[str] = set()
+    for control in (True, False):
+        ids = sorted({r["patient_id"] for r in rows if (r["timepoint"] == "control") == control})
+        ids = [ids[i] for i in rng.permutation(len(ids))]
+        held |= set(ids[: max(1, round(share * len(ids)))])
+    return [r for r in rows if r["patient_id"] not in held], [r for r in rows if r["patient_id"] in held]
+
+
+def _kinds(truth: Path) -> dict[str, str]:
+    """sample_id -> diagnosis / mrd_positive / mrd_negative / control (both truth.csv formats have ``kind``)."""
+    return {r["sample_id"]: r["kind"] for r in _read_csv(truth)}
+
+
+def _cli(*args: Any) -> None:
+    rc = rescue([str(a) for a in args])
+    if rc != 0:
+        raise SystemExit(f"rescue {' '.join(map(str, args[:2]))} failed with exit code {rc}")
+
+
+def _metrics(scores: Path, kinds: dict[str, str], n_boot: int, seed: int) -> dict[str, Any]:
+    """Pooled and per-group ROC AUC / sensitivity / specificity with patient-level intervals."""
+    rows = [r for r in _read_csv(scores) if r["status"] == "scored"]
+    y = np.array([1 if kinds[r["sample_id"]] in ("diagnosis", "mrd_positive") else 0 for r in rows])
+    p = np.array([float(r["p_mrd"]) for r in rows])
+    g = np.array([r["patient_id"] for r in rows])
+    k = np.array([kinds[r["sample_id"]] for r in rows])
+    thr = float(rows[0]["threshold"])
+    out: dict[str, Any] = {"n": len(rows), "n_failed": len(_read_csv(scores)) - len(rows), "threshold": thr,
+                           "n_patients": int(np.unique(g).size)}
+    out["all"] = {m: v.as_dict() for m, v in bootstrap_intervals(y, p, g, threshold=thr, n_boot=n_boot,
+                                                                    seed=seed).items()}
+    for group in GROUPS:
+        m = k == group
+        if m.any():
+            iv = bootstrap_intervals(y[m], p[m], g[m], threshold=thr, n_boot=n_boot, seed=seed,
+                                     metrics=("sensitivity", "specificity"))
+            out[group] = {"n": int(m.sum()), **{n: v.as_dict() for n, v in iv.items()}}
+    return out
+
+
+def _fmt(d: dict[str, Any] | None) -> str:
+    if not d or d.get("estimate") is None or not np.isfinite(d["estimate"]):
+        return "n/a"
+    lo, hi = d.get("low"), d.get("high")
+    ci = f" [{lo:.2f}, {hi:.2f}]" if lo is not None and np.isfinite(lo) else ""
+    return f"{d['estimate']:.2f}{ci}"
+
+
+def _table(results: dict[str, dict[str, Any]]) -> str:
+    head = ("| source → target | held-out samples (patients) | ROC AUC | sensitivity | specificity | "
+            "spec. controls | spec. MRD− follow-up | sens. MRD+ follow-up | sens. diagnosis |")
+    lines = [head, "|" + "---|" * 9]
+    for key, r in results.items():
+        lines.append(
+            f"| {key} | {r['n']} ({r['n_patients']}) | {_fmt(r['all']['roc_auc'])} | {_fmt(r['all']['sensitivity'])} | "
+            f"{_fmt(r['all']['specificity'])} | {_fmt(r.get('control', {}).get('specificity'))} | "
+            f"{_fmt(r.get('mrd_negative', {}).get('specificity'))} | {_fmt(r.get('mrd_positive', {}).get('sensitivity'))} | "
+            f"{_fmt(r.get('diagnosis', {}).get('sensitivity'))} |")
+    return "\n".join(lines)
+
+
+def _cohorts(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Simulate both cohorts; per source, its train/held-out manifests and kinds."""
+    from rescue_gpu.simulate import simulate_cohort
+
+    main_dir, labb_dir = a.out / "main", a.out / "labb"
+    simulate_cohort(main_dir, n_samples=a.main_samples, n_events=a.events, seed=a.seed)
+    simulate_labb_cohort(labb_dir, n_patients=a.labb_patients, n_events=a.events, seed=a.seed + 1,
+                         n_controls=a.labb_controls)
+    out = {}
+    for name, d in (("main", main_dir), ("labb", labb_dir)):
+        train, held = _split(_read_csv(d / "manifest.csv"), a.held_out, a.seed)
+        out[name] = {"train": _write_manifest(a.out / f"{name}-train.csv", train, d),
+                     "held": _write_manifest(a.out / f"{name}-held.csv", held, d),
+                     "kinds": _kinds(d / "truth.csv"), "n_train": len(train), "n_held": len(held),
+                     "patients_train": len({r["patient_id"] for r in train}),
+                     "patients_held": len({r["patient_id"] for r in held})}
+    return out
+
+
+def _train(source: str, c: dict[str, Any], a: argparse.Namespace) -> tuple[Path, Path]:
+    """Reference and model of one source, through the CLI."""
+    toml = a.out / f"transfer-{source}.toml"
+    toml.write_text(PIPELINE.format(source=source, markers=json.dumps(COMMON), scale=SCALE[source],
+                                    ref_events=a.ref_events, seed=a.seed), encoding="utf-8")
+    ref, model = a.out / f"ref-{source}", a.out / f"model-{source}"
+    _cli("reference", "build", c["train"], "--out", ref, "--pipeline", toml, "--backend", "cpu")
+    _cli("train", c["train"], "--reference", ref, "--out", model, "--device", "cpu")
+    return ref, model
+
+
+def main() -> None:
+    """Run the check and write the table and JSON."""
+    a = _args()
+    if a.out.exists():
+        shutil.rmtree(a.out)
+    a.out.mkdir(parents=True)
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    cohorts = _cohorts(a)
+    times["simulate"] = time.perf_counter() - t0
+    results: dict[str, dict[str, Any]] = {}
+    for source in ("main", "labb"):
+        t0 = time.perf_counter()
+        ref, model = _train(source, cohorts[source], a)
+        times[f"reference+train {source}"] = time.perf_counter() - t0
+        for target in ("main", "labb"):
+            t0 = time.perf_counter()
+            run = a.out / f"run-{source}-to-{target}"
+            _cli("score", cohorts[target]["held"], "--reference", ref, "--model", model, "--out", run,
+                 "--in-process", "--backend", "cpu", "--no-report")
+            times[f"score {source}->{target}"] = time.perf_counter() - t0
+            label = f"{source} → {target}" + (" (within-source baseline)" if source == target else "")
+            results[label] = _metrics(run / "scores.csv", cohorts[target]["kinds"], a.boot, a.seed)
+    table = _table(results)
+    sizes = {k: {m: v for m, v in c.items() if m.startswith(("n_", "patients_"))} for k, c in cohorts.items()}
+    machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+               f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+    (a.out / "transfer.md").write_text(table + "\n", encoding="utf-8")
+    (a.out / "transfer.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "sizes": sizes,
+                                                    "times_s": times, "machine": machine, "results": results},
+                                                   indent=2), encoding="utf-8")
+    print(table)
+    print(json.dumps(sizes))
+    print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {sum(times.values()):.0f} s")
+    print(f"machine: {machine}")
+
+
+if __name__ == "__main__":
+    main()
