@@ -113,6 +113,7 @@ class ReferenceSpec:
     """How a reference UMAP is built: the pooled subsample and the UMAP fit parameters."""
 
     events_per_sample: int = 5000
+    max_events: int = 150_000  # total pooled events (0: no cap); see pipelines/aml-mrd.toml
     n_neighbors: int = 15
     min_dist: float = 0.1
     spread: float = 1.0
@@ -122,6 +123,9 @@ class ReferenceSpec:
     min_events: int = 1000
 
     def __post_init__(self) -> None:
+        if self.max_events < 0 or 0 < self.max_events < self.min_events:
+            raise ConfigError(f"reference max_events must be 0 (no cap) or at least min_events={self.min_events} "
+                              f"(got {self.max_events})")
         if self.events_per_sample < 1 or self.n_neighbors < 2 or self.min_events < self.n_neighbors:
             raise ConfigError("reference needs events_per_sample >= 1, n_neighbors >= 2, min_events >= n_neighbors")
         if not (0 <= self.min_dist <= self.spread):

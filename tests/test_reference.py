@@ -33,7 +33,8 @@ def test_pool_is_even_reproducible_and_drops_nan():
     a[:7, 2] = np.nan
     pooled, rec = pool_events([("a", a), ("b", _blobs(100, 2))], events_per_sample=200, seed=3)
     assert pooled.shape == (300, 4) and np.isfinite(pooled).all()
-    assert rec == {"events_per_sample": {"a": 200, "b": 100}, "non_finite_rows_dropped": 7}
+    assert rec == {"events_per_sample": {"a": 200, "b": 100}, "non_finite_rows_dropped": 7, "max_events": 0,
+                   "events_available": 300}
     again, _ = pool_events([("a", a), ("b", _blobs(100, 2))], events_per_sample=200, seed=3)
     np.testing.assert_array_equal(pooled, again)
 

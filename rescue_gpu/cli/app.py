@@ -96,6 +96,9 @@ def reference_build(
     manifest: Annotated[Path, typer.Argument(help="Manifest CSV or folder of FCS files.")],
     out: Annotated[Path, typer.Option("--out", help="Reference directory to create.")],
     events_per_sample: Annotated[Optional[int], typer.Option("--events-per-sample", help="Events pooled per sample.")] = None,
+    max_events: Annotated[Optional[int], typer.Option(
+        "--max-events", help="Total events in the reference (0: no cap; default from the pipeline, 150,000), "
+                             "balanced across timepoint/label groups.")] = None,
     pipeline: PipelineOpt = "aml-mrd",
     backend: Annotated[str, typer.Option("--backend", help="auto | cpu | gpu (cuML when installed).")] = "cpu",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing reference directory.")] = False,
@@ -107,7 +110,8 @@ def reference_build(
     pipe = load_pipeline(pipeline)
     rows = _rows_for(manifest)
     with progress("preprocessing", len(rows)) as advance:
-        ref = build_reference_from_rows(rows, pipe, events_per_sample=events_per_sample, backend=backend, on_sample=advance)
+        ref = build_reference_from_rows(rows, pipe, events_per_sample=events_per_sample, max_events=max_events,
+                                        backend=backend, on_sample=advance)
     ref.save(out, overwrite=overwrite)
     failed = ref.provenance.get("failed_samples", {})
     console.print(f"reference: {ref.train_events.shape[0]:,} events x {len(ref.markers)} markers from "

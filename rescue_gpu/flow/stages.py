@@ -74,6 +74,7 @@ def build_reference_from_rows(
     pipeline: Pipeline,
     *,
     events_per_sample: int | None = None,
+    max_events: int | None = None,
     backend: str = "cpu",
     on_sample: Callable[[int, int], None] | None = None,
 ) -> Reference:
@@ -86,6 +87,8 @@ def build_reference_from_rows(
     spec = pipeline.reference
     if events_per_sample is not None:
         spec = dataclasses.replace(spec, events_per_sample=events_per_sample)
+    if max_events is not None:
+        spec = dataclasses.replace(spec, max_events=max_events)
     warned: dict[str, list[str]] = {}
     selected = [r for r in rows if r.in_reference is not False]
     failed: dict[str, str] = {}
@@ -107,7 +110,8 @@ def build_reference_from_rows(
     ref = build_reference(pooled, markers=markers[0], spec=spec, raster=pipeline.raster,
                           preprocess_fingerprint=preprocess_fingerprint(pipeline.panel, pipeline.preprocess),
                           settings=pipeline_settings(pipeline), backend=backend,
-                          pipeline=pipeline_record(dataclasses.replace(pipeline, reference=spec)))
+                          pipeline=pipeline_record(dataclasses.replace(pipeline, reference=spec)),
+                          strata={r.sample_id: f"{r.timepoint}/{r.label}" for r in selected})
     ref.provenance["failed_samples"] = failed
     ref.provenance["sample_warnings"] = warned
     return ref

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +16,73 @@ from ..errors import ReferenceDataError
 from ..projection.transform import UmapParams
 from .store import Reference
 
-__all__ = ["pool_events", "fit_umap", "extent_of", "build_reference", "from_umap_learn", "import_umap_pickle"]
+__all__ = ["water_fill", "balanced_quota", "pool_events", "fit_umap", "extent_of", "build_reference", "from_umap_learn", "import_umap_pickle"]
+
+
+def water_fill(capacities: Sequence[int], budget: int) -> list[int]:
+    """Split ``budget`` as evenly as possible over bins of the given ``capacities``.
+
+    Every bin gets ``min(capacity, level)`` for the one level that uses the budget
+    (or everything, when the capacities sum to less); the integer remainder goes one
+    each to the first bins that still have room, so the result is deterministic.
+    """
+    caps = [max(0, int(c)) for c in capacities]
+    if sum(caps) <= budget:
+        return caps
+    alloc = [0] * len(caps)
+    left, open_bins = budget, [i for i, c in enumerate(caps) if c > 0]
+    while open_bins and left > 0:
+        share = left // len(open_bins)
+        if share == 0:
+            for i in open_bins[:left]:
+                alloc[i] += 1
+            break
+        still = []
+        for i in open_bins:
+            give = min(share, caps[i] - alloc[i])
+            alloc[i] += give
+            left -= give
+            if alloc[i] < caps[i]:
+                still.append(i)
+        open_bins = still
+    return alloc
+
+
+def balanced_quota(counts: Sequence[int], strata: Sequence[str], *, max_events: int) -> list[int]:
+    """Events to keep per sample under a total ``max_events``: even across strata, then across samples.
+
+    ``counts`` are the events each sample can give; ``strata`` their groups (e.g.
+    ``timepoint/label``). Each stratum gets an even share of the budget (a stratum
+    that cannot fill its share passes the rest on), and within a stratum each sample
+    an even share, so a rare group (diagnosis samples, MRD-positive follow-ups) keeps
+    its place in the reference however many samples the other groups have.
+    """
+    names = sorted(set(strata))
+    members = {s: [i for i, g in enumerate(strata) if g == s] for s in names}
+    per_stratum = water_fill([sum(counts[i] for i in members[s]) for s in names], max_events)
+    quota = [0] * len(counts)
+    for s, budget in zip(names, per_stratum):
+        for i, q in zip(members[s], water_fill([counts[i] for i in members[s]], budget)):
+            quota[i] = q
+    return quota
 
 
 def pool_events(
-    samples: Iterable[tuple[str, np.ndarray]], *, events_per_sample: int, seed: int = 0
+    samples: Iterable[tuple[str, np.ndarray]], *, events_per_sample: int, seed: int = 0, max_events: int = 0,
+    strata: Mapping[str, str] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Pool an even random subsample of each sample's events; drop and count non-finite rows.
+    """Pool an even random subsample of each sample's events under a total budget; drop non-finite rows.
 
-    Each sample's draw depends only on ``seed`` and its position, so the pool is
-    reproducible. Returns the pooled float32 events and a record of what was taken.
+    Each sample gives at most ``events_per_sample`` events. With ``max_events > 0`` the
+    pool is then cut to that total by :func:`balanced_quota`: an even share per stratum
+    (``strata`` maps sample id to a group such as ``"follow-up/positive"``; samples not in
+    it share one group), then per sample. Each sample's draw depends only on ``seed`` and
+    its position; a cut keeps a prefix of one random order of the sample's draw, so a
+    smaller budget keeps a subset of a larger one, and a pool under the budget is
+    exactly the uncapped pool. Returns the pooled float32 events and
+    a record of what was taken.
     """
-    parts, taken, dropped = [], {}, 0
+    picked, ids, dropped = [], [], 0
     for i, (sample_id, events) in enumerate(samples):
         ev = np.asarray(events, dtype=np.float32)
         finite = np.isfinite(ev).all(axis=1)
@@ -35,14 +90,23 @@ def pool_events(
         ev = ev[finite]
         rng = np.random.default_rng([seed, i])
         k = min(events_per_sample, ev.shape[0])
-        parts.append(ev[np.sort(rng.choice(ev.shape[0], size=k, replace=False))])
-        taken[sample_id] = k
-    if not parts:
+        picked.append(ev[np.sort(rng.choice(ev.shape[0], size=k, replace=False))])
+        ids.append(sample_id)
+    if not picked:
         raise ReferenceDataError("no samples to build a reference from")
-    widths = {p.shape[1] for p in parts}
+    widths = {p.shape[1] for p in picked}
     if len(widths) != 1:
         raise ReferenceDataError(f"samples have different numbers of markers {sorted(widths)}; preprocess them with one pipeline")
-    return np.concatenate(parts), {"events_per_sample": taken, "non_finite_rows_dropped": dropped}
+    counts = [p.shape[0] for p in picked]
+    groups = [(strata or {}).get(sid, "") for sid in ids]
+    quota = balanced_quota(counts, groups, max_events=max_events) if max_events > 0 else counts
+    parts = [p if q == p.shape[0] else p[np.sort(np.random.default_rng([seed, i, 1]).permutation(p.shape[0])[:q])]
+             for i, (p, q) in enumerate(zip(picked, quota))]
+    record: dict[str, Any] = {"events_per_sample": dict(zip(ids, quota)), "non_finite_rows_dropped": dropped,
+                              "max_events": int(max_events), "events_available": int(sum(counts))}
+    if strata:
+        record["events_per_stratum"] = {g: int(sum(q for q, h in zip(quota, groups) if h == g)) for g in sorted(set(groups))}
+    return np.concatenate(parts), record
 
 
 def fit_umap(events: np.ndarray, *, spec: ReferenceSpec, backend: str = "cpu") -> tuple[np.ndarray, UmapParams]:
@@ -85,6 +149,7 @@ def build_reference(
     settings: dict[str, Any] | None = None,
     backend: str = "cpu",
     pipeline: dict[str, Any] | None = None,
+    strata: Mapping[str, str] | None = None,
 ) -> Reference:
     """Pool events from preprocessed samples and fit the reference UMAP.
 
@@ -103,6 +168,9 @@ def build_reference(
         The whole pipeline the samples were preprocessed with
         (:func:`rescue_gpu.config.pipeline_record`), stored so that ``rescue train`` and
         ``rescue score`` take it from the reference.
+    strata
+        Sample id -> group (e.g. ``timepoint/label``) over which ``spec.max_events`` is
+        balanced (:func:`pool_events`).
 
     Raises
     ------
@@ -110,7 +178,8 @@ def build_reference(
         Fewer pooled events than ``spec.min_events``, or inconsistent widths.
     """
     t0 = time.time()
-    pooled, record = pool_events(samples, events_per_sample=spec.events_per_sample, seed=spec.random_state)
+    pooled, record = pool_events(samples, events_per_sample=spec.events_per_sample, seed=spec.random_state,
+                                 max_events=spec.max_events, strata=strata)
     if pooled.shape[0] < spec.min_events:
         raise ReferenceDataError(
             f"only {pooled.shape[0]} events pooled from {len(record['events_per_sample'])} sample(s); "
