@@ -250,7 +250,7 @@ def test_a_sample_too_large_for_its_worker_fails_alone(assets: dict[str, Path], 
                                                        tmp_path: Path) -> None:
     from rescue_gpu.runner.cluster import ALLOWED_FAILURES
 
-    _huge_sample(assets, tmp_path / "huge.fcs", 12_000_000)
+    _huge_sample(assets, tmp_path / "huge.fcs", 20_000_000)  # 1.2 GB of float32 events
     rows = list(csv.DictReader(open(assets["manifest"])))[:2]
     manifest = tmp_path / "manifest.csv"
     with open(manifest, "w", newline="") as fh:
@@ -260,7 +260,7 @@ def test_a_sample_too_large_for_its_worker_fails_alone(assets: dict[str, Path], 
         for r in rows:
             w.writerow({"sample_id": r["sample_id"], "path": str((assets["cohort"] / r["path"]).resolve())})
     for _ in range(2):
-        cluster.add_worker(memory_limit="1GB")
+        cluster.add_worker(memory_limit="2GB")
     cluster.wait_for_workers(2)
     out, log = tmp_path / "run", tmp_path / "cli.log"
     # two samples a task: the huge one's batch is split, so only the huge sample fails

@@ -144,7 +144,7 @@ def run_on_client(client: Any, batches: list[list[SampleTask]], job: AssayJob, *
     joins later loads it when it starts. ``on_ready`` is called once that is done (the
     processing phase starts). The plugin is removed when the generator ends or is closed.
     """
-    client.register_plugin(StatePlugin(job), name=PLUGIN_NAME)
+    _register(client, job)
     try:
         if on_ready is not None:
             on_ready()
@@ -198,6 +198,31 @@ def run_batches(batches: list[list[SampleTask]], job: AssayJob, *, store: RunSto
                                 on_ready=progress.restart)
         drain(results, store, progress)
         return info.describe(), progress.stop()
+
+
+def _register(client: Any, job: AssayJob, tries: int = 2) -> None:
+    """Register the :class:`StatePlugin`; a worker dying meanwhile (its connection closes) is not fatal.
+
+    Registration is tried ``tries`` times; if it still fails while the scheduler is up, the
+    run goes on without it (each worker then loads the state before its first task, in
+    :func:`~rescue_gpu.runner.worker.process_batch`).
+
+    Raises
+    ------
+    ClusterError
+        The scheduler went away.
+    """
+    from ..errors import ClusterError
+
+    for _ in range(max(1, tries)):
+        try:
+            client.register_plugin(StatePlugin(job), name=PLUGIN_NAME)
+            return
+        except OSError as exc:  # distributed's CommClosedError: a worker or the connection went away
+            if client.status not in ("running", "newly-created"):
+                raise ClusterError(f"lost the Dask scheduler {client.scheduler.address} while the workers loaded "
+                                   f"their state ({exc.__class__.__name__}); start it again and run the same "
+                                   "command") from None
 
 
 def _unregister(client: Any) -> None:
