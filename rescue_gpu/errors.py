@@ -29,6 +29,7 @@ __all__ = [
     "StoreError",
     "CellDataError",
     "OutputError",
+    "ClusterError",
     "writing",
     "os_errno",
 ]
@@ -105,6 +106,13 @@ class StoreError(RescueError):
 
 class CellDataError(RescueError):
     """Single-cell images are missing, unreadable, of the wrong shape, or laid out in a way we cannot read."""
+
+
+class ClusterError(RescueError):
+    """The Dask cluster went away mid-run (its scheduler stopped or cannot be reached).
+
+    Samples written before it stay complete: the same command run again resumes.
+    """
 
 
 # (problem, fix) of the operating-system errors a user can act on when writing outputs

@@ -60,7 +60,31 @@ from typing import Any
 from ..config import RuntimeConfig, parse_memory
 from ..errors import ConfigError
 
-__all__ = ["ClusterInfo", "open_client", "plan_cluster", "gpu_cluster_available", "workers_of"]
+__all__ = ["ALLOWED_FAILURES", "ClusterInfo", "open_client", "is_scheduler_file", "plan_cluster", "gpu_cluster_available", "workers_of"]
+
+
+ALLOWED_FAILURES = 2
+"""Retries of a task whose worker died (distributed's ``allowed-failures``): set on the run's scheduler.
+
+A task is run on at most ``ALLOWED_FAILURES + 1`` workers; when each of them dies running
+it (killed, out of memory above ``--memory-limit``, a crash) it fails with ``KilledWorker``
+and the runner fails only its samples. An embedded cluster's scheduler is made with it; on
+an existing scheduler the run sets it for its duration and puts the old value back.
+"""
+
+
+def is_scheduler_file(scheduler: str) -> bool:
+    """Whether ``scheduler`` names a scheduler JSON file (``dask scheduler --scheduler-file``), not an address."""
+    if "://" in scheduler:
+        return False
+    return scheduler.endswith(".json") or os.path.isfile(scheduler)
+
+
+def _set_allowed_failures(n: int, dask_scheduler: Any = None) -> int:
+    """On the scheduler (``client.run_on_scheduler``): set ``allowed_failures`` to ``n``; return the old value."""
+    old = int(dask_scheduler.allowed_failures)
+    dask_scheduler.allowed_failures = int(n)
+    return old
 
 
 @dataclass(frozen=True)
@@ -128,7 +152,7 @@ def _local_cpu(runtime: RuntimeConfig, n_workers: int, dashboard: str) -> Any:
 
     return LocalCluster(n_workers=n_workers, threads_per_worker=runtime.threads_per_worker, processes=True,
                         memory_limit=_memory_limit(runtime, n_workers), dashboard_address=dashboard,
-                        silence_logs=logging.ERROR)
+                        silence_logs=logging.ERROR, scheduler_kwargs={"allowed_failures": ALLOWED_FAILURES})
 
 
 def _local_cuda(runtime: RuntimeConfig, n_workers: int, dashboard: str) -> Any:  # pragma: no cover - needs a GPU
@@ -137,7 +161,8 @@ def _local_cuda(runtime: RuntimeConfig, n_workers: int, dashboard: str) -> Any: 
 
     kwargs: dict[str, Any] = {"threads_per_worker": runtime.threads_per_worker, "dashboard_address": dashboard,
                               "memory_limit": _memory_limit(runtime, max(1, n_workers)), "silence_logs": logging.ERROR,
-                              "rmm_pool_size": "50%" if _has_rmm() else None}
+                              "rmm_pool_size": "50%" if _has_rmm() else None,
+                              "scheduler_kwargs": {"allowed_failures": ALLOWED_FAILURES}}
     if n_workers:
         kwargs["n_workers"] = n_workers
     try:
@@ -196,9 +221,15 @@ def open_client(runtime: RuntimeConfig, *, scheduler: str | None = None,
     from distributed import Client
 
     if scheduler:
+        if not is_scheduler_file(scheduler) and "://" not in scheduler and ":" not in scheduler:
+            raise ConfigError(f"--scheduler {scheduler!r} is neither an address (tcp://host:8786) nor an existing "
+                              "scheduler file (dask scheduler --scheduler-file FILE)")
         try:
-            client = Client(scheduler_file=scheduler, timeout="20s") if scheduler.endswith(".json") \
+            client = Client(scheduler_file=scheduler, timeout="20s") if is_scheduler_file(scheduler) \
                 else Client(scheduler, timeout="20s")
+        except FileNotFoundError:
+            raise ConfigError(f"the scheduler file {scheduler!r} does not exist; start 'dask scheduler "
+                              "--scheduler-file FILE' first (on a file system this machine sees)") from None
         except (OSError, TimeoutError, ValueError) as exc:
             raise ConfigError(f"cannot reach the Dask scheduler {scheduler!r} ({exc}); check the address "
                               "and that 'dask scheduler' is running") from None
@@ -208,7 +239,13 @@ def open_client(runtime: RuntimeConfig, *, scheduler: str | None = None,
             except TimeoutError:
                 raise ConfigError(f"the Dask scheduler {scheduler!r} has no workers after 60 s; start "
                                   "'dask cuda worker' (GPU) or 'dask worker' (CPU) against it") from None
-            yield client, _info(client, "scheduler", False)
+            old = client.run_on_scheduler(_set_allowed_failures, ALLOWED_FAILURES)
+            try:
+                yield client, _info(client, "scheduler", False)
+            finally:
+                with contextlib.suppress(Exception):  # the scheduler may be gone (the run then fails with ClusterError)
+                    if client.status == "running":
+                        client.run_on_scheduler(_set_allowed_failures, old)
         return
     kind, n = plan_cluster(runtime)
     cluster = _local_cuda(runtime, n, dashboard_address) if kind == "cuda" else _local_cpu(runtime, n, dashboard_address)

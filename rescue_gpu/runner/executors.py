@@ -10,6 +10,7 @@ one more is submitted as each completes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
 from .assay import AssayJob, SampleResult, SampleTask
@@ -70,13 +71,36 @@ class StatePlugin(_Base):  # type: ignore[misc,valid-type]
         self.error = warm(self.job)
 
 
+def _scheduler_lost(client: Any, exc: BaseException) -> bool:
+    """Whether ``exc`` (a future's error) means the client lost its scheduler, not that the task failed."""
+    return getattr(exc, "reason", "") == "scheduler-connection-lost" or client.status not in ("running", "newly-created")
+
+
+def _killed_text(exc: Any) -> str:
+    """The reason stored on a sample whose task's workers kept dying (a ``KilledWorker``)."""
+    tries = int(getattr(exc, "allowed_failures", 0)) + 1
+    last = getattr(getattr(exc, "last_worker", None), "address", "?")
+    return (f"worker died: every worker that ran this sample died ({tries} tries, allowed-failures = {tries - 1}; "
+            f"last {last}): killed, out of memory above its --memory-limit, or a crash; see the worker logs")
+
+
 def run_dask(client: Any, batches: list[list[SampleTask]], job: AssayJob, window: int) -> Iterator[SampleResult]:
     """Submit ``window`` batches, then one more as each completes; yield results as they come.
 
-    A batch whose task fails (its worker died, it could not run) yields a lost result per
-    sample (:meth:`AssayJob.lost`).
+    A batch whose workers kept dying (``KilledWorker``: the scheduler retried it
+    ``allowed-failures`` times, see :data:`~rescue_gpu.runner.cluster.ALLOWED_FAILURES`) is
+    split: each of its samples is run again alone, so only the sample that kills its worker
+    fails, with the reason ("worker died: ..."). A batch that fails otherwise yields a lost
+    result per sample (:meth:`AssayJob.lost`).
+
+    Raises
+    ------
+    ClusterError
+        The scheduler went away mid-run (results already yielded stay written).
     """
-    from distributed import as_completed
+    from distributed import KilledWorker, as_completed
+
+    from ..errors import ClusterError
 
     pending = iter(batches)
     job_future = client.scatter(job, broadcast=True)
@@ -92,8 +116,19 @@ def run_dask(client: Any, batches: list[list[SampleTask]], job: AssayJob, window
         batch = owner.pop(fut.key)
         try:
             results = fut.result()
-        except Exception as exc:  # a worker died (KilledWorker) or the task could not run
-            results = [job.lost(t, f"worker failure: {exc.__class__.__name__}: {exc}") for t in batch]
+        except (Exception, CancelledError) as exc:  # a worker died (KilledWorker), the task could not run, no scheduler
+            if _scheduler_lost(client, exc):
+                raise ClusterError(f"lost the Dask scheduler {client.scheduler.address} mid-run ({exc.__class__.__name__}); "
+                                   "the samples scored so far are kept: restart the scheduler and its workers "
+                                   "and run the same command again to resume") from None
+            if isinstance(exc, KilledWorker) and len(batch) > 1:
+                fut.release()
+                for task in batch:  # alone, so only the sample that kills its worker fails
+                    ac.add(submit([task]))
+                continue
+            text = _killed_text(exc) if isinstance(exc, KilledWorker) else \
+                f"worker failure: {exc.__class__.__name__}: {exc}"
+            results = [job.lost(t, text) for t in batch]
         fut.release()
         nxt = next(pending, None)
         if nxt is not None:
@@ -109,7 +144,7 @@ def run_on_client(client: Any, batches: list[list[SampleTask]], job: AssayJob, *
     joins later loads it when it starts. ``on_ready`` is called once that is done (the
     processing phase starts). The plugin is removed when the generator ends or is closed.
     """
-    client.register_plugin(StatePlugin(job), name=PLUGIN_NAME)
+    _register(client, job)
     try:
         if on_ready is not None:
             on_ready()
@@ -163,6 +198,31 @@ def run_batches(batches: list[list[SampleTask]], job: AssayJob, *, store: RunSto
                                 on_ready=progress.restart)
         drain(results, store, progress)
         return info.describe(), progress.stop()
+
+
+def _register(client: Any, job: AssayJob, tries: int = 2) -> None:
+    """Register the :class:`StatePlugin`; a worker dying meanwhile (its connection closes) is not fatal.
+
+    Registration is tried ``tries`` times; if it still fails while the scheduler is up, the
+    run goes on without it (each worker then loads the state before its first task, in
+    :func:`~rescue_gpu.runner.worker.process_batch`).
+
+    Raises
+    ------
+    ClusterError
+        The scheduler went away.
+    """
+    from ..errors import ClusterError
+
+    for _ in range(max(1, tries)):
+        try:
+            client.register_plugin(StatePlugin(job), name=PLUGIN_NAME)
+            return
+        except OSError as exc:  # distributed's CommClosedError: a worker or the connection went away
+            if client.status not in ("running", "newly-created"):
+                raise ClusterError(f"lost the Dask scheduler {client.scheduler.address} while the workers loaded "
+                                   f"their state ({exc.__class__.__name__}); start it again and run the same "
+                                   "command") from None
 
 
 def _unregister(client: Any) -> None:

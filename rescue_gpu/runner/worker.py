@@ -15,11 +15,22 @@ from typing import Any
 from ..errors import RescueError
 from .assay import AssayJob, SampleResult, SampleTask
 
-__all__ = ["cached_state", "job_state", "cached_keys", "process_batch", "warm", "worker_engine", "worker_error_text",
+__all__ = ["cached_state", "job_state", "cached_keys", "state_stats", "process_batch", "warm", "worker_engine", "worker_error_text",
            "limit_threads"]
 
 _STATE: dict[Hashable, Any] = {}
 _STATE_LOCK = threading.Lock()
+_STATS = {"loads": 0, "batches": 0, "samples": 0}  # this process's state loads and batches processed
+
+
+def state_stats() -> dict[str, int]:
+    """How often this process loaded a run's state, and the batches and samples it processed.
+
+    On a Dask worker the state is loaded once by the worker plugin, also on a worker that
+    joins mid-run; ``client.run(state_stats)`` shows it for every worker.
+    """
+    with _STATE_LOCK:
+        return dict(_STATS)
 
 
 def cached_state(key: Hashable, load: Callable[[], Any]) -> Any:
@@ -28,6 +39,7 @@ def cached_state(key: Hashable, load: Callable[[], Any]) -> Any:
         if key not in _STATE:
             _STATE.clear()
             _STATE[key] = load()
+            _STATS["loads"] += 1
         return _STATE[key]
 
 
@@ -82,7 +94,11 @@ def process_batch(tasks: Sequence[SampleTask], job: AssayJob) -> list[SampleResu
         state = job_state(job)
     except Exception as exc:
         return [job.lost(t, worker_error_text(exc, t, job)) for t in tasks]
-    return job.process(list(tasks), state)
+    results = job.process(list(tasks), state)
+    with _STATE_LOCK:
+        _STATS["batches"] += 1
+        _STATS["samples"] += len(results)
+    return results
 
 
 def warm(job: AssayJob) -> str:
