@@ -144,3 +144,15 @@ def test_unstable_curve_warning() -> None:
     assert len(below) == 1 and "goes below 0.5" in below[0]
     assert unstable_curve_warnings([[0.4, 0.45, 0.3]]) == []  # never above chance: nothing learned, no fall to flag
     assert unstable_curve_warnings([[0.6, 0.9, 0.55]], drop=0.4) == []
+
+
+def test_ensemble_exports_to_onnx_as_one_graph() -> None:
+    pytest.importorskip("onnxruntime")
+    from rescue_gpu.engine.onnxrt import OnnxEngine
+
+    ens = EnsembleNetwork(_members(2)).eval()
+    x = _images(3, seed=4)
+    with torch.inference_mode():
+        want = ((ens.members[0](torch.from_numpy(x)) + ens.members[1](torch.from_numpy(x))) / 2).double().numpy()
+    got = OnnxEngine(_record(ens), device=torch.device("cpu")).logits(x)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
