@@ -103,11 +103,12 @@ def run_dask(client: Any, batches: list[list[SampleTask]], job: AssayJob, window
     from ..errors import ClusterError
 
     pending = iter(batches)
-    job_future = client.scatter(job, broadcast=True)
     owner: dict[str, list[SampleTask]] = {}
 
     def submit(batch: list[SampleTask]) -> Any:
-        fut = client.submit(process_batch, batch, job_future, pure=False)
+        # the job (small) travels with each task: a scattered copy is lost with the workers holding it, and
+        # the scheduler then forgets every task that needs it (a worker killed for memory took the run down)
+        fut = client.submit(process_batch, batch, job, pure=False)
         owner[fut.key] = batch
         return fut
 
