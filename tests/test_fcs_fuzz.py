@@ -55,7 +55,6 @@ def describe_failures(results: list[fuzz.Result]) -> str:
 
 def test_short_fuzz_campaign_only_reads_or_refuses(seeds: list[fuzz.Seed]) -> None:
     """0 exceptions other than RescueError, 0 mismatches, 0 time-outs, 0 memory kills."""
-    t0 = time.perf_counter()
     limit = fuzz.effective_address_limit(4 * fuzz.GIB)
     results = list(fuzz.run_cases(fuzz.make_cases(seeds, CI_SEED, CI_CASES), seeds=seeds, timeout=5.0,
                                   address_limit=limit))
@@ -64,7 +63,6 @@ def test_short_fuzz_campaign_only_reads_or_refuses(seeds: list[fuzz.Seed]) -> No
     assert not summary["failures"], describe_failures(results)
     assert summary["counts"]["ok"] > 0 and summary["counts"]["refused"] > 0
     assert set(summary["refused_by_type"]) <= {"FcsFormatError"}
-    assert time.perf_counter() - t0 < 60
 
 
 def test_cases_are_deterministic(seeds: list[fuzz.Seed]) -> None:
