@@ -9,7 +9,9 @@ version-1 migration warning :class:`RecordFormatWarning`) and installed software
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -21,7 +23,7 @@ from typing import Any
 from .config import RasterSpec
 from .errors import RescueError
 
-__all__ = ["software_versions", "read_record_json", "raster_from_dict", "new_record_dir", "RecordFormatWarning",
+__all__ = ["write_csv", "software_versions", "read_record_json", "raster_from_dict", "new_record_dir", "RecordFormatWarning",
            "settings_checksum", "check_settings_checksum", "update_record_json", "write_json_atomic", "file_sha256"]
 
 
@@ -164,3 +166,12 @@ def update_record_json(path: Path, changes: Mapping[str, Any], *, error: type[Re
         write_json_atomic(path, meta)
     except (OSError, json.JSONDecodeError) as exc:
         raise error(f"{path}: cannot update ({exc.__class__.__name__}: {exc})") from None
+
+
+def write_csv(path: Path, columns: Iterable[str], rows: Iterable[Mapping[str, str]]) -> None:
+    """Write ``rows`` under the header ``columns`` as UTF-8 CSV with ``\n`` line ends (same bytes everywhere)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    Path(path).write_text(buf.getvalue(), encoding="utf-8")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rescue_gpu.config import HeadSpec, Pipeline, load_pipeline
+from rescue_gpu.runner.store import RunStore
 
 N_SAMPLES = 6
 N_EVENTS = 2500
@@ -93,3 +94,13 @@ def run_cli(args: list[str], *, cwd: Path | None = None, timeout: float = 240):
 
     return subprocess.run([sys.executable, "-m", "rescue_gpu.flow.cli", *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, cwd=cwd)
+
+
+def stored_samples(store_dir: Path) -> int:
+    """Samples a run store at ``store_dir`` holds so far (0 while it is missing or being created)."""
+    if not (store_dir / "zarr.json").exists():
+        return 0
+    try:
+        return sum(1 for _ in RunStore(store_dir))
+    except Exception:
+        return 0

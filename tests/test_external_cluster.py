@@ -26,7 +26,7 @@ import pytest
 
 from rescue_gpu.runner.store import RunStore
 
-from .test_cohort_fixtures import N_SAMPLES, build_assets
+from .test_cohort_fixtures import N_SAMPLES, build_assets, stored_samples as _done
 
 ROOT = Path(__file__).resolve().parents[1]
 WAIT = 180.0  # seconds: 2 shared CPU cores, each worker imports torch and JIT-compiles
@@ -130,15 +130,6 @@ def _args(manifest: Path, assets: dict[str, Path], out: Path, *extra: str) -> li
 def _popen_cli(args: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "rescue_gpu.flow.cli", *args], stdout=open(log, "w"),
                             stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
-
-
-def _done(store_dir: Path) -> int:
-    if not (store_dir / "zarr.json").exists():
-        return 0
-    try:
-        return sum(1 for _ in RunStore(store_dir))
-    except Exception:
-        return 0
 
 
 def _wait_stored(proc: subprocess.Popen, store_dir: Path, n: int) -> int:

@@ -15,7 +15,7 @@ import pytest
 
 from rescue_gpu.runner.store import RunStore
 
-from .test_cohort_fixtures import N_SAMPLES, build_assets
+from .test_cohort_fixtures import N_SAMPLES, build_assets, stored_samples as _done
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +27,6 @@ def _score_args(assets: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "rescue_gpu.flow.cli", "score", str(assets["manifest"]),
             "--reference", str(assets["reference"]), "--model", str(assets["model"]), "--out", str(out),
             "--keep-coords", "--no-report", *extra]
-
-
-def _done(store_dir: Path) -> int:
-    if not (store_dir / "zarr.json").exists():
-        return 0
-    try:
-        return sum(1 for _ in RunStore(store_dir))
-    except Exception:
-        return 0
 
 
 def _kill_after(args: list[str], store_dir: Path, *, at_least: int, timeout: float = 150) -> int:

@@ -12,8 +12,6 @@ the order or the process in which samples are written.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...artifacts import write_csv
 from ...errors import RescueError
 from ...fcs.writer import write_fcs
 from .sample import KINDS, LABELS, MIN_EVENTS, TIMEPOINTS, Patient, draw_patient, simulate_sample
@@ -226,14 +225,6 @@ def write_sample(plan: CohortPlan, index: int, out_dir: Path, *, n_events: int) 
             "n_leukocytes": str(t["n_leukocytes"]), "n_events": str(n_events), "laip": ";".join(t["laip"])}
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, str]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    path.write_text(buf.getvalue(), encoding="utf-8")
-
-
 def _manifest_rows(plan: CohortPlan) -> list[dict[str, str]]:
     return [
         {"sample_id": s.sample_id, "path": f"{FCS_DIR}/{s.sample_id}.fcs",
@@ -289,8 +280,8 @@ def simulate_cohort(
         truth_rows.append(write_sample(plan, i, out, n_events=int(n_events)))
         if on_sample is not None:
             on_sample(i + 1, len(plan.samples))
-    _write_csv(out / "manifest.csv", MANIFEST_COLUMNS, _manifest_rows(plan))
-    _write_csv(out / "truth.csv", TRUTH_COLUMNS, truth_rows)
+    write_csv(out / "manifest.csv", MANIFEST_COLUMNS, _manifest_rows(plan))
+    write_csv(out / "truth.csv", TRUTH_COLUMNS, truth_rows)
     params = {"generator": "rescue_gpu.simulate", "seed": seed, "n_samples": int(n_samples),
               "n_events": int(n_events), "counts": plan.counts()}
     (out / "cohort.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")

@@ -9,14 +9,13 @@ sample's bytes depend only on the seed and its place in the cohort.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ...artifacts import write_csv
 from ...fcs.types import Spillover
 from ...fcs.writer import write_fcs
 from .biology import Laip, draw_laip
@@ -77,14 +76,6 @@ def plan_labb(n_patients: int, n_controls: int, *, seed: int, mrd: tuple[float, 
     return plan
 
 
-def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, str]]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    path.write_text(buf.getvalue(), encoding="utf-8")
-
-
 def _write_visit(v: Visit, out: Path, n_events: int) -> dict[str, str]:
     """Simulate and write one sample; return its truth row."""
     s = simulate_labb_sample(laip=v.laip, fraction=v.fraction, regenerating=v.regenerating, n_events=n_events,
@@ -122,10 +113,10 @@ def simulate_labb_cohort(out_dir: str | Path, *, n_patients: int, n_events: int,
     n_controls = max(2, n_patients // 2) if n_controls is None else n_controls
     plan = plan_labb(n_patients, n_controls, seed=seed, mrd=mrd)
     truth = [_write_visit(v, out, int(n_events)) for v in plan]
-    _write_csv(out / "manifest.csv", MANIFEST_COLUMNS,
+    write_csv(out / "manifest.csv", MANIFEST_COLUMNS,
                [{"sample_id": v.sample_id, "path": f"fcs/{v.sample_id}.fcs", "patient_id": v.patient_id,
                  "timepoint": _TIMEPOINT[v.kind], "label": _LABEL[v.kind]} for v in plan])
-    _write_csv(out / "truth.csv", TRUTH_COLUMNS, truth)
+    write_csv(out / "truth.csv", TRUTH_COLUMNS, truth)
     (out / "pipeline.toml").write_text(PIPELINE_FILE.read_text(encoding="utf-8"), encoding="utf-8")
     counts = {k: sum(v.kind == k for v in plan) for k in _TIMEPOINT}
     summary = {"generator": "rescue_gpu.simulate.labb", "seed": seed, "n_patients": n_patients,
