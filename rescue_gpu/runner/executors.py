@@ -87,23 +87,27 @@ def _killed_text(exc: Any) -> str:
 def run_dask(client: Any, batches: list[list[SampleTask]], job: AssayJob, window: int) -> Iterator[SampleResult]:
     """Submit ``window`` batches, then one more as each completes; yield results as they come.
 
-    A batch whose workers kept dying (``KilledWorker``: the scheduler retried it
-    ``allowed-failures`` times, see :data:`~rescue_gpu.runner.cluster.ALLOWED_FAILURES`) is
-    split: each of its samples is run again alone, so only the sample that kills its worker
-    fails, with the reason ("worker died: ..."). A batch that fails otherwise yields a lost
-    result per sample (:meth:`AssayJob.lost`).
+    Worker deaths. When a worker dies, the scheduler counts a death against every task
+    it had been given, the one running and those queued behind it (distributed's
+    ``worker-saturation`` sends a one-thread worker two); after ``allowed-failures`` + 1
+    deaths (see :data:`~rescue_gpu.runner.cluster.ALLOWED_FAILURES`) the task fails with
+    ``KilledWorker``. Such a task's samples are therefore only suspects: once every other
+    batch is done, each suspect is run again alone, one sample in one task with nothing
+    else of this run in flight, so only the sample that kills its worker by itself (out
+    of memory above ``--memory-limit``, a crash) fails, with the reason ("worker died:
+    ..."); a good sample that shared a task or a worker with it is scored. A batch that
+    fails otherwise yields a lost result per sample (:meth:`AssayJob.lost`).
 
     Raises
     ------
     ClusterError
         The scheduler went away mid-run (results already yielded stay written).
     """
-    from distributed import KilledWorker, as_completed
-
-    from ..errors import ClusterError
+    from distributed import as_completed
 
     pending = iter(batches)
     owner: dict[str, list[SampleTask]] = {}
+    suspects: list[SampleTask] = []
 
     def submit(batch: list[SampleTask]) -> Any:
         # the job (small) travels with each task: a scattered copy is lost with the workers holding it, and
@@ -115,26 +119,52 @@ def run_dask(client: Any, batches: list[list[SampleTask]], job: AssayJob, window
     ac = as_completed([submit(b) for _, b in zip(range(max(1, window)), pending)])  # range first: zip must not consume a batch it drops
     for fut in ac:
         batch = owner.pop(fut.key)
-        try:
-            results = fut.result()
-        except (Exception, CancelledError) as exc:  # a worker died (KilledWorker), the task could not run, no scheduler
-            if _scheduler_lost(client, exc):
-                raise ClusterError(f"lost the Dask scheduler {client.scheduler.address} mid-run ({exc.__class__.__name__}); "
-                                   "the samples scored so far are kept: restart the scheduler and its workers "
-                                   "and run the same command again to resume") from None
-            if isinstance(exc, KilledWorker) and len(batch) > 1:
-                fut.release()
-                for task in batch:  # alone, so only the sample that kills its worker fails
-                    ac.add(submit([task]))
-                continue
-            text = _killed_text(exc) if isinstance(exc, KilledWorker) else \
-                f"worker failure: {exc.__class__.__name__}: {exc}"
-            results = [job.lost(t, text) for t in batch]
-        fut.release()
+        results = _batch_results(client, fut, batch, job, isolated=False)
+        if results is None:
+            suspects.extend(batch)
         nxt = next(pending, None)
         if nxt is not None:
             ac.add(submit(nxt))
-        yield from results
+        yield from results or ()
+    for task in suspects:  # alone: nothing else of this run can be queued on its worker
+        fut = submit([task])
+        _wait_done(fut)
+        yield from _batch_results(client, fut, owner.pop(fut.key), job, isolated=True) or ()
+
+
+def _wait_done(fut: Any) -> None:
+    """Wait until ``fut`` has finished (result, error or cancellation), raising nothing."""
+    from distributed import wait
+
+    wait([fut])
+
+
+def _batch_results(client: Any, fut: Any, batch: list[SampleTask], job: AssayJob, *,
+                   isolated: bool) -> list[SampleResult] | None:
+    """The results of a finished future; ``None`` when its batch is a suspect to run again alone.
+
+    Raises
+    ------
+    ClusterError
+        The future failed because the client lost its scheduler.
+    """
+    from distributed import KilledWorker
+
+    from ..errors import ClusterError
+
+    try:
+        return fut.result()
+    except (Exception, CancelledError) as exc:  # a worker died (KilledWorker), the task could not run, no scheduler
+        if _scheduler_lost(client, exc):
+            raise ClusterError(f"lost the Dask scheduler {client.scheduler.address} mid-run ({exc.__class__.__name__}); "
+                               "the samples scored so far are kept: restart the scheduler and its workers "
+                               "and run the same command again to resume") from None
+        if isinstance(exc, KilledWorker) and not isolated:
+            return None
+        text = _killed_text(exc) if isinstance(exc, KilledWorker) else f"worker failure: {exc.__class__.__name__}: {exc}"
+        return [job.lost(t, text) for t in batch]
+    finally:
+        fut.release()
 
 
 def run_on_client(client: Any, batches: list[list[SampleTask]], job: AssayJob, *, window: int,
