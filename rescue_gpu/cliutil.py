@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 __all__ = ["EXIT_OK", "EXIT_UNEXPECTED", "EXIT_USAGE", "EXIT_SAMPLES_FAILED", "console", "err_console", "progress",
            "RunProgress", "print_run", "run_app", "runtime_from", "ConfigOpt", "SchedulerOpt", "InProcessOpt",
            "BackendOpt", "WorkersOpt", "ThreadsOpt", "MemoryLimitOpt", "BatchSizeOpt", "SamplesPerTaskOpt",
-           "WindowOpt", "EngineOpt", "PrecisionOpt", "SeedOpt", "KeepIdentifiersOpt", "ReportOpt", "DashboardOpt"]
+           "WindowOpt", "EngineOpt", "PrecisionOpt", "SeedOpt", "KeepIdentifiersOpt", "ReportOpt", "DashboardOpt",
+           "ClusterOpt", "WorkersPerGpuOpt", "SlurmPartitionOpt", "SlurmAccountOpt", "SlurmWorkersOpt", "SlurmCoresOpt",
+           "SlurmMemoryOpt", "SlurmGpusOpt", "SlurmWalltimeOpt", "VerboseOpt", "cluster_overrides", "set_verbose"]
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
 
@@ -153,12 +155,53 @@ KeepIdentifiersOpt = Annotated[bool, typer.Option(
     "--keep-identifiers", help="Copy identifying keywords and input paths into outputs.")]
 ReportOpt = Annotated[bool, typer.Option("--report/--no-report", help="Write report.html.")]
 DashboardOpt = Annotated[str, typer.Option("--dashboard-address", help="Embedded cluster dashboard (':0' any port).")]
+ClusterOpt = Annotated[Optional[str], typer.Option(
+    "--cluster", help="local (this machine: one worker per GPU, else CPU processes) | slurm (workers as SLURM jobs).")]
+WorkersPerGpuOpt = Annotated[Optional[int], typer.Option(
+    "--workers-per-gpu", help="Samples in flight per GPU (task slots per GPU worker; processes per SLURM GPU job).")]
+SlurmPartitionOpt = Annotated[Optional[str], typer.Option("--slurm-partition", help="sbatch -p.")]
+SlurmAccountOpt = Annotated[Optional[str], typer.Option("--slurm-account", help="sbatch -A.")]
+SlurmWorkersOpt = Annotated[Optional[int], typer.Option("--slurm-workers", help="Worker jobs to submit.")]
+SlurmCoresOpt = Annotated[Optional[int], typer.Option("--slurm-cores", help="CPUs per worker job.")]
+SlurmMemoryOpt = Annotated[Optional[str], typer.Option("--slurm-memory", help="Memory per worker job, e.g. 16GB.")]
+SlurmGpusOpt = Annotated[Optional[int], typer.Option("--slurm-gpus-per-worker", help="GPUs per worker job: 0 or 1.")]
+SlurmWalltimeOpt = Annotated[Optional[str], typer.Option("--slurm-walltime", help="sbatch -t: HH:MM:SS.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Say more: e.g. the SLURM job script.")]
+
+
+def cluster_overrides(*, cluster: str | None = None, workers_per_gpu: int | None = None,
+                      slurm_partition: str | None = None, slurm_account: str | None = None,
+                      slurm_workers: int | None = None, slurm_cores: int | None = None,
+                      slurm_memory: str | None = None, slurm_gpus_per_worker: int | None = None,
+                      slurm_walltime: str | None = None) -> dict[str, Any]:
+    """The ``--cluster``/``--slurm-*`` options as overrides of ``[cluster]`` (None: keep the file's value)."""
+    return {"kind": cluster, "workers_per_gpu": workers_per_gpu,
+            "slurm": {"partition": slurm_partition, "account": slurm_account, "workers": slurm_workers,
+                      "cores": slurm_cores, "memory": slurm_memory, "gpus_per_worker": slurm_gpus_per_worker,
+                      "walltime": slurm_walltime}}
+
+
+def set_verbose(verbose: bool) -> None:
+    """With ``verbose``, show rescue_gpu's INFO messages (the SLURM job script, ...) on stderr."""
+    if not verbose:
+        return
+    import logging
+
+    log = logging.getLogger("rescue_gpu")
+    log.setLevel(logging.INFO)
+    if not any(getattr(h, "_rescue_verbose", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._rescue_verbose = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
 
 
 def runtime_from(config: Path | None, *, backend: str | None = None, workers: str | None = None,
                  threads_per_worker: int | None = None, memory_limit: str | None = None,
-                 batch_size: int | None = None) -> RuntimeConfig:
+                 batch_size: int | None = None, cluster: dict[str, Any] | None = None) -> RuntimeConfig:
     """The runtime config of a ``score`` command: ``config`` (or the defaults) with the given options over it.
+
+    ``cluster``: overrides of ``[cluster]`` (:func:`cluster_overrides`).
 
     Raises
     ------
@@ -168,7 +211,7 @@ def runtime_from(config: Path | None, *, backend: str | None = None, workers: st
     from .config import load_runtime
 
     return load_runtime(config, backend=backend, workers=workers, threads_per_worker=threads_per_worker,
-                        memory_limit=memory_limit, batch_size=batch_size)
+                        memory_limit=memory_limit, batch_size=batch_size, cluster=cluster)
 
 
 # OSErrors that only writing raises (read-only, full, quota, too large): one line and exit 2, wherever they come from

@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 __all__ = [
     "TransformSpec", "PanelSpec", "QcSpec", "PreprocessSpec", "ReferenceSpec", "RasterSpec",
-    "HeadSpec", "TrainSpec", "ModelSpec", "Pipeline", "RuntimeConfig",
+    "HeadSpec", "TrainSpec", "ModelSpec", "Pipeline", "RuntimeConfig", "ClusterConfig", "SlurmConfig",
     "load_pipeline", "load_runtime", "parse_memory", "from_mapping", "PIPELINES_DIR", "pipeline_path", "read_toml",
     "pipeline_record", "pipeline_from_record", "DEFAULT_PIPELINE",
 ]
@@ -217,6 +217,101 @@ class Pipeline:
     source: str | None = None
 
 
+_WALLTIME = re.compile(r"^(\d+-)?\d{1,4}:[0-5]\d:[0-5]\d$")
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """Workers as SLURM jobs (``[cluster.slurm]``; ``--slurm-*`` options): one Dask worker job each.
+
+    Attributes
+    ----------
+    partition, account
+        ``sbatch -p`` and ``-A`` ("": the site's default).
+    workers
+        Jobs to submit (each one worker process, or ``workers_per_gpu`` on a GPU job).
+    cores, memory
+        CPUs (``--cpus-per-task``) and memory (``--mem``, a size like ``"16GB"``) of each job.
+    gpus_per_worker
+        GPUs of each job (``--gres=gpu:N``): 0 for CPU workers or 1; a run uses one GPU
+        per worker process, so for N GPUs submit N jobs (``workers``).
+    walltime
+        ``sbatch -t``: ``HH:MM:SS`` or ``D-HH:MM:SS``.
+    python
+        The Python that runs ``distributed.cli.dask_worker`` in the job ("": this one).
+    prologue
+        Shell lines before the worker starts (``module load ...``, ``source .venv/bin/activate``).
+    directives
+        More ``#SBATCH`` options, e.g. ``["--constraint=a100", "--qos=long"]``.
+    log_directory
+        Where the jobs write their output ("": the submission directory).
+    start_timeout
+        Seconds to wait for the first worker job to start and connect.
+    """
+
+    partition: str = ""
+    account: str = ""
+    workers: int = 1
+    cores: int = 1
+    memory: str = "8GB"
+    gpus_per_worker: int = 0
+    walltime: str = "01:00:00"
+    python: str = ""
+    prologue: tuple[str, ...] = ()
+    directives: tuple[str, ...] = ()
+    log_directory: str = ""
+    start_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.cores < 1:
+            raise ConfigError(f"slurm workers and cores must be >= 1 (got workers={self.workers}, cores={self.cores})")
+        if self.gpus_per_worker not in (0, 1):
+            raise ConfigError(f"slurm gpus_per_worker must be 0 or 1 (got {self.gpus_per_worker}): a worker process "
+                              "uses one GPU; for N GPUs set workers = N (one GPU job each)")
+        if not _WALLTIME.match(self.walltime):
+            raise ConfigError(f"slurm walltime must be HH:MM:SS or D-HH:MM:SS (got {self.walltime!r})")
+        if self.memory.strip().lower() == "auto" or parse_memory(self.memory, total=0) <= 0:
+            raise ConfigError(f"slurm memory must be a size like '16GB' (got {self.memory!r})")
+        if self.start_timeout <= 0:
+            raise ConfigError(f"slurm start_timeout must be > 0 seconds (got {self.start_timeout})")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where a run's Dask workers come from (``[cluster]`` in config.toml; ``--cluster`` and its options).
+
+    Attributes
+    ----------
+    kind
+        ``"local"``: an embedded cluster on this machine (one worker per visible GPU,
+        else CPU processes); ``"slurm"``: SLURM jobs (:class:`SlurmConfig`). An existing
+        scheduler (``--scheduler``) overrides both.
+    workers_per_gpu
+        Samples in flight per GPU: task slots (threads) of each GPU worker of an
+        embedded cluster, worker processes of each SLURM GPU job.
+    host
+        The address the scheduler (and, when it is a loopback address, the workers)
+        listen on. ``127.0.0.1`` keeps everything on this machine; for SLURM jobs on other
+        nodes give this node's address that they can reach.
+    slurm
+        The SLURM jobs (``kind = "slurm"``).
+    """
+
+    kind: Literal["local", "slurm"] = "local"
+    workers_per_gpu: int = 1
+    host: str = "127.0.0.1"
+    slurm: SlurmConfig = field(default_factory=lambda: SlurmConfig())
+
+    def __post_init__(self) -> None:
+        if self.workers_per_gpu < 1:
+            raise ConfigError(f"workers_per_gpu must be >= 1 (got {self.workers_per_gpu})")
+        if not self.host.strip() or "://" in self.host or any(c.isspace() for c in self.host):
+            raise ConfigError(f"cluster host must be an address like 127.0.0.1 (got {self.host!r})")
+        if self.kind == "slurm" and self.slurm.gpus_per_worker == 0 and self.workers_per_gpu > 1:
+            raise ConfigError("workers_per_gpu > 1 needs GPU jobs: set slurm gpus_per_worker = 1 "
+                              "(or raise slurm cores for more CPU threads per worker)")
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     """How and where to run: backend, workers, memory, chunking, batches.
@@ -235,6 +330,8 @@ class RuntimeConfig:
         Images (flow) or cells per inference batch.
     progress
         Show a progress bar while scoring (on a terminal).
+    cluster
+        Where the workers come from: ``[cluster]`` (:class:`ClusterConfig`).
     source
         The file this was read from (None: defaults).
     """
@@ -246,6 +343,7 @@ class RuntimeConfig:
     chunk_events: int = 262144
     batch_size: int = 64
     progress: bool = True
+    cluster: ClusterConfig = field(default_factory=lambda: ClusterConfig())
     source: str | None = None
 
     def __post_init__(self) -> None:
@@ -405,17 +503,34 @@ def pipeline_from_record(record: dict[str, Any], *, file: str = "<stored pipelin
     return dataclasses.replace(from_mapping(Pipeline, record, file=file), source=file)
 
 
-def load_runtime(path: str | Path | None = None, **overrides: Any) -> RuntimeConfig:
-    """Load ``config.toml`` (its ``[runtime]`` table) and apply CLI ``overrides`` (None ignored)."""
+def load_runtime(path: str | Path | None = None, *, cluster: dict[str, Any] | None = None,
+                 **overrides: Any) -> RuntimeConfig:
+    """Load ``config.toml`` (its ``[runtime]`` and ``[cluster]`` tables) and apply CLI overrides (None ignored).
+
+    ``cluster`` holds overrides of ``[cluster]`` (``{"kind": "slurm", "slurm": {"workers": 4}}``).
+    """
     data: dict[str, Any] = {}
     file = "<defaults>"
+    cluster_data: dict[str, Any] = {}
     if path is not None:
         file = str(path)
         raw = read_toml(Path(path))
-        unknown = set(raw) - {"runtime"}
+        unknown = set(raw) - {"runtime", "cluster"}
         if unknown:
-            raise ConfigError(f"{file}: unknown table(s) {sorted(unknown)}; only [runtime] is read")
+            raise ConfigError(f"{file}: unknown table(s) {sorted(unknown)}; only [runtime] and [cluster] are read")
         data = dict(raw.get("runtime", {}))
+        if "cluster" in data:
+            raise ConfigError(f"{file}: 'cluster' is a table of its own: write [cluster], not runtime.cluster")
+        cluster_data = dict(raw.get("cluster", {}))
+        if not isinstance(cluster_data.get("slurm", {}), dict):
+            raise ConfigError(f"{file}: key 'cluster.slurm' must be a table ([cluster.slurm])")
     data.update({k: v for k, v in overrides.items() if v is not None})
+    for key, value in (cluster or {}).items():
+        if key == "slurm":
+            cluster_data["slurm"] = {**cluster_data.get("slurm", {}), **{k: v for k, v in value.items() if v is not None}}
+        elif value is not None:
+            cluster_data[key] = value
     cfg = from_mapping(RuntimeConfig, data, file=file, prefix="runtime")
+    if cluster_data:
+        cfg = dataclasses.replace(cfg, cluster=from_mapping(ClusterConfig, cluster_data, file=file, prefix="cluster"))
     return dataclasses.replace(cfg, source=None if path is None else str(path))

@@ -14,10 +14,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cliutil import (EXIT_SAMPLES_FAILED, BackendOpt, BatchSizeOpt, ConfigOpt, DashboardOpt, EngineOpt,
-                       InProcessOpt, KeepIdentifiersOpt, MemoryLimitOpt, PrecisionOpt, ReportOpt, RunProgress,
-                       SamplesPerTaskOpt, SchedulerOpt, SeedOpt, ThreadsOpt, WindowOpt, WorkersOpt, err_console,
-                       print_run, run_app, runtime_from)
+from ..cliutil import (EXIT_SAMPLES_FAILED, BackendOpt, BatchSizeOpt, ClusterOpt, ConfigOpt, DashboardOpt,
+                       EngineOpt, InProcessOpt, KeepIdentifiersOpt, MemoryLimitOpt, PrecisionOpt, ReportOpt,
+                       RunProgress, SamplesPerTaskOpt, SchedulerOpt, SeedOpt, SlurmAccountOpt, SlurmCoresOpt,
+                       SlurmGpusOpt, SlurmMemoryOpt, SlurmPartitionOpt, SlurmWalltimeOpt, SlurmWorkersOpt, ThreadsOpt,
+                       VerboseOpt, WindowOpt, WorkersOpt, WorkersPerGpuOpt, cluster_overrides, err_console,
+                       print_run, run_app, runtime_from, set_verbose)
 
 __all__ = ["register", "score", "print_warnings"]
 
@@ -49,13 +51,30 @@ def score(
     flag_events: Annotated[bool, typer.Option("--flag-events", help="Write flagged/<sample>.fcs for positive samples.")] = False,
     report: ReportOpt = True,
     dashboard_address: DashboardOpt = ":8787",
+    cluster: ClusterOpt = None,
+    workers_per_gpu: WorkersPerGpuOpt = None,
+    slurm_partition: SlurmPartitionOpt = None,
+    slurm_account: SlurmAccountOpt = None,
+    slurm_workers: SlurmWorkersOpt = None,
+    slurm_cores: SlurmCoresOpt = None,
+    slurm_memory: SlurmMemoryOpt = None,
+    slurm_gpus_per_worker: SlurmGpusOpt = None,
+    slurm_walltime: SlurmWalltimeOpt = None,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Score a cohort: read, preprocess, project, rasterise and classify every sample on Dask."""
     from ..reference.pipeline import resolve_pipeline
     from .assay import ScoreOptions, score_cohort
 
+    set_verbose(verbose)
     runtime = runtime_from(config, backend=backend, workers=workers, threads_per_worker=threads_per_worker,
-                           memory_limit=memory_limit, batch_size=batch_size)
+                           memory_limit=memory_limit, batch_size=batch_size,
+                           cluster=cluster_overrides(cluster=cluster, workers_per_gpu=workers_per_gpu,
+                                                     slurm_partition=slurm_partition, slurm_account=slurm_account,
+                                                     slurm_workers=slurm_workers, slurm_cores=slurm_cores,
+                                                     slurm_memory=slurm_memory,
+                                                     slurm_gpus_per_worker=slurm_gpus_per_worker,
+                                                     slurm_walltime=slurm_walltime))
     resolved = resolve_pipeline(reference, pipeline)
     if resolved.note:
         err_console.print(resolved.note, markup=False, highlight=False, soft_wrap=True)

@@ -5,13 +5,17 @@ Choices, in order:
 1. ``scheduler`` given: connect to it (``tcp://host:8786``, or a scheduler JSON file
    written by ``dask scheduler --scheduler-file``). Its workers may be GPU workers
    (``dask cuda worker``) or CPU workers (``dask worker``) on other nodes.
-2. GPUs present (cupy sees a device), ``dask_cuda`` importable and the backend is not
-   ``"cpu"``: an embedded ``dask_cuda.LocalCUDACluster``, one worker process per GPU.
-   *Written against dask-cuda's documented API; unverified here (no GPU on our machines).*
-3. Otherwise an embedded ``distributed.LocalCluster`` of CPU worker processes.
+2. ``cluster.kind = "slurm"`` (``--cluster slurm``): workers as SLURM jobs through
+   dask-jobqueue (:mod:`rescue_gpu.runner.slurm`), cancelled when the run ends.
+3. GPUs present (cupy sees a device), ``dask_cuda`` importable and the backend is not
+   ``"cpu"``: an embedded ``dask_cuda.LocalCUDACluster``, one worker process per GPU in
+   ``CUDA_VISIBLE_DEVICES`` (:mod:`rescue_gpu.runner.gpus`; ``--workers-per-gpu`` task
+   slots each). *Written against dask-cuda's documented API; run on the GPU machine by
+   benchmarks/gpu_check.py only.*
+4. Otherwise an embedded ``distributed.LocalCluster`` of CPU worker processes.
 
-Running on a SLURM cluster (recipe; not run on our machines)
------------------------------------------------------------
+Running on SLURM by hand (without ``--cluster slurm``)
+-----------------------------------------------------
 
 With dask-jobqueue, from a login node or a small job (one worker per GPU job: SLURM sets
 ``CUDA_VISIBLE_DEVICES`` for the job, so a plain ``dask worker`` sees exactly its GPU)::
@@ -51,6 +55,7 @@ In both, RUN, REF, MODEL and the FCS files must be on a file system every node s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
@@ -91,18 +96,20 @@ def _set_allowed_failures(n: int, dask_scheduler: Any = None) -> int:
 class ClusterInfo:
     """What the run is computing on, for the console and the run record."""
 
-    kind: str              # "LocalCluster", "LocalCUDACluster" or "scheduler"
+    kind: str              # "LocalCluster", "LocalCUDACluster", "SLURMCluster" or "scheduler"
     address: str
     dashboard: str
     n_workers: int
     threads_per_worker: int
     gpu: bool
+    planned_workers: int = 0  # SLURM: worker processes of every job submitted (jobs may start later)
 
     def describe(self) -> str:
         """One line for the console."""
         what = "GPU worker(s)" if self.gpu else "CPU worker process(es)"
-        return (f"{self.kind} at {self.address}: {self.n_workers} {what} x {self.threads_per_worker} thread(s); "
-                f"dashboard {self.dashboard or 'unavailable (pip install bokeh)'}")
+        planned = f" ({self.planned_workers} in the SLURM jobs submitted)" if self.planned_workers else ""
+        return (f"{self.kind} at {self.address}: {self.n_workers} {what}{planned} x {self.threads_per_worker} "
+                f"thread(s); dashboard {self.dashboard or 'unavailable (pip install bokeh)'}")
 
 
 def gpu_cluster_available() -> tuple[bool, str]:
@@ -156,17 +163,17 @@ def _local_cpu(runtime: RuntimeConfig, n_workers: int, dashboard: str) -> Any:
 
 
 def _local_cuda(runtime: RuntimeConfig, n_workers: int, dashboard: str) -> Any:  # pragma: no cover - needs a GPU
-    """One worker per GPU; RMM pool at half the device, dask-cuda's spilling defaults (unverified)."""
+    """One worker per visible GPU (``CUDA_VISIBLE_DEVICES``), ``workers_per_gpu`` threads each; RMM pool at half the device."""
+    from .gpus import cuda_cluster_kwargs, gpu_count, visible_gpus
+
+    devices = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), gpu_count())
+    kwargs = cuda_cluster_kwargs(runtime, devices, dashboard_address=dashboard,
+                                 memory_limit=_memory_limit(runtime, n_workers or len(devices)), rmm=_has_rmm(),
+                                 allowed_failures=ALLOWED_FAILURES)
     from dask_cuda import LocalCUDACluster
 
-    kwargs: dict[str, Any] = {"threads_per_worker": runtime.threads_per_worker, "dashboard_address": dashboard,
-                              "memory_limit": _memory_limit(runtime, max(1, n_workers)), "silence_logs": logging.ERROR,
-                              "rmm_pool_size": "50%" if _has_rmm() else None,
-                              "scheduler_kwargs": {"allowed_failures": ALLOWED_FAILURES}}
-    if n_workers:
-        kwargs["n_workers"] = n_workers
     try:
-        return LocalCUDACluster(**kwargs)
+        return LocalCUDACluster(silence_logs=logging.ERROR, **kwargs)
     except Exception as exc:  # pynvml NVMLError_*, ValueError (0 GPUs), CUDA initialisation
         raise ConfigError(f"LocalCUDACluster could not start: dask-cuda finds no usable GPU "
                           f"({exc.__class__.__name__}: {exc}); check nvidia-smi and CUDA_VISIBLE_DEVICES, "
@@ -209,7 +216,8 @@ def open_client(runtime: RuntimeConfig, *, scheduler: str | None = None,
     runtime
         Backend, worker count, threads and memory of an embedded cluster.
     scheduler
-        Address (``tcp://host:8786``) or scheduler JSON file of an existing cluster.
+        Address (``tcp://host:8786``) or scheduler JSON file of an existing cluster; without
+        it, ``runtime.cluster`` chooses an embedded cluster or SLURM jobs.
     dashboard_address
         Where an embedded cluster serves its dashboard (``":0"`` for any free port).
 
@@ -246,6 +254,15 @@ def open_client(runtime: RuntimeConfig, *, scheduler: str | None = None,
                 with contextlib.suppress(Exception):  # the scheduler may be gone (the run then fails with ClusterError)
                     if client.status == "running":
                         client.run_on_scheduler(_set_allowed_failures, old)
+        return
+    if runtime.cluster.kind == "slurm":
+        from .slurm import open_slurm
+
+        with open_slurm(runtime.cluster, allowed_failures=ALLOWED_FAILURES, dashboard_address=dashboard_address) as client:
+            s = runtime.cluster.slurm
+            info = _info(client, "SLURMCluster", s.gpus_per_worker > 0)
+            per_job = runtime.cluster.workers_per_gpu if s.gpus_per_worker else 1
+            yield client, dataclasses.replace(info, planned_workers=s.workers * per_job)
         return
     kind, n = plan_cluster(runtime)
     cluster = _local_cuda(runtime, n, dashboard_address) if kind == "cuda" else _local_cpu(runtime, n, dashboard_address)

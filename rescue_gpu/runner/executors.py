@@ -225,7 +225,7 @@ def run_batches(batches: list[list[SampleTask]], job: AssayJob, *, store: RunSto
     with open_client(runtime, scheduler=scheduler, dashboard_address=dashboard) as (client, info):
         if on_start is not None:
             on_start(info.describe(), n_todo, skipped)
-        results = run_on_client(client, batches, job, window=window or 2 * max(1, info.n_workers),
+        results = run_on_client(client, batches, job, window=window or 2 * max(1, info.n_workers, info.planned_workers),
                                 on_ready=progress.restart)
         drain(results, store, progress)
         return info.describe(), progress.stop()

@@ -18,12 +18,14 @@ on. A whole batch fails together only when its worker dies or its state cannot l
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..config import RuntimeConfig
+from ..errors import ConfigError
 from ..artifacts import software_versions
 from .assay import Assay, RunContext
 from .executors import run_batches, task_batches
@@ -99,7 +101,11 @@ def resolve_run_device(runtime: RuntimeConfig, *, engine: str = "auto", precisio
     from ..engine import plan_run_device
 
     probes = None
-    if scheduler and runtime.backend != "cpu":
+    if not scheduler and runtime.cluster.kind == "slurm" and runtime.backend != "cpu":
+        from .slurm import slurm_probes
+
+        probes = slurm_probes(runtime.cluster)  # the jobs' GPU request: they start only after this
+    elif scheduler and runtime.backend != "cpu":
         from .cluster import open_client
 
         with open_client(runtime, scheduler=scheduler) as (client, _):
@@ -143,7 +149,8 @@ def run_cohort(
     runtime
         Backend, workers, threads, memory and inference batch size.
     scheduler
-        Address or scheduler file of an existing Dask cluster (default: an embedded one).
+        Address or scheduler file of an existing Dask cluster (default: ``runtime.cluster``,
+        an embedded cluster or SLURM jobs).
     in_process
         Run in this process without Dask (debugging, benchmarks).
     dashboard_address
@@ -164,7 +171,11 @@ def run_cohort(
         Once, on the client, when ``runtime.backend = "auto"`` finds no GPU.
     """
     rows = list(rows)
-    device = resolve_run_device(runtime, engine=assay.engine, precision=assay.precision,
+    if runtime.cluster.kind == "slurm" and scheduler and not in_process:
+        raise ConfigError("--scheduler (an existing cluster) and --cluster slurm (new SLURM jobs) exclude each "
+                          "other: give one of them")
+    local = dataclasses.replace(runtime, cluster=dataclasses.replace(runtime.cluster, kind="local"))
+    device = resolve_run_device(local if in_process else runtime, engine=assay.engine, precision=assay.precision,
                                 scheduler=None if in_process else scheduler)
     run_dir = Path(out)
     settings = assay.settings(device)
