@@ -9,7 +9,7 @@ DEMO_OUT ?= demo-out
 # gpu-check: the one-shot check on the GPU machine (see ../shared/GPU.md); results under $(GPU_OUT).
 GPU_OUT ?= $(if $(OUT),$(OUT),gpu-check-out)
 
-.PHONY: install test test-main test-gpusim demo bench gpu-check clean
+.PHONY: install slurm-deps test test-main test-gpusim demo bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -20,9 +20,21 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]' $(TORCH_PINS)
 	touch $@
 
+# A one-node SLURM for tests/test_slurm.py (marker slurm): Debian's slurmctld, slurmd and munge,
+# installed only as root, where apt-get exists and slurmd is missing. Never fails the build:
+# without the packages that test skips and says why.
+slurm-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && ! command -v slurmd >/dev/null 2>&1 \
+	    && [ ! -x /usr/sbin/slurmd ]; then \
+	  echo "slurm-deps: apt-get install slurmctld slurmd slurm-client munge (log: /tmp/slurm-deps.log)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	     slurmctld slurmd slurm-client munge) > /tmp/slurm-deps.log 2>&1 \
+	    || echo "slurm-deps: apt-get failed (see /tmp/slurm-deps.log): tests/test_slurm.py will skip"; \
+	fi; true
+
 # Two pytest processes: the main run (gpusim deselected by addopts) and the GPU kernels in
 # numba's CUDA simulator. Both always run; the target fails if either fails.
-test: install
+test: install slurm-deps
 	@rc=0; \
 	$(PY) -m pytest -q || rc=1; \
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m gpusim tests/test_gpusim.py || rc=1; \
