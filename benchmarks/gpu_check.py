@@ -22,8 +22,10 @@ Stages, each a subprocess with its own time limit (the whole run stays under
    against a ``--ref-events`` (30,000) reference, plus GPU-vs-CPU parity on a subset;
 5. ``resnet``   -- ResNet-34 images/s (fp32, fp16 and bf16 autocast, channels_last) at the
    configured raster size and at 224 px, with fp16/bf16 |dp| against fp32;
-6. ``cohort``   -- a ``--cohort-samples`` (50) end-to-end cohort on ``LocalCUDACluster``
-   with 1 and 2 workers sharing the GPU.
+6. ``cohort``   -- a ``--cohort-samples`` (50) end-to-end cohort on ``LocalCUDACluster``:
+   ``--workers`` GPU workers (one GPU each; counts above the visible GPUs are skipped
+   and noted), every visible GPU (``CUDA_VISIBLE_DEVICES``) when there are more, and
+   ``--workers-per-gpu`` samples in flight per GPU (see :func:`cohort_runs`).
 
 Everything lands under ``--out`` (default ``$OUT``): ``gpu_check.json`` (schema
 :data:`SCHEMA`, checked by :func:`validate_report`) and ``gpu_check.log``. A stage that
@@ -71,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cohort-samples", type=int, default=50)
     ap.add_argument("--cohort-events", type=int, default=20_000)
     ap.add_argument("--workers", default="1,2", help="LocalCUDACluster worker counts, comma-separated")
+    ap.add_argument("--workers-per-gpu", default="2", help="samples in flight per GPU (>1) run on every visible GPU")
     ap.add_argument("--stages", default=",".join(STAGES), help="stages to run, comma-separated")
     ap.add_argument("--wheels", type=Path, default=ROOT / ".whl")
     ap.add_argument("--site", type=Path, default=Path("/tmp/site"))
@@ -90,6 +93,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error(f"--workers must be comma-separated integers, got {args.workers!r}")
     if not workers or min(workers) < 1:
         ap.error("--workers needs at least one count >= 1")
+    try:
+        per_gpu = [int(w) for w in str(args.workers_per_gpu).split(",") if w.strip()]
+    except ValueError:
+        ap.error(f"--workers-per-gpu must be comma-separated integers, got {args.workers_per_gpu!r}")
+    if per_gpu and min(per_gpu) < 1:
+        ap.error("--workers-per-gpu counts must be >= 1")
+    args.per_gpu_list = per_gpu
     for name in ("events", "ref_events", "dims", "batch", "cohort_samples", "cohort_events"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -124,7 +134,7 @@ def new_report(args: argparse.Namespace, mode: str) -> dict[str, Any]:
         "command": [sys.executable, *sys.argv], "budget_s": args.budget_s,
         "sizes": {"events": args.events, "ref_events": args.ref_events, "dims": args.dims, "image": args.image,
                   "batch": args.batch, "cohort_samples": args.cohort_samples, "cohort_events": args.cohort_events,
-                  "workers": args.worker_list},
+                  "workers": args.worker_list, "workers_per_gpu": args.per_gpu_list},
         "targets": dict(TARGETS), "stages": [], "figures": {}, "ok": None,
     }
 
@@ -207,7 +217,7 @@ def _stage_cmd(name: str, args: argparse.Namespace) -> list[str]:
         return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu or gpusim",
                 "--continue-on-collection-errors", f"--junitxml={args.out / 'junit.xml'}", "tests"]
     params = {k: getattr(args, k) for k in ("events", "ref_events", "dims", "image", "batch", "cohort_samples",
-                                            "cohort_events", "worker_list", "cpu")}
+                                            "cohort_events", "worker_list", "per_gpu_list", "cpu")}
     return [sys.executable, str(Path(__file__).resolve()), "--stage", name, "--params", json.dumps(params)]
 
 
@@ -391,35 +401,65 @@ def _score_fn() -> Any:
     return ScoreOptions, score_cohort
 
 
+def cohort_runs(workers: list[int], per_gpu: list[int], n_gpus: int, *, cpu: bool
+                ) -> tuple[list[tuple[str, str, int]], list[str]]:
+    """The cohort stage's runs as ``(label, workers, workers_per_gpu)``, and the counts skipped (with why).
+
+    CPU mode: one LocalCluster run per count in ``workers``. GPU mode: a count is a number
+    of GPU workers, one GPU each, so counts above ``n_gpus`` are skipped (a one-GPU machine
+    runs ``workers1`` only); every visible GPU is run too when there are more than the
+    largest count; each ``per_gpu`` above 1 runs on every visible GPU with that many
+    samples in flight per GPU.
+    """
+    if cpu:
+        return [(f"workers{w}", str(w), 1) for w in workers], []
+    runs = [(f"workers{w}", str(w), 1) for w in workers if w <= n_gpus]
+    skipped = [f"workers{w}: only {n_gpus} GPU(s) visible" for w in workers if w > n_gpus]
+    if n_gpus > max(workers, default=0):
+        runs.append((f"gpus{n_gpus}", "auto", 1))
+    runs += [(f"gpus{n_gpus}_per_gpu{k}", "auto", k) for k in per_gpu if k > 1]
+    return runs, skipped
+
+
 def stage_cohort(p: dict[str, Any]) -> dict[str, Any]:
-    """End-to-end cohort on LocalCUDACluster (LocalCluster in --cpu mode) with 1 and 2 workers."""
+    """End-to-end cohort on LocalCUDACluster (LocalCluster in --cpu mode): the runs of :func:`cohort_runs`."""
     import shutil
     import tempfile
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_cohort import _assets
 
-    from rescue_gpu.config import RuntimeConfig
+    from rescue_gpu.config import ClusterConfig, RuntimeConfig
 
     ScoreOptions, score_cohort = _score_fn()
     backend = "cpu" if p["cpu"] else "gpu"
     res: dict[str, Any] = {"backend": backend, "samples": p["cohort_samples"], "events_per_sample": p["cohort_events"]}
+    n_gpus = 0
+    if not p["cpu"]:
+        from rescue_gpu.runner.gpus import gpu_count, visible_gpus
+
+        n_gpus = len(visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), gpu_count()))
+        res["visible_gpus"] = n_gpus
+    runs, skipped = cohort_runs(p["worker_list"], p.get("per_gpu_list", []), n_gpus, cpu=p["cpu"])
+    res["skipped"] = skipped
     with tempfile.TemporaryDirectory() as tmp:
         a = _assets(Path(tmp) / "a", n_samples=p["cohort_samples"], n_events=p["cohort_events"], ref_events=30_000 if not p["cpu"] else 2000,
                     image=p["image"] or _pipeline_size())
-        for w in p["worker_list"]:
-            out = Path(tmp) / f"run{w}"
+        for label, w, k in runs:
+            out = Path(tmp) / f"run-{label}"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
             s = score_cohort(a["manifest"], reference=a["ref"], model=a["model"], out=out,
                              options=ScoreOptions(pipeline=a["pipe"], samples_per_task=2, report=False),
-                             runtime=RuntimeConfig(backend=backend, workers=str(w)), in_process=False,
-                             dashboard_address=":0")
-            res[f"workers{w}_wall_s"] = round(time.perf_counter() - t0, 2)
-            res[f"workers{w}_processing_s"] = round(s.seconds, 2)
-            res[f"workers{w}_samples_per_s"] = round(s.n_processed / s.seconds, 3)
-            res[f"workers{w}_events_per_s"] = round(s.events_processed / s.seconds)
-            res[f"workers{w}_n_processed"] = s.n_processed
+                             runtime=RuntimeConfig(backend=backend, workers=w,
+                                                   cluster=ClusterConfig(workers_per_gpu=k)),
+                             in_process=False, dashboard_address=":0")
+            res[f"{label}_wall_s"] = round(time.perf_counter() - t0, 2)
+            res[f"{label}_processing_s"] = round(s.seconds, 2)
+            res[f"{label}_samples_per_s"] = round(s.n_processed / s.seconds, 3)
+            res[f"{label}_events_per_s"] = round(s.events_processed / s.seconds)
+            res[f"{label}_n_processed"] = s.n_processed
+            res[f"{label}_cluster"] = s.cluster
         rate = max(v for k, v in res.items() if k.endswith("_events_per_s"))
         res["library_1361x500k_minutes_extrapolated"] = round(1361 * 500_000 / rate / 60.0, 2)
     return res

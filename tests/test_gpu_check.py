@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,7 +95,7 @@ def test_cpu_mode_runs_the_throughput_stages(tmp_path: Path) -> None:
 def test_ci_wiring_runs_the_simulator_tests() -> None:
     """`make test` runs the gpusim module in its own process under the simulator; the main run deselects it."""
     make = (ROOT / "Makefile").read_text()
-    test_recipe = make.split("\ntest: install\n", 1)[1].split("\n\n", 1)[0]
+    test_recipe = re.split(r"\ntest: install( slurm-deps)?\n", make, maxsplit=1)[2].split("\n\n", 1)[0]
     assert "$(PY) -m pytest -q || rc=1" in test_recipe
     assert "NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest -q -m gpusim tests/test_gpusim.py || rc=1" in test_recipe
     assert "exit $$rc" in test_recipe
@@ -113,3 +114,23 @@ def test_one_kernel_source() -> None:
     for mod, name in ((neighbors, "pair_distance"), (neighbors, "resort_row"), (fuzzy, "smooth_row"),
                       (fuzzy, "init_row"), (sgd, "layout_event"), (sgd, "rand_below")):
         assert getattr(mod, name).py_func is _kernels.SOURCES[name]
+
+
+@pytest.mark.parametrize(("workers", "per_gpu", "n_gpus", "runs", "skipped"), [
+    ([1, 2], [2], 1, [("workers1", "1", 1), ("gpus1_per_gpu2", "auto", 2)], ["workers2: only 1 GPU(s) visible"]),
+    ([1, 2], [2], 4, [("workers1", "1", 1), ("workers2", "2", 1), ("gpus4", "auto", 1), ("gpus4_per_gpu2", "auto", 2)],
+     []),
+    ([1, 2], [1], 2, [("workers1", "1", 1), ("workers2", "2", 1)], []),
+])
+def test_cohort_runs_fit_the_visible_gpus(workers, per_gpu, n_gpus, runs, skipped) -> None:  # noqa: ANN001
+    assert gpu_check.cohort_runs(workers, per_gpu, n_gpus, cpu=False) == (runs, skipped)
+
+
+def test_cohort_runs_on_cpu_are_the_worker_counts() -> None:
+    assert gpu_check.cohort_runs([1, 2], [2], 0, cpu=True) == ([("workers1", "1", 1), ("workers2", "2", 1)], [])
+
+
+def test_bad_workers_per_gpu_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        gpu_check.parse_args(["--workers-per-gpu", "0"])
+    assert e.value.code == 2 and "--workers-per-gpu counts must be >= 1" in capsys.readouterr().err
