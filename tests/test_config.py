@@ -68,6 +68,8 @@ def test_runtime_overrides_and_errors(tmp_path):
     rt = load_runtime(cfg, batch_size=8, backend=None)
     assert (rt.backend, rt.workers, rt.batch_size) == ("cpu", "4", 8)
     with pytest.raises(ConfigError, match="unknown table"):
+        load_runtime(_write(tmp_path, "[workers]\nx = 1\n"))
+    with pytest.raises(ConfigError, match="unknown key 'cluster.x'"):  # [cluster] is read (where workers come from)
         load_runtime(_write(tmp_path, "[cluster]\nx = 1\n"))
     with pytest.raises(ConfigError, match="runtime.backend"):
         load_runtime(_write(tmp_path, '[runtime]\nbackend = "tpu"\n'))
