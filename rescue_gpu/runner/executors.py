@@ -127,16 +127,8 @@ def run_dask(client: Any, batches: list[list[SampleTask]], job: AssayJob, window
             ac.add(submit(nxt))
         yield from results or ()
     for task in suspects:  # alone: nothing else of this run can be queued on its worker
-        fut = submit([task])
-        _wait_done(fut)
+        fut = submit([task])  # (its result is awaited before the next one is submitted)
         yield from _batch_results(client, fut, owner.pop(fut.key), job, isolated=True) or ()
-
-
-def _wait_done(fut: Any) -> None:
-    """Wait until ``fut`` has finished (result, error or cancellation), raising nothing."""
-    from distributed import wait
-
-    wait([fut])
 
 
 def _batch_results(client: Any, fut: Any, batch: list[SampleTask], job: AssayJob, *,
