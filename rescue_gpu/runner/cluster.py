@@ -72,8 +72,9 @@ ALLOWED_FAILURES = 2
 """Retries of a task whose worker died (distributed's ``allowed-failures``): set on the run's scheduler.
 
 A task is run on at most ``ALLOWED_FAILURES + 1`` workers; when each of them dies running
-it (killed, out of memory above ``--memory-limit``, a crash) it fails with ``KilledWorker``
-and the runner fails only its samples. An embedded cluster's scheduler is made with it; on
+it (killed, out of memory above ``--memory-limit``, a crash) it fails with ``KilledWorker``;
+the runner then runs each of its samples again alone and fails only one that still kills
+its workers (see :func:`~rescue_gpu.runner.executors.run_dask`). An embedded cluster's scheduler is made with it; on
 an existing scheduler the run sets it for its duration and puts the old value back.
 """
 
