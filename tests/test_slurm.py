@@ -160,8 +160,7 @@ def slurm(tmp_path: Path):
 
 
 def test_rescue_score_on_one_node_slurm_equals_in_process(assets: dict[str, Path], slurm: OneNodeSlurm,  # noqa: F811
-                                                          in_process: pd.DataFrame, tmp_path: Path,  # noqa: F811
-                                                          record_property) -> None:  # noqa: ANN001
+                                                          in_process: pd.DataFrame, tmp_path: Path) -> None:  # noqa: F811
     out = tmp_path / "run"
     began = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "rescue_gpu.flow.cli",
@@ -181,9 +180,7 @@ def test_rescue_score_on_one_node_slurm_equals_in_process(assets: dict[str, Path
     jobs = [j for j in slurm.jobs() if j.get("JobName") == "rescue-worker"]
     assert len(jobs) == 2, jobs
     assert all(j["JobState"] in ("CANCELLED", "COMPLETED") for j in jobs), jobs  # the run stopped its jobs
-    record_property("slurm_jobs", len(jobs))
-    record_property("slurm_run_wall_s", round(wall, 1))
-    print(f"one-node SLURM: {len(jobs)} worker jobs, rescue score wall time {wall:.1f} s")
+    print(f"one-node SLURM: {len(jobs)} worker jobs, rescue score wall time {wall:.1f} s")  # shown with -s
 
     # the same run from config.toml's [cluster] table resumes: nothing left to do, so no job is submitted
     cfg = tmp_path / "config.toml"
