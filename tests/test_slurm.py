@@ -192,3 +192,16 @@ def test_rescue_score_on_one_node_slurm_equals_in_process(assets: dict[str, Path
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert f"0 to score, {N_SAMPLES} already done (skipped)" in " ".join(again.stdout.split())
     assert len([j for j in slurm.jobs() if j.get("JobName") == "rescue-worker"]) == 2
+
+
+def test_the_skip_reason_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where SLURM cannot run, the test skips saying exactly why (checked here without touching SLURM)."""
+    monkeypatch.setattr(shutil, "which", lambda name: None if name in ("slurmd", "munged") else f"/usr/bin/{name}")
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    why = _why_not()
+    assert "(munged, slurmd missing)" in why and "make slurm-deps" in why
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "needs root" in _why_not()
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert _why_not() == ""
