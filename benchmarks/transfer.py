@@ -63,10 +63,12 @@ t = {scale}
 w = 0.5
 m = 4.5
 a = 0.0
+top = "{top}"
 
 [preprocess.scatter]
 kind = "linear"
 scale = {scale}
+top = "{top}"
 
 [reference]
 events_per_sample = {ref_events}
@@ -93,6 +95,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--held-out", type=float, default=0.4, help="share of each source's patients held out")
     ap.add_argument("--boot", type=int, default=1000, help="patient-level bootstrap replicates")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--top", choices=("file", "fixed"), default="file",
+                    help="transforms' top of scale: each file's own $PnR (file) or the source's fixed range")
     ap.add_argument("--out", type=Path, default=Path("/tmp/transfer"))
     return ap.parse_args()
 
@@ -199,7 +203,7 @@ def _train(source: str, c: dict[str, Any], a: argparse.Namespace) -> tuple[Path,
     """Reference and model of one source, through the CLI."""
     toml = a.out / f"transfer-{source}.toml"
     toml.write_text(PIPELINE.format(source=source, markers=json.dumps(COMMON), scale=SCALE[source],
-                                    ref_events=a.ref_events, seed=a.seed), encoding="utf-8")
+                                    ref_events=a.ref_events, seed=a.seed, top=a.top), encoding="utf-8")
     ref, model = a.out / f"ref-{source}", a.out / f"model-{source}"
     _cli("reference", "build", c["train"], "--out", ref, "--pipeline", toml, "--backend", "cpu")
     _cli("train", c["train"], "--reference", ref, "--out", model, "--device", "cpu")

@@ -36,6 +36,12 @@ class TransformSpec:
 
     ``linear`` maps ``x`` to ``x / scale``; ``arcsinh`` to ``arcsinh(x / cofactor)``;
     ``logicle`` uses ``t, w, m, a`` and returns values on the 0..1 display scale.
+
+    ``top = "file"`` takes logicle's ``t`` and linear's ``scale`` from each channel of each
+    file instead: its top of scale, ``$PnR`` decoded with ``$PnE``/``$PnG``. Instruments
+    of different ranges (``$PnR`` 2**18 on a FACSCanto, 2**20 on a CytoFLEX) then give the
+    same display scale, so a reference and model built on one can score the other's files.
+    ``top = "fixed"`` (the default) uses the numbers given here for every file.
     """
 
     kind: Literal["logicle", "arcsinh", "linear"] = "logicle"
@@ -45,6 +51,7 @@ class TransformSpec:
     a: float = 0.0
     cofactor: float = 150.0
     scale: float = 262144.0
+    top: Literal["fixed", "file"] = "fixed"
 
     def __post_init__(self) -> None:
         if self.kind == "logicle" and not (self.t > 0 and self.m > 0 and 0 <= self.w <= self.m / 2):

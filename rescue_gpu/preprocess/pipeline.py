@@ -103,10 +103,36 @@ def preprocess_fingerprint(panel: PanelSpec, spec: PreprocessSpec) -> str:
     record = {
         "version": FINGERPRINT_VERSION,
         "panel": dataclasses.asdict(panel),
-        "preprocess": dataclasses.asdict(spec),
+        "preprocess": _without_fixed_top(dataclasses.asdict(spec)),
     }
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _without_fixed_top(record: Any) -> Any:
+    """``record`` without ``top = "fixed"`` keys: fingerprints from before ``top`` existed stay valid."""
+    if isinstance(record, dict):
+        return {k: _without_fixed_top(v) for k, v in record.items() if not (k == "top" and v == "fixed")}
+    return record
+
+
+def channel_tops(fcs: FcsData) -> np.ndarray:
+    """Each parameter's top of scale as a linear value: ``$PnR`` decoded with ``$PnE``/``$PnG``.
+
+    This is what ``top = "file"`` transforms use for logicle's ``t`` and linear's ``scale``.
+    """
+    ranges = np.asarray(fcs.ranges(), dtype=np.float64)
+    return np.asarray(_decode(fcs, ranges[None, :]), dtype=np.float64)[0]
+
+
+def _resolved(tspec: TransformSpec, top: float, channel: str) -> TransformSpec:
+    """``tspec`` with ``t``/``scale`` set to the channel's top of scale when ``top = "file"``."""
+    if tspec.top == "fixed" or tspec.kind == "arcsinh":
+        return tspec
+    if not (np.isfinite(top) and top > 1.0):
+        raise PreprocessError(f"channel {channel!r} has no usable top of scale ($PnR decodes to {top!r}); "
+                              "set the transform's t/scale and top = \"fixed\" in the pipeline file")
+    return dataclasses.replace(tspec, t=float(top)) if tspec.kind == "logicle" else dataclasses.replace(tspec, scale=float(top))
 
 
 def _where(fcs: FcsData) -> str:
@@ -145,12 +171,17 @@ def _decode(fcs: FcsData, stored: Any) -> Any:
     return decode_amplification(stored, decades_offsets=amp, ranges=fcs.ranges(), gains=fcs.gains())
 
 
-def _transform(block: Any, names: list[str], scatter: list[bool], spec: PreprocessSpec, xp: ModuleType) -> Any:
-    """Apply each column's transform (grouped by spec) into a float32 array."""
+def _transform(block: Any, names: list[str], scatter: list[bool], spec: PreprocessSpec, xp: ModuleType,
+               tops: np.ndarray, channels: list[str]) -> Any:
+    """Apply each column's transform (grouped by resolved spec) into a float32 array.
+
+    ``tops`` and ``channels`` are the selected columns' tops of scale and ``$PnN``, used
+    by ``top = "file"`` transforms.
+    """
     groups: dict[TransformSpec, list[int]] = {}
     for j, (name, sc) in enumerate(zip(names, scatter)):
         chosen = spec.transforms.get(name, spec.scatter if sc else spec.fluorescence)
-        groups.setdefault(chosen, []).append(j)
+        groups.setdefault(_resolved(chosen, float(tops[j]), channels[j]), []).append(j)
     out = xp.empty(block.shape, dtype=xp.float32)
     for tspec, idx in groups.items():
         cols = xp.asarray(np.asarray(idx, dtype=np.int64))
@@ -245,7 +276,11 @@ def preprocess(
     kept = linear[keep]
     if spill is not None:
         kept = compensate(kept, channels=fcs.channels, spillover=spill)
-    values = _transform(kept[:, xp.asarray(np.asarray(cols, dtype=np.int64))], names, scatter, spec, xp)
+    try:
+        values = _transform(kept[:, xp.asarray(np.asarray(cols, dtype=np.int64))], names, scatter, spec, xp,
+                            channel_tops(fcs)[cols], [fcs.channels[i] for i in cols])
+    except PreprocessError as exc:
+        raise PreprocessError(f"{where}: {exc}") from None
     return Events(values=values, markers=tuple(names), channels=tuple(fcs.channels[i] for i in cols),
                   qc=qc, fingerprint=preprocess_fingerprint(panel, spec), kept=keep,
                   warnings=sample_warnings(fcs, qc, source))
