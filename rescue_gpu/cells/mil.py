@@ -11,7 +11,8 @@ RUNX1::RUNX1T1). The attention weight of each cell says how much it shaped the c
   ``repeats`` bags of ``bag_size`` cells per training patient (on the CPU), the loss is
   cross-entropy weighted by inverse class frequency over patients (class balancing), a
   stratified share of patients is held out for early stopping on the validation loss
-  (all their cells, no sampling), and a temperature is fitted on the held-out logits.
+  (all their cells, no sampling), and a temperature is fitted on the held-out logits
+  (within :data:`TEMPERATURE_BOUNDS`).
 - :func:`cross_validate_mil`: patient-level stratified k-fold; out-of-fold calibrated
   probabilities and attention for every patient (each fold trains with :func:`train_mil`).
 - :class:`MilModelRecord`: the model as a checksummed ``rescue-cell-mil-model`` directory
@@ -50,6 +51,9 @@ __all__ = ["MilTrainSpec", "MilModelRecord", "MilTrainReport", "MIL_FORMAT", "tr
            "score_bags", "cell_features", "group_cells", "stratified_holdout"]
 
 MIL_FORMAT = "rescue-cell-mil-model"
+#: The held-out patients are few and often perfectly separated, which drives a fitted temperature
+#: to its lower bound (over-confident probabilities); the MIL temperature is kept in this range.
+TEMPERATURE_BOUNDS = (0.5, 20.0)
 
 
 @dataclass(frozen=True)
@@ -371,7 +375,7 @@ def train_mil(bags: Sequence[np.ndarray], y: np.ndarray, *, classes: Sequence[st
     if result.stop.best_state is None:
         raise ModelError("MIL training diverged: no epoch gave a finite validation loss; lower mil.learning_rate")
     result.stop.restore(t.model)
-    temperature = fit_temperature(result.best_logits, y[va])
+    temperature = fit_temperature(result.best_logits, y[va], bounds=TEMPERATURE_BOUNDS)
     model = t.model.cpu().eval()
     record = MilModelRecord(model=model, classes=tuple(classes), layout=layout, bag_size=spec.bag_size,
                             cell_model_sha256=cell_model_sha256, cell_model_checksum=cell_model_checksum,
