@@ -55,6 +55,13 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--bag-size", type=int, default=32)
     ap.add_argument("--mil-epochs", type=int, default=80)
+    ap.add_argument("--mil-hidden", type=int, default=64)
+    ap.add_argument("--mil-dropout", type=float, default=0.5)
+    ap.add_argument("--mil-weight-decay", type=float, default=1e-2)
+    ap.add_argument("--mil-lr", type=float, default=5e-4)
+    ap.add_argument("--mil-patience", type=int, default=20)
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="an earlier --out: reuse its cohorts and trained cell network (only the MIL part runs)")
     ap.add_argument("--boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -73,11 +80,13 @@ def main() -> None:
     t0 = time.perf_counter()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    dev = simulate_subtype_cohort(out / "dev", patients_per_class=args.dev_per_class, cells_per_patient=args.cells,
-                                  size=args.size, seed=args.seed + 101, prefix="D")
-    ev = simulate_subtype_cohort(out / "eval", patients_per_class=args.eval_per_class, cells_per_patient=args.cells,
-                                 size=args.size, seed=args.seed + 202, prefix="E")
-    _say(f"simulated: {dev}; {ev}")
+    src = args.reuse or out
+    if args.reuse is None:
+        simulate_subtype_cohort(out / "dev", patients_per_class=args.dev_per_class, cells_per_patient=args.cells,
+                                size=args.size, seed=args.seed + 101, prefix="D")
+        simulate_subtype_cohort(out / "eval", patients_per_class=args.eval_per_class, cells_per_patient=args.cells,
+                                size=args.size, seed=args.seed + 202, prefix="E")
+    n_dev = len(list(csv.DictReader(open(src / "dev" / "patients.csv"))))
 
     base = load_cell_pipeline("smear-aml-subtype")
     pipe = with_overrides(base, architecture=args.architecture, epochs=args.epochs, batch_size=64, seed=args.seed)
@@ -86,18 +95,27 @@ def main() -> None:
         model=dataclasses.replace(pipe.model, train=dataclasses.replace(pipe.model.train, test_fraction=0.0,
                                                                         max_shift=3, patience=4)))
     t1 = time.perf_counter()
-    record, report = train_cell_model(out / "dev", pipeline=pipe, out=out / "cell-model", device="cpu",
-                                      on_epoch=lambda h: _say(f"cell net epoch {h['epoch']}: train loss "
-                                                              f"{h['train_loss']:.3f}, val loss {h['val_loss']:.3f}"))
-    cell_seconds = time.perf_counter() - t1
-    _say(f"cell network trained in {cell_seconds:.0f} s (best epoch {report.best_epoch})")
+    if args.reuse is None:
+        record, report = train_cell_model(out / "dev", pipeline=pipe, out=out / "cell-model", device="cpu",
+                                          on_epoch=lambda h: _say(f"cell net epoch {h['epoch']}: train loss "
+                                                                  f"{h['train_loss']:.3f}, val loss "
+                                                                  f"{h['val_loss']:.3f}"))
+        cell_info = {"epochs": report.epochs, "best_epoch": report.best_epoch}
+    else:
+        from rescue_gpu.cells.record import CellModelRecord
 
-    cells = read_tree(out / "eval", spec=pipe.input, classes=pipe.classes.names)
+        record = CellModelRecord.load(src / "cell-model")
+        cell_info = {"reused_from": str(src / "cell-model"), **{k: record.provenance.get(k)
+                                                                for k in ("epochs", "best_epoch")}}
+    cell_seconds = time.perf_counter() - t1
+    _say(f"cell network ready in {cell_seconds:.0f} s")
+
+    cells = read_tree(src / "eval", spec=pipe.input, classes=pipe.classes.names)
     probs, feats = cell_features(cells, record, device="cpu")
     pids, index = group_cells(feats, cells.patient_ids)
     classes = list(pipe.classes.names)
     y = np.array([classes.index(cells.labels[ix[0]]) for ix in index])
-    truth = {r["cell_id"]: int(r["abnormal"]) for r in csv.DictReader(open(ev.truth_csv))}
+    truth = {r["cell_id"]: int(r["abnormal"]) for r in csv.DictReader(open(src / "eval" / "truth.csv"))}
     abnormal = [np.array([truth[c] for c in cells.cell_ids[ix]]) for ix in index]
     _say(f"features: {feats.shape} from {len(pids)} evaluation patients")
 
@@ -105,7 +123,9 @@ def main() -> None:
     majority = np.array([np.bincount(probs[ix].argmax(1), minlength=len(classes)).argmax() for ix in index])
 
     t2 = time.perf_counter()
-    spec = MilTrainSpec(bag_size=args.bag_size, max_epochs=args.mil_epochs, seed=args.seed)
+    spec = MilTrainSpec(bag_size=args.bag_size, max_epochs=args.mil_epochs, seed=args.seed, hidden=args.mil_hidden,
+                        dropout=args.mil_dropout, weight_decay=args.mil_weight_decay,
+                        learning_rate=args.mil_lr, patience=args.mil_patience)
     mil_p, att, _ = cross_validate_mil([feats[ix] for ix in index], y, classes=classes, folds=args.folds, spec=spec,
                                        cell_model_sha256=record.sha256,
                                        on_fold=lambda f, r: _say(f"MIL fold {f + 1}: {r.epochs} epochs "
@@ -128,10 +148,9 @@ def main() -> None:
            "n_cells": int(truth_sub.size), "n_abnormal": int(truth_sub.sum()), "n_patients": len(sub)}
     cm = confusion_intervals(y, mil, n_classes=k, n_boot=args.boot, seed=args.seed)
     result = {"cohort": {"evaluation_patients": len(pids), "per_class": args.eval_per_class,
-                         "development_patients": dev.n_patients, "cells_per_patient": args.cells,
+                         "development_patients": n_dev, "cells_per_patient": args.cells,
                          "image_size": args.size, "abnormal_share": [0.1, 0.6], "classes": classes},
-              "cell_network": {"architecture": args.architecture, "epochs": report.epochs,
-                               "best_epoch": report.best_epoch, "seconds": round(cell_seconds, 1),
+              "cell_network": {"architecture": args.architecture, **cell_info, "seconds": round(cell_seconds, 1),
                                "sha256": record.sha256},
               "mil": {"folds": args.folds, "spec": dataclasses.asdict(spec), "seconds": round(mil_seconds, 1)},
               "macro_f1": rows, "attention_auc": auc,

@@ -70,12 +70,12 @@ class MilTrainSpec:
     repeats: int = 4
     batch_size: int = 8
     max_epochs: int = 80
-    patience: int = 12
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-3
-    hidden: int = 128
+    patience: int = 20
+    learning_rate: float = 5e-4
+    weight_decay: float = 1e-2
+    hidden: int = 64
     attention: int = 64
-    dropout: float = 0.25
+    dropout: float = 0.5
     val_fraction: float = 0.2
     seed: int = 0
 
