@@ -22,8 +22,10 @@
 
 Simulated cells say nothing about real smears. Example::
 
-    .venv/bin/python benchmarks/eval_mil.py --dev-per-class 6 --eval-per-class 12 --cells 48 --size 48 \\
-        --epochs 12 --out /tmp/eval-mil
+    .venv/bin/python benchmarks/eval_mil.py --dev-per-class 6 --eval-per-class 12 --cells 32 --size 32 \\
+        --epochs 8 --folds 5 --boot 1000 --out /tmp/eval-mil
+    # only the MIL part again, on the cohorts and cell network of an earlier run:
+    .venv/bin/python benchmarks/eval_mil.py --reuse /tmp/eval-mil --cells 32 --size 32 --out /tmp/eval-mil-2
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ def main() -> None:
         simulate_subtype_cohort(out / "eval", patients_per_class=args.eval_per_class, cells_per_patient=args.cells,
                                 size=args.size, seed=args.seed + 202, prefix="E")
     n_dev = len(list(csv.DictReader(open(src / "dev" / "patients.csv"))))
+    _say(f"cohorts in {src}: {n_dev} development patients, evaluation patients in {src / 'eval'}")
 
     base = load_cell_pipeline("smear-aml-subtype")
     pipe = with_overrides(base, architecture=args.architecture, epochs=args.epochs, batch_size=64, seed=args.seed)
