@@ -26,7 +26,11 @@ def _cell_model(path: Path, pipe_path: Path, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory):
     root = tmp_path_factory.mktemp("mil")
-    simulate_subtype_cohort(root / "tree", patients_per_class=3, cells_per_patient=8, size=32, seed=3)
+    rc = main(["cells", "simulate-subtype", str(root / "tree"), "--patients-per-class", "3", "--cells", "8",
+               "--size", "32", "--seed", "3"])
+    assert rc == 0
+    ref = simulate_subtype_cohort(root / "ref", patients_per_class=3, cells_per_patient=8, size=32, seed=3)
+    assert (root / "tree" / "truth.csv").read_text() == ref.truth_csv.read_text()
     pipe = root / "p.toml"
     text = Path(load_cell_pipeline("smear-aml-subtype").source).read_text()
     pipe.write_text(text.replace("resize = 224", "resize = 0").replace("size = 224", "size = 32"))

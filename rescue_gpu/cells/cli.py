@@ -1,6 +1,7 @@
 """``rescue cells ...``: the single-cell image path's command line.
 
 - ``rescue cells simulate OUT``: a procedural library (training tree + samples with known fractions);
+- ``rescue cells simulate-subtype OUT``: AML subtype patients with the truth of which cells are abnormal;
 - ``rescue cells train TRAIN --out MODEL``: train a cell classifier with patient-level splits;
 - ``rescue cells score INPUTS --model MODEL --out RUN``: per-cell probabilities, per-sample readout,
   report, on the same runner, run store and run options as ``rescue score``;
@@ -46,6 +47,23 @@ def simulate(
                                     cells_per_class=cells_per_class, n_samples=samples,
                                     cells_per_sample=cells_per_sample, size=size, seed=seed, on_progress=advance)
     console.print(str(lib), markup=False, highlight=False)
+
+
+@cells_app.command("simulate-subtype")
+def simulate_subtype(
+    out: Annotated[Path, typer.Argument(help="Folder for class/patient/cells, patients.csv and truth.csv.")],
+    patients_per_class: Annotated[int, typer.Option("--patients-per-class")] = 12,
+    cells: Annotated[int, typer.Option("--cells", help="Cells per patient.")] = 64,
+    size: Annotated[Optional[int], typer.Option("--size", help="Crop size in pixels (default 224).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Simulate AML subtype patients: normal smear cells plus 10-60 % subtype-specific abnormal cells."""
+    from ..simulate.cells.subtype import simulate_subtype_cohort
+
+    with progress("simulating", 1) as advance:
+        res = simulate_subtype_cohort(out, patients_per_class=patients_per_class, cells_per_patient=cells, size=size,
+                                      seed=seed, on_progress=advance)
+    console.print(str(res), markup=False, highlight=False)
 
 
 @cells_app.command("train")
