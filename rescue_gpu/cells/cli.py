@@ -1,6 +1,7 @@
 """``rescue cells ...``: the single-cell image path's command line.
 
 - ``rescue cells simulate OUT``: a procedural library (training tree + samples with known fractions);
+- ``rescue cells simulate-subtype OUT``: AML subtype patients with the truth of which cells are abnormal;
 - ``rescue cells train TRAIN --out MODEL``: train a cell classifier with patient-level splits;
 - ``rescue cells score INPUTS --model MODEL --out RUN``: per-cell probabilities, per-sample readout,
   report, on the same runner, run store and run options as ``rescue score``;
@@ -48,6 +49,23 @@ def simulate(
     console.print(str(lib), markup=False, highlight=False)
 
 
+@cells_app.command("simulate-subtype")
+def simulate_subtype(
+    out: Annotated[Path, typer.Argument(help="Folder for class/patient/cells, patients.csv and truth.csv.")],
+    patients_per_class: Annotated[int, typer.Option("--patients-per-class")] = 12,
+    cells: Annotated[int, typer.Option("--cells", help="Cells per patient.")] = 64,
+    size: Annotated[Optional[int], typer.Option("--size", help="Crop size in pixels (default 224).")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Simulate AML subtype patients: normal smear cells plus 10-60 % subtype-specific abnormal cells."""
+    from ..simulate.cells.subtype import simulate_subtype_cohort
+
+    with progress("simulating", 1) as advance:
+        res = simulate_subtype_cohort(out, patients_per_class=patients_per_class, cells_per_patient=cells, size=size,
+                                      seed=seed, on_progress=advance)
+    console.print(str(res), markup=False, highlight=False)
+
+
 @cells_app.command("train")
 def train(
     train_data: Annotated[Path, typer.Argument(help="Labelled cells: class/patient/images folders, or an .npz stack.")],
@@ -57,11 +75,27 @@ def train(
     epochs: Annotated[Optional[int], typer.Option("--epochs", help="Override the pipeline's max_epochs.")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | gpu | cuda:N")] = "auto",
+    level: Annotated[str, typer.Option("--level", help="cell (a cell classifier) | patient (attention MIL over a "
+                                                        "cell model's features)")] = "cell",
+    cell_model: Annotated[Optional[Path], typer.Option("--cell-model", help="--level patient: the cell model "
+                                                                             "whose features the MIL model reads.")] = None,
+    folds: Annotated[int, typer.Option("--folds", help="--level patient: cross-validation folds (1: none).")] = 5,
+    bag_size: Annotated[int, typer.Option("--bag-size", help="--level patient: cells per training bag.")] = 32,
 ) -> None:
-    """Train a cell classifier (patient-level splits, class balancing, flips/rotations/shifts, early stopping)."""
+    """Train a cell classifier (patient-level splits, class balancing, flips/rotations/shifts, early stopping).
+
+    With ``--level patient``: a patient-level subtype model (gated-attention MIL over the
+    penultimate features of ``--cell-model``), cross-validated over patients, then trained on all.
+    """
     from .spec import load_cell_pipeline
     from .workflow import train_cell_model, with_overrides
 
+    if level not in ("cell", "patient"):
+        raise typer.BadParameter(f"--level must be 'cell' or 'patient' (got {level!r})")
+    if level == "patient":
+        _train_patient(train_data, out, load_cell_pipeline(pipeline), cell_model, folds=folds, bag_size=bag_size,
+                       epochs=epochs, device=device)
+        return
     pipe = with_overrides(load_cell_pipeline(pipeline), architecture=architecture, epochs=epochs, batch_size=batch_size)
     record, report = train_cell_model(
         train_data, pipeline=pipe, out=out, device=device,
@@ -71,6 +105,24 @@ def train(
     console.print(f"model: {out} ({record.architecture}, classes {list(record.classes)}, sha256 {record.sha256[:12]})",
                   markup=False, highlight=False)
     console.print(json.dumps({k: summary.get(k) for k in ("split", "best_epoch", "rates", "test") if k in summary},
+                             indent=1, default=str)[:6000], markup=False, highlight=False)
+
+
+def _train_patient(train_data: Path, out: Path, pipe, cell_model: Optional[Path], *, folds: int,  # noqa: ANN001
+                   bag_size: int, epochs: Optional[int], device: str) -> None:
+    from .mil import MilTrainSpec
+    from .patient import spec_with, train_patient_model
+
+    if cell_model is None:
+        raise typer.BadParameter("--level patient needs --cell-model CELL_MODEL_DIR (the cell network whose "
+                                 "features the MIL model reads)")
+    spec = spec_with(MilTrainSpec(), bag_size=bag_size, max_epochs=epochs)
+    record, summary = train_patient_model(train_data, pipeline=pipe, cell_model=cell_model, out=out, spec=spec,
+                                          folds=folds, device="cpu" if device == "auto" else device,
+                                          say=lambda s: console.print(s, markup=False, highlight=False))
+    console.print(f"patient model: {out} (classes {list(record.classes)}, cell model sha256 "
+                  f"{record.cell_model_sha256[:12]}, sha256 {record.sha256[:12]})", markup=False, highlight=False)
+    console.print(json.dumps({k: summary.get(k) for k in ("patients", "cells", "best_epoch", "cv") if k in summary},
                              indent=1, default=str)[:6000], markup=False, highlight=False)
 
 
@@ -98,10 +150,26 @@ def score(
     seed: SeedOpt = 0,
     report: ReportOpt = True,
     dashboard_address: DashboardOpt = ":8787",
+    level: Annotated[str, typer.Option("--level", help="cell (per-cell classes, per-sample readout) | patient "
+                                                        "(--model is a MIL model: subtype per patient)")] = "cell",
+    cell_model: Annotated[Optional[Path], typer.Option("--cell-model", help="--level patient: the cell model the "
+                                                                             "MIL model was trained on.")] = None,
 ) -> None:
-    """Classify every cell of every sample; write the per-sample leukaemic percentage, cells table and report."""
+    """Classify every cell of every sample; write the per-sample leukaemic percentage, cells table and report.
+
+    With ``--level patient``: INPUTS is a folder of patients (class/patient/images or
+    patient/images); writes patients.csv (probabilities, call), cells.csv/.parquet (each
+    cell's attention) and report.html (most-attended cells, confusion matrix with 95 %
+    intervals when classes are known). Runner options do not apply.
+    """
     from .assay import CellScoreOptions, score_cells
     from .spec import load_cell_pipeline
+
+    if level not in ("cell", "patient"):
+        raise typer.BadParameter(f"--level must be 'cell' or 'patient' (got {level!r})")
+    if level == "patient":
+        _score_patient(inputs, model, out, load_cell_pipeline(pipeline), cell_model, report=report)
+        return
 
     runtime = runtime_from(config, backend=backend, workers=workers, threads_per_worker=threads_per_worker,
                            memory_limit=memory_limit, batch_size=batch_size)
@@ -115,6 +183,22 @@ def score(
     _print_summary(summary)
     if summary.n_failed:
         raise typer.Exit(EXIT_SAMPLES_FAILED)
+
+
+def _score_patient(inputs: Path, model: Path, out: Path, pipe, cell_model: Optional[Path], *,  # noqa: ANN001
+                   report: bool) -> None:
+    import pandas as pd
+
+    from .patient import score_patient_cells
+
+    if cell_model is None:
+        raise typer.BadParameter("--level patient needs --cell-model CELL_MODEL_DIR (the cell model the MIL model "
+                                 "was trained on)")
+    res = score_patient_cells(inputs, pipeline=pipe, model=model, cell_model=cell_model, out=out, report=report)
+    df = pd.read_csv(res.patients_csv)
+    console.print(df.round(3).to_string(index=False), markup=False, highlight=False)
+    console.print(f"{res.n_patients} patients, {res.n_cells} cells: {res.patients_csv}, {res.cells_csv}"
+                  f"{f', {res.report}' if res.report else ''}", markup=False, highlight=False)
 
 
 def _print_summary(summary) -> None:  # noqa: ANN001 (CellRunSummary, imported lazily)

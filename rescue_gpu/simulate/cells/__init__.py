@@ -34,12 +34,15 @@ Modules, by concern: :mod:`.tables` (assays, classes, shapes and looks), :mod:`.
 (per-patient style), :mod:`.noise` and :mod:`.kernels` (random fields, numba pixel
 kernels), :mod:`.geometry` (outlines, nuclei), :mod:`.ifc` and :mod:`.smear` (the two
 renderers), :mod:`.draw` (public drawing API), :mod:`.library` (the library writer) and
-:mod:`.write` (image writers for the layouts the cells assay reads).
+:mod:`.write` (image writers for the layouts the cells assay reads) and :mod:`.subtype` (AML
+genetic-subtype patients: normal white cells plus a minority of subtype-specific abnormal
+cells, with the truth of which cells are abnormal; :func:`simulate_subtype_cohort`).
 """
 
 from .draw import draw_labels, simulate_cells
 from .library import CellLibrarySummary, simulate_cell_library
 from .styles import PatientStyle, patient_style
+from .subtype import SUBTYPES, simulate_subtype_cohort, simulate_subtype_patient
 from .tables import ASSAYS, LAYOUTS, assay_channels, assay_classes
 
 __all__ = [
@@ -53,4 +56,7 @@ __all__ = [
     "simulate_cells",
     "draw_labels",
     "simulate_cell_library",
+    "SUBTYPES",
+    "simulate_subtype_patient",
+    "simulate_subtype_cohort",
 ]

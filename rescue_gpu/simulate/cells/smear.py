@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .tables import _F32, _NUCLEUS_RGB, _RBC_RGB, _SMEAR, _SMEAR_PX_PER_UM, _SMEAR_SIZE, _SmearLook, _od
+from .tables import _F32, _NUCLEUS_RGB, _RBC_RGB, _SMEAR, _SMEAR_PX_PER_UM, _SMEAR_SIZE, _Shape, _SmearLook, _od
 from .styles import PatientStyle
 from .noise import _bytes, _draws, _smooth_noise, _threshold
 from .kernels import _discs_kernel, _smear_kernel, _upsample2
@@ -41,10 +41,15 @@ def _smear_cell_params(rng: np.random.Generator, look: _SmearLook, n: int) -> np
     return np.column_stack([p["chromatin"], p["clump"], p["cyt_density"], _threshold(p["density"]), flags])
 
 
-def _smear_batch(cls: str, n: int, rng: np.random.Generator, style: PatientStyle, size: int | None) -> list[np.ndarray]:
-    """Render ``n`` smear cells of one class on ``size`` squares (default 224)."""
+def _smear_batch(cls: str, n: int, rng: np.random.Generator, style: PatientStyle, size: int | None,
+                 kind: tuple[_Shape, _SmearLook] | None = None) -> list[np.ndarray]:
+    """Render ``n`` smear cells of one class on ``size`` squares (default 224).
+
+    ``kind``: the ``(shape, look)`` to draw instead of class ``cls``'s (the abnormal cells
+    of :mod:`.subtype`); the random draws are the same either way.
+    """
     size = size or _SMEAR_SIZE
-    shape, look = _SMEAR[cls]
+    shape, look = kind or _SMEAR[cls]
     px = _SMEAR_PX_PER_UM * size / _SMEAR_SIZE * style.magnification
     edge = max(0.5, style.blur * size / _SMEAR_SIZE)
     geo = _geometry(rng, _radius(rng, n, shape, px=px), shape, canvas=size, jitter=0.03 * size, edge=edge)
