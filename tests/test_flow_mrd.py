@@ -1,0 +1,144 @@
+"""Event-level MRD (rescue_gpu.flow.mrd): kNN flags vs brute force, intervals vs scipy, ELN rules, artifacts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from rescue_gpu.errors import ConfigError, ReferenceDataError
+from rescue_gpu.flow import mrd
+
+MARKERS = ("CD45", "CD34", "CD117", "CD7")
+
+
+def _normal(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Normal marrow: CD45+ cloud at CD45=3 plus 20% CD45- events at CD45=0."""
+    x = rng.normal(0.0, 0.3, (n, 4)).astype(np.float32)
+    x[:, 0] += 3.0
+    neg = rng.random(n) < 0.2
+    x[neg, 0] -= 3.0
+    return x
+
+
+def _blasts(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Leukaemic CD45+ CD34+ CD7+ events far from normal."""
+    x = rng.normal(0.0, 0.15, (n, 4)).astype(np.float32)
+    x += np.array([3.0, 2.5, 2.0, 2.5], dtype=np.float32)
+    return x
+
+
+def test_knn_distance_matches_brute_force() -> None:
+    rng = np.random.default_rng(1)
+    q, p = rng.normal(size=(37, 3)).astype(np.float32), rng.normal(size=(23, 3)).astype(np.float32)
+    for k in (1, 3, 23):
+        brute = np.sort(np.sqrt(((q[:, None, :].astype(np.float64) - p[None, :, :]) ** 2).sum(-1)), axis=1)[:, k - 1]
+        got = mrd.knn_distance(q, p, k, chunk=5)  # several chunks
+        np.testing.assert_allclose(got, brute, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ConfigError, match="k must be"):
+        mrd.knn_distance(q, p, 24)
+
+
+def test_dfn_flags_match_brute_force_rule() -> None:
+    rng = np.random.default_rng(2)
+    model = mrd.fit_normal_model([_normal(rng, 3000), _normal(rng, 3000)], MARKERS, k=3, false_flag_rate=0.01)
+    x = np.concatenate([_normal(rng, 200), _blasts(rng, 30)])
+    flags, gate = mrd.dfn_flags(model, x)
+    d = np.sqrt(((x[:, None, :].astype(np.float64) - model.points[None]) ** 2).sum(-1))
+    kth = np.sort(d, axis=1)[:, 2]
+    expected = (x[:, 0] >= model.cd45_min) & (kth > model.threshold)
+    np.testing.assert_array_equal(flags, expected)
+    np.testing.assert_array_equal(gate, x[:, 0] >= model.cd45_min)
+    assert flags[200:].all()  # every blast is different from normal
+    assert 0.0 < model.cd45_min < 3.0  # Otsu split between CD45- and CD45+
+
+
+def test_false_flag_rate_on_unseen_normal() -> None:
+    rng = np.random.default_rng(3)
+    model = mrd.fit_normal_model([_normal(rng, 4000) for _ in range(4)], MARKERS, k=5, false_flag_rate=0.01)
+    flags, gate = mrd.dfn_flags(model, _normal(rng, 20000))
+    rate = flags.sum() / gate.sum()
+    assert 0.004 < rate < 0.02  # about the requested 1%
+
+
+def test_laip_tracks_diagnosis_population() -> None:
+    rng = np.random.default_rng(4)
+    model = mrd.fit_normal_model([_normal(rng, 4000) for _ in range(4)], MARKERS, k=5, false_flag_rate=1e-3)
+    diag = np.concatenate([_normal(rng, 2000), _blasts(rng, 2000)])
+    laip = mrd.fit_laip(model, diag)
+    assert laip is not None and laip.n_events >= 1900
+    np.testing.assert_allclose(laip.mean, [3.0, 2.5, 2.0, 2.5], atol=0.05)
+    follow = np.concatenate([_normal(rng, 20000), _blasts(rng, 40)])
+    f = mrd.laip_flags(model, laip, follow)
+    assert f[20000:].sum() >= 38 and f[:20000].sum() <= 2
+    assert mrd.LaipModel.from_record(laip.record()).cutoff == laip.cutoff
+    assert mrd.fit_laip(model, _normal(rng, 2000)) is None  # no leukaemic population at diagnosis
+
+
+def test_pack_flags_round_trip() -> None:
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 7, 8, 9, 1001):
+        f = rng.random(n) < 0.3
+        bits = mrd.pack_flags(f)
+        assert bits.dtype == np.uint8 and bits.size == (n + 7) // 8
+        np.testing.assert_array_equal(mrd.unpack_flags(bits, n), f)
+
+
+def test_model_save_load_and_checksum(tmp_path) -> None:
+    rng = np.random.default_rng(6)
+    model = mrd.fit_normal_model([_normal(rng, 1000), _normal(rng, 1000)], MARKERS, k=3)
+    model.save(tmp_path / "m")
+    back = mrd.NormalModel.load(tmp_path / "m")
+    np.testing.assert_array_equal(back.points, model.points)
+    assert back.meta() == model.meta()
+    raw = bytearray((tmp_path / "m" / "normal.npz").read_bytes())
+    raw[-10] ^= 0xFF
+    (tmp_path / "m" / "normal.npz").write_bytes(bytes(raw))
+    with pytest.raises(ReferenceDataError, match="checksum differs"):
+        mrd.NormalModel.load(tmp_path / "m")
+    with pytest.raises(ConfigError, match="differ from the DfN model"):
+        back.check_markers(("CD45", "CD34"))
+
+
+@pytest.mark.parametrize("k,n", [(0, 1000), (1, 1000), (50, 500000), (999, 1000), (1000, 1000)])
+def test_clopper_pearson_matches_scipy(k: int, n: int) -> None:
+    ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    lo, hi = mrd.clopper_pearson(k, n)
+    assert lo == pytest.approx(ci.low, abs=1e-12) and hi == pytest.approx(ci.high, abs=1e-12)
+
+
+def test_eln_status_boundaries() -> None:
+    s = mrd.mrd_status
+    assert s(500, 500_000) == "positive"           # exactly 0.1%, >= 50 events
+    assert s(499, 500_000) == "negative"           # just below 0.1%
+    assert s(50, 50_000) == "positive"             # 0.1% with 50 events; positivity needs no 500k
+    assert s(49, 49_000) == "below-lloq"           # 0.1% but below LLOQ (50)
+    assert s(20, 20_000) == "below-lloq"           # LOD reached
+    assert s(19, 19_000) == "insufficient-events"  # below LOD, too few events to call negative
+    assert s(19, 19_000, min_cd45=10_000) == "negative"
+    assert s(0, 499_999) == "insufficient-events"
+    assert s(0, 500_000) == "negative"
+    assert s(0, 0) == "insufficient-events"
+
+
+def test_mrd_numbers() -> None:
+    r = mrd.mrd_numbers(60, 400_000, "dfn")
+    ci = binomtest(60, 400_000).proportion_ci(method="exact")
+    assert r.mrd_pct == pytest.approx(0.015)
+    assert r.mrd_pct_low == pytest.approx(100 * ci.low) and r.mrd_pct_high == pytest.approx(100 * ci.high)
+    assert r.lod_pct == pytest.approx(100 * 20 / 400_000) and r.lloq_pct == pytest.approx(100 * 50 / 400_000)
+    assert r.mrd_status == "insufficient-events" and r.mrd_method == "dfn"
+    assert math.isnan(mrd.mrd_numbers(0, 0, "both").mrd_pct)
+    with pytest.raises(ConfigError, match="MRD method"):
+        mrd.mrd_numbers(1, 10, "gmm")
+
+
+def test_combined_call() -> None:
+    c = mrd.combined_call
+    assert c(0.1, 0.5, "positive") == "positive"
+    assert c(0.9, 0.5, "negative") == "negative"
+    assert c(0.9, 0.5, "below-lloq") == "positive" and c(0.4, 0.5, "below-lloq") == "negative"
+    assert c(0.5, 0.5, "insufficient-events") == "positive"
+    assert c(float("nan"), 0.5, "insufficient-events") == "negative"
