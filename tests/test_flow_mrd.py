@@ -142,3 +142,14 @@ def test_combined_call() -> None:
     assert c(0.9, 0.5, "below-lloq") == "positive" and c(0.4, 0.5, "below-lloq") == "negative"
     assert c(0.5, 0.5, "insufficient-events") == "positive"
     assert c(float("nan"), 0.5, "insufficient-events") == "negative"
+
+
+def test_count_within_equals_knn_rule() -> None:
+    rng = np.random.default_rng(7)
+    q, p = rng.normal(size=(300, 4)).astype(np.float32), rng.normal(size=(120, 4)).astype(np.float32)
+    d = np.sqrt(((q[:, None, :].astype(np.float64) - p[None]) ** 2).sum(-1))
+    for r in (0.3, 0.8, 1.5):
+        np.testing.assert_array_equal(mrd.count_within(q, p, r, chunk=7), (d <= r).sum(1))
+        for k in (1, 5):
+            kth = np.sort(d, axis=1)[:, k - 1]
+            np.testing.assert_array_equal(mrd.count_within(q, p, r) < k, kth > r)

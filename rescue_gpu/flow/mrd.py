@@ -45,7 +45,7 @@ import numpy as np
 from ..errors import ConfigError, ReferenceDataError
 from ..xp import namespace
 
-__all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "cd45_gate", "dfn_flags", "fit_laip",
+__all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cd45_gate", "dfn_flags", "fit_laip",
            "laip_flags", "pack_flags", "unpack_flags", "MrdNumbers", "mrd_numbers", "mrd_status", "combined_call",
            "clopper_pearson", "otsu_threshold", "LOD_EVENTS", "LLOQ_EVENTS", "MIN_CD45_EVENTS", "THRESHOLD_PCT",
            "STATUSES", "METHODS"]
@@ -82,6 +82,25 @@ def knn_distance(queries: Any, points: Any, k: int, *, chunk: int = 4096) -> Any
         d2 = xp.sum(qc * qc, axis=1)[:, None] - 2.0 * (qc @ p.T) + pn[None, :]
         kth = xp.partition(d2, k - 1, axis=1)[:, k - 1]
         out[s:s + chunk] = xp.sqrt(xp.maximum(kth, 0.0))
+    return out
+
+
+def count_within(queries: Any, points: Any, radius: float, *, chunk: int = 4096) -> Any:
+    """Number of rows of ``points`` within Euclidean ``radius`` of each row of ``queries`` (int32).
+
+    ``count_within(q, p, r) < k`` is exactly ``knn_distance(q, p, k) > r`` and needs no
+    partition, so flagging uses it.
+    """
+    xp = namespace(queries, points)
+    q = xp.asarray(queries, dtype=xp.float32)
+    p = xp.asarray(points, dtype=xp.float32)
+    pn = xp.sum(p * p, axis=1)
+    r2 = float(radius) ** 2
+    out = xp.empty((q.shape[0],), dtype=xp.int32)
+    for s in range(0, q.shape[0], chunk):
+        qc = q[s:s + chunk]
+        d2 = xp.sum(qc * qc, axis=1)[:, None] - 2.0 * (qc @ p.T) + pn[None, :]
+        out[s:s + chunk] = xp.sum(d2 <= r2, axis=1, dtype=xp.int32)
     return out
 
 
@@ -249,16 +268,18 @@ def _model_points(model: NormalModel, xp: Any) -> Any:
     return xp.asarray(model.points)
 
 
-def dfn_flags(model: NormalModel, values: Any, *, distances: Any = None) -> tuple[Any, Any]:
+def dfn_flags(model: NormalModel, values: Any, *, counts: Any = None) -> tuple[Any, Any]:
     """``(flags, cd45)`` boolean per event: DfN-aberrant CD45+ events, and the CD45+ gate.
 
-    ``distances`` (the events' ``k``-NN distances) is computed when not given.
+    ``counts`` (each event's number of model points within ``model.threshold``, from
+    :func:`count_within`) is computed when not given; an event is DfN-aberrant when
+    fewer than ``k`` normal points lie that close (its ``k``-NN distance exceeds the threshold).
     """
     xp = namespace(values)
     gate = cd45_gate(values, model.cd45_column, model.cd45_min)
-    if distances is None:
-        distances = knn_distance(values, _model_points(model, xp), model.k)
-    return gate & (distances > model.threshold), gate
+    if counts is None:
+        counts = count_within(values, _model_points(model, xp), model.threshold)
+    return gate & (counts < model.k), gate
 
 
 # ----------------------------------------------------------------------------- LAIP
@@ -305,16 +326,19 @@ def fit_laip(model: NormalModel, diagnosis_values: Any, *, min_events: int = LLO
                      cutoff=float(chi2.ppf(laip_quantile, ev.shape[1])), n_events=int(len(ev)))
 
 
-def laip_flags(model: NormalModel, laip: LaipModel, values: Any, *, distances: Any = None) -> Any:
-    """Boolean per event: CD45+, inside the LAIP ellipsoid, and beyond normal's loose threshold."""
+def laip_flags(model: NormalModel, laip: LaipModel, values: Any, *, loose_counts: Any = None) -> Any:
+    """Boolean per event: CD45+, inside the LAIP ellipsoid, and beyond normal's loose threshold.
+
+    ``loose_counts``: model points within ``model.loose_threshold`` (:func:`count_within`).
+    """
     xp = namespace(values)
     v = xp.asarray(values, dtype=xp.float32)
-    if distances is None:
-        distances = knn_distance(v, _model_points(model, xp), model.k)
+    if loose_counts is None:
+        loose_counts = count_within(v, _model_points(model, xp), model.loose_threshold)
     diff = v - xp.asarray(laip.mean, dtype=xp.float32)[None, :]
     m2 = xp.sum((diff @ xp.asarray(laip.precision, dtype=xp.float32)) * diff, axis=1)
     gate = cd45_gate(v, model.cd45_column, model.cd45_min)
-    return gate & (m2 <= laip.cutoff) & (distances > model.loose_threshold)
+    return gate & (m2 <= laip.cutoff) & (loose_counts < model.k)
 
 
 # ----------------------------------------------------------------------------- bits
