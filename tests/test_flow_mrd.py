@@ -153,3 +153,17 @@ def test_count_within_equals_knn_rule() -> None:
         for k in (1, 5):
             kth = np.sort(d, axis=1)[:, k - 1]
             np.testing.assert_array_equal(mrd.count_within(q, p, r) < k, kth > r)
+
+
+def test_simulated_truth_has_true_mrd_pct(tmp_path) -> None:
+    import csv
+
+    from rescue_gpu.simulate.flow.cohort import simulate_cohort
+
+    s = simulate_cohort(tmp_path / "c", n_samples=8, n_events=400, seed=3)
+    rows = list(csv.DictReader(open(s.truth, encoding="utf-8")))
+    for r in rows:
+        expected = 100.0 * int(r["n_blasts"]) / max(int(r["n_leukocytes"]), 1)
+        assert float(r["true_mrd_pct"]) == pytest.approx(expected)
+        if r["kind"] in ("mrd_negative", "control"):
+            assert float(r["true_mrd_pct"]) == 0.0
