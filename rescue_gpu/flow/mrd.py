@@ -13,8 +13,9 @@ DfN ("different from normal")
     events whose ``k``-NN distance exceeds the threshold (events that normal marrow has
     no counterpart for). The CD45+ gate is an Otsu split of the normal events' CD45.
 LAIP (leukaemia-associated immunophenotype)
-    :func:`fit_laip` takes a patient's diagnosis sample, keeps its DfN-flagged CD45+
-    events (the leukaemic population at diagnosis) and models them as a Gaussian (mean,
+    :func:`fit_laip` takes a patient's diagnosis sample, keeps its CD45+ events beyond
+    normal's loose threshold (at diagnosis, where blasts dominate, those are the
+    leukaemic population; the strict DfN threshold keeps too few of them) and models them as a Gaussian (mean,
     regularised covariance). :func:`laip_flags` flags a follow-up sample's CD45+ events
     inside the ``laip_quantile`` Mahalanobis ellipsoid of that Gaussian that are also
     outside the bulk of normal marrow (``k``-NN distance above the model's loose
@@ -312,12 +313,15 @@ class LaipModel:
 
 def fit_laip(model: NormalModel, diagnosis_values: Any, *, min_events: int = LLOQ_EVENTS,
              laip_quantile: float = 0.999, ridge: float = 1e-3) -> LaipModel | None:
-    """The LAIP of a diagnosis sample (its DfN-flagged CD45+ events), or None with fewer than ``min_events``."""
+    """The LAIP of a diagnosis sample (its CD45+ events beyond the loose threshold), or None with fewer than ``min_events``."""
     from scipy.stats import chi2
 
     from ..device import to_numpy
 
-    flags, _ = dfn_flags(model, diagnosis_values)
+    xp = namespace(diagnosis_values)
+    gate = cd45_gate(diagnosis_values, model.cd45_column, model.cd45_min)
+    loose = count_within(diagnosis_values, _model_points(model, xp), model.loose_threshold) < model.k
+    flags = gate & loose
     ev = np.asarray(to_numpy(diagnosis_values), dtype=np.float64)[np.asarray(to_numpy(flags), dtype=bool)]
     if len(ev) < max(min_events, ev.shape[1] + 1):
         return None
