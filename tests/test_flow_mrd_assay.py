@@ -25,6 +25,9 @@ def _normal_model(assets: dict[str, Path], out: Path) -> Path:
     ev = [load_events(r.path, tiny_pipeline()) for r in rows if r.label == "negative"]
     model = mrd.fit_normal_model([np.asarray(e.values) for e in ev], ev[0].markers, k=3, false_flag_rate=0.01,
                                  loose_rate=0.05)
+    same = mrd.normal_model_from_rows(rows, tiny_pipeline(), k=3, false_flag_rate=0.01, loose_rate=0.05)
+    np.testing.assert_array_equal(same.points, model.points)
+    assert same.meta() == model.meta()
     return model.save(out)
 
 

@@ -48,7 +48,7 @@ from ..xp import namespace
 
 __all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cd45_gate", "dfn_flags", "fit_laip",
            "laip_flags", "pack_flags", "unpack_flags", "MrdNumbers", "mrd_numbers", "mrd_status", "combined_call",
-           "clopper_pearson", "otsu_threshold", "LOD_EVENTS", "LLOQ_EVENTS", "MIN_CD45_EVENTS", "THRESHOLD_PCT",
+           "clopper_pearson", "otsu_threshold", "normal_model_from_rows", "LOD_EVENTS", "LLOQ_EVENTS", "MIN_CD45_EVENTS", "THRESHOLD_PCT",
            "STATUSES", "METHODS"]
 
 #: ELN 2021: events required to call a sample MRD-negative.
@@ -442,3 +442,31 @@ def combined_call(p_mrd: float, threshold: float, status: str) -> str:
             and p_mrd >= threshold:
         return "positive"
     return "negative"
+
+
+def normal_model_from_rows(rows: Sequence[Any], pipeline: Any, **kwargs: Any) -> NormalModel:
+    """Fit the DfN model from the manifest rows labelled ``negative`` (MRD-negative follow-ups and controls).
+
+    ``kwargs`` go to :func:`fit_normal_model`. Rows that fail to preprocess are skipped.
+
+    Raises
+    ------
+    ConfigError
+        No negative row could be preprocessed.
+    """
+    from ..errors import RescueError
+    from .stages import load_events
+
+    values, markers = [], None
+    for row in rows:
+        if row.label != "negative":
+            continue
+        try:
+            ev = load_events(row.path, pipeline)
+        except RescueError:
+            continue
+        markers = ev.markers
+        values.append(np.asarray(ev.values))
+    if markers is None:
+        raise ConfigError("no MRD-negative or control sample could be preprocessed for the DfN model")
+    return fit_normal_model(values, markers, **kwargs)
