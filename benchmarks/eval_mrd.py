@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--controls", type=int, default=20)
     ap.add_argument("--max-points", type=int, default=20000)
     ap.add_argument("--false-flag-rate", type=float, default=2e-5)
+    ap.add_argument("--loose-rate", type=float, default=0.003)
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
@@ -104,7 +105,8 @@ def main() -> None:
                               visit=1 if lk else 0)
         v, markers, _ = _events(sim, tmp, pipeline)
         normal.append(v)
-    model = mrd.fit_normal_model(normal, markers, max_points=a.max_points, false_flag_rate=a.false_flag_rate)
+    model = mrd.fit_normal_model(normal, markers, max_points=a.max_points, false_flag_rate=a.false_flag_rate,
+                                 loose_rate=a.loose_rate)
     model.save(a.out / "normal_model")
     print(f"DfN model: {len(model.points)} points, threshold {model.threshold:.4g}, cd45_min {model.cd45_min:.3g}",
           flush=True)
@@ -147,7 +149,7 @@ def main() -> None:
     truth, pats = df["true_mrd_pct"].to_numpy(), df["patient_id"].to_numpy()
     res = {"events_per_sample": a.events, "n_follow_up_positive": int((df.kind == "mrd_positive").sum()),
            "n_mrd_negative": int((df.kind == "mrd_negative").sum()), "n_control": int((df.kind == "control").sum()),
-           "n_normals_in_model": a.normals, "false_flag_rate": a.false_flag_rate,
+           "n_normals_in_model": a.normals, "false_flag_rate": a.false_flag_rate, "loose_rate": a.loose_rate,
            "laip_found_share": float(df[df.kind == "mrd_positive"]["has_laip"].mean())}
     for m in ("dfn", "both"):
         res[m] = _metrics(df[f"{m}_pct"].to_numpy(), truth, pats, rng)

@@ -223,7 +223,7 @@ def fit_normal_model(
     k: int = 5,
     max_points: int = 20000,
     false_flag_rate: float = 1e-4,
-    loose_rate: float = 0.02,
+    loose_rate: float = 0.003,
     seed: int = 0,
 ) -> NormalModel:
     """Fit the DfN model from normal samples' preprocessed events (host arrays).
