@@ -48,32 +48,7 @@ def _events(sim, tmp: Path, pipeline) -> tuple[np.ndarray, tuple[str, ...], floa
 
 def _metrics(est: np.ndarray, truth: np.ndarray, patients: np.ndarray, rng: np.random.Generator,
              n_boot: int = 1000) -> dict[str, float]:
-    from scipy.stats import spearmanr
-
-    pos = truth >= mrd.THRESHOLD_PCT
-    neg = truth == 0
-    q = truth >= mrd.THRESHOLD_PCT
-    ratio = np.abs(np.log10(np.maximum(est[q], 1e-6) / truth[q]))
-    call = est >= mrd.THRESHOLD_PCT
-
-    def sens_spec(idx: np.ndarray) -> tuple[float, float]:
-        p, n = pos[idx], ~pos[idx]
-        return (call[idx][p].mean() if p.any() else np.nan, (~call[idx][n]).mean() if n.any() else np.nan)
-
-    uniq = np.unique(patients)
-    groups = {p: np.flatnonzero(patients == p) for p in uniq}
-    boots = []
-    for _ in range(n_boot):
-        pick = rng.choice(uniq, len(uniq), replace=True)
-        boots.append(sens_spec(np.concatenate([groups[p] for p in pick])))
-    b = np.asarray(boots, dtype=np.float64)
-    se, sp = sens_spec(np.arange(len(est)))
-    return {"spearman": float(spearmanr(est, truth).statistic),
-            "median_abs_log10_ge_0.1": float(np.median(ratio)) if ratio.size else float("nan"),
-            "neg_below_0.1_share": float((est[neg] < mrd.THRESHOLD_PCT).mean()),
-            "sensitivity": float(se), "sensitivity_ci": [float(x) for x in np.nanquantile(b[:, 0], [0.025, 0.975])],
-            "specificity": float(sp), "specificity_ci": [float(x) for x in np.nanquantile(b[:, 1], [0.025, 0.975])],
-            "n_samples": int(len(est)), "n_truth_ge_0.1": int(q.sum()), "n_negative": int(neg.sum())}
+    return mrd.mrd_agreement(est, truth, patients, n_boot=n_boot, seed=int(rng.integers(2**31)))
 
 
 def main() -> None:

@@ -167,3 +167,64 @@ def test_simulated_truth_has_true_mrd_pct(tmp_path) -> None:
         assert float(r["true_mrd_pct"]) == pytest.approx(expected)
         if r["kind"] in ("mrd_negative", "control"):
             assert float(r["true_mrd_pct"]) == 0.0
+
+
+def _agreement_case():
+    rng = np.random.default_rng(8)
+    truth = np.concatenate([10 ** rng.uniform(-2, 1, 30), np.zeros(10)])
+    est = truth * 10 ** rng.normal(0, 0.2, truth.size)
+    est[30:] = rng.uniform(0, 0.15, 10)
+    pats = np.array([f"P{i // 2}" for i in range(truth.size)])
+    return est, truth, pats
+
+
+def test_mrd_agreement_against_independent_computation() -> None:
+    from scipy.stats import spearmanr
+
+    est, truth, pats = _agreement_case()
+    r = mrd.mrd_agreement(est, truth, pats, n_boot=200, seed=1)
+    assert r["spearman"] == pytest.approx(spearmanr(est, truth)[0])
+    q = truth >= 0.1
+    assert r["median_abs_log10_ge_0.1"] == pytest.approx(np.median(np.abs(np.log10(est[q] / truth[q]))))
+    assert r["neg_below_0.1_share"] == pytest.approx(np.mean(est[truth == 0] < 0.1))
+    assert r["sensitivity"] == pytest.approx(np.mean(est[q] >= 0.1))
+    assert r["specificity"] == pytest.approx(np.mean(est[~q] < 0.1))
+    lo, hi = r["sensitivity_ci"]
+    assert lo <= r["sensitivity"] <= hi and r["n_patients"] == 20 and r["n_truth_ge_0.1"] == int(q.sum())
+
+
+def test_evaluate_cli_reports_mrd_agreement(tmp_path) -> None:
+    import csv
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from rescue_gpu.flow.train_cli import register
+
+    est, truth, pats = _agreement_case()
+    n = truth.size
+    rows = [{"sample_id": f"S{i}", "path": f"fcs/S{i}.fcs", "patient_id": pats[i], "timepoint": "follow-up",
+             "label": "positive" if truth[i] > 0 else "negative"} for i in range(n)]
+    scores = [{"sample_id": f"S{i}", "patient_id": pats[i], "timepoint": "follow-up", "p_mrd": "0.5",
+               "call": "positive", "threshold": "0.5", "status": "scored", "mrd_pct": repr(float(est[i])),
+               "mrd_method": "both" if i % 2 else "dfn"} for i in range(n)]
+    tr = [{"sample_id": f"S{i}", "true_mrd_pct": repr(float(truth[i]))} for i in range(n)]
+    for name, data in (("manifest.csv", rows), ("scores.csv", scores), ("truth.csv", tr)):
+        with open(tmp_path / name, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(data[0]))
+            w.writeheader()
+            w.writerows(data)
+    app = typer.Typer()
+    register(app)
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "scores.csv"), "--truth", str(tmp_path / "manifest.csv"),
+                                   "--mrd-truth", str(tmp_path / "truth.csv"), "--out", str(tmp_path / "ev"),
+                                   "--boot", "100"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "ev" / "metrics.json").read_text())["mrd"]
+    expected = mrd.mrd_agreement(est, truth, pats, n_boot=100, seed=0)
+    assert rep["all"]["spearman"] == pytest.approx(expected["spearman"])
+    assert rep["all"]["median_abs_log10_ge_0.1"] == pytest.approx(expected["median_abs_log10_ge_0.1"])
+    odd = np.arange(n) % 2 == 1
+    assert rep["both"]["n_samples"] == int(odd.sum())
+    assert rep["both"]["spearman"] == pytest.approx(mrd.mrd_agreement(est[odd], truth[odd], pats[odd])["spearman"])

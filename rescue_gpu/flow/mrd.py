@@ -48,7 +48,7 @@ from ..xp import namespace
 
 __all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cd45_gate", "dfn_flags", "fit_laip",
            "laip_flags", "pack_flags", "unpack_flags", "MrdNumbers", "mrd_numbers", "mrd_status", "combined_call",
-           "clopper_pearson", "otsu_threshold", "normal_model_from_rows", "LOD_EVENTS", "LLOQ_EVENTS", "MIN_CD45_EVENTS", "THRESHOLD_PCT",
+           "clopper_pearson", "otsu_threshold", "normal_model_from_rows", "mrd_agreement", "LOD_EVENTS", "LLOQ_EVENTS", "MIN_CD45_EVENTS", "THRESHOLD_PCT",
            "STATUSES", "METHODS"]
 
 #: ELN 2021: events required to call a sample MRD-negative.
@@ -470,3 +470,49 @@ def normal_model_from_rows(rows: Sequence[Any], pipeline: Any, **kwargs: Any) ->
     if markers is None:
         raise ConfigError("no MRD-negative or control sample could be preprocessed for the DfN model")
     return fit_normal_model(values, markers, **kwargs)
+
+
+def mrd_agreement(est_pct: Any, true_pct: Any, patients: Any, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Agreement of estimated and true MRD % (``rescue evaluate --mrd-truth``, ``benchmarks/eval_mrd.py``).
+
+    ``spearman``; ``median_abs_log10_ge_0.1``: median |log10(est / truth)| over samples with
+    truth >= 0.1% (an estimate of 0 counts as 1e-6 %); ``neg_below_0.1_share``: share of
+    truth-0 samples estimated below 0.1%; ``sensitivity`` / ``specificity`` of the call
+    est >= 0.1% against truth >= 0.1%, with 95% intervals from ``n_boot`` patient-level
+    bootstrap draws. Samples with a missing estimate or truth are left out.
+    """
+    from scipy.stats import spearmanr
+
+    est = np.asarray(est_pct, dtype=np.float64)
+    truth = np.asarray(true_pct, dtype=np.float64)
+    pats = np.asarray(patients).astype(str)
+    ok = np.isfinite(est) & np.isfinite(truth)
+    est, truth, pats = est[ok], truth[ok], pats[ok]
+    pos = truth >= THRESHOLD_PCT
+    call = est >= THRESHOLD_PCT
+    neg = truth == 0
+
+    def sens_spec(idx: np.ndarray) -> tuple[float, float]:
+        p = pos[idx]
+        se = float(call[idx][p].mean()) if p.any() else math.nan
+        sp = float((~call[idx][~p]).mean()) if (~p).any() else math.nan
+        return se, sp
+
+    rng = np.random.default_rng(seed)
+    uniq = np.unique(pats)
+    groups = [np.flatnonzero(pats == p) for p in uniq]
+    boots = np.array([sens_spec(np.concatenate([groups[i] for i in rng.integers(0, len(uniq), len(uniq))]))
+                      for _ in range(n_boot)]) if len(uniq) and n_boot > 0 else np.full((1, 2), math.nan)
+    se, sp = sens_spec(np.arange(est.size))
+    ratio = np.abs(np.log10(np.maximum(est[pos], 1e-6) / truth[pos]))
+
+    def ci(col: int) -> list[float | None]:
+        b = boots[:, col][np.isfinite(boots[:, col])]
+        return [float(x) for x in np.quantile(b, [0.025, 0.975])] if b.size else [None, None]
+
+    return {"spearman": float(spearmanr(est, truth).statistic) if est.size > 1 else math.nan,
+            "median_abs_log10_ge_0.1": float(np.median(ratio)) if ratio.size else math.nan,
+            "neg_below_0.1_share": float((est[neg] < THRESHOLD_PCT).mean()) if neg.any() else math.nan,
+            "sensitivity": se, "sensitivity_ci": ci(0), "specificity": sp, "specificity_ci": ci(1),
+            "n_samples": int(est.size), "n_truth_ge_0.1": int(pos.sum()), "n_negative": int(neg.sum()),
+            "n_patients": int(uniq.size)}
