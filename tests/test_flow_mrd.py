@@ -228,3 +228,18 @@ def test_evaluate_cli_reports_mrd_agreement(tmp_path) -> None:
     odd = np.arange(n) % 2 == 1
     assert rep["both"]["n_samples"] == int(odd.sum())
     assert rep["both"]["spearman"] == pytest.approx(mrd.mrd_agreement(est[odd], truth[odd], pats[odd])["spearman"])
+
+
+def test_flag_kernels_run_on_the_array_api_standard() -> None:
+    """count_within, dfn_flags and laip_flags use only standard calls (the cupy path is CI-checked this way)."""
+    xs = pytest.importorskip("array_api_strict")
+    rng = np.random.default_rng(9)
+    model = mrd.fit_normal_model([_normal(rng, 1500), _normal(rng, 1500)], MARKERS, k=3, false_flag_rate=0.01)
+    x = np.concatenate([_normal(rng, 300), _blasts(rng, 20)])
+    f, g = mrd.dfn_flags(model, xs.asarray(x))
+    f0, g0 = mrd.dfn_flags(model, x)
+    np.testing.assert_array_equal(np.asarray(f), f0)
+    np.testing.assert_array_equal(np.asarray(g), g0)
+    laip = mrd.LaipModel(np.array([3.0, 2.5, 2.0, 2.5]), np.eye(4) * 20, 18.0, 20)
+    np.testing.assert_array_equal(np.asarray(mrd.laip_flags(model, laip, xs.asarray(x))),
+                                  mrd.laip_flags(model, laip, x))

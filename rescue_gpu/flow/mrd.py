@@ -44,6 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ConfigError, ReferenceDataError
+from ..xp import astype as _astype
 from ..xp import namespace
 
 __all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cd45_gate", "dfn_flags", "fit_laip",
@@ -69,6 +70,9 @@ _FORMAT = "rescue-mrd-normal/1"
 def knn_distance(queries: Any, points: Any, k: int, *, chunk: int = 4096) -> Any:
     """Euclidean distance of each row of ``queries`` to its ``k``-th nearest row of ``points``.
 
+    Uses ``xp.partition`` (not in the array API standard; numpy and cupy both have it with
+    the same semantics); used to calibrate the model, not to flag events.
+
     Chunked over ``queries`` (``chunk`` rows at a time); same array module as the inputs.
     """
     xp = namespace(queries, points)
@@ -79,10 +83,11 @@ def knn_distance(queries: Any, points: Any, k: int, *, chunk: int = 4096) -> Any
     pn = xp.sum(p * p, axis=1)
     out = xp.empty((q.shape[0],), dtype=xp.float32)
     for s in range(0, q.shape[0], chunk):
-        qc = q[s:s + chunk]
+        e = min(s + chunk, q.shape[0])
+        qc = q[s:e, :]
         d2 = xp.sum(qc * qc, axis=1)[:, None] - 2.0 * (qc @ p.T) + pn[None, :]
         kth = xp.partition(d2, k - 1, axis=1)[:, k - 1]
-        out[s:s + chunk] = xp.sqrt(xp.maximum(kth, 0.0))
+        out[s:e] = xp.sqrt(xp.maximum(kth, 0.0))
     return out
 
 
@@ -99,9 +104,10 @@ def count_within(queries: Any, points: Any, radius: float, *, chunk: int = 4096)
     r2 = float(radius) ** 2
     out = xp.empty((q.shape[0],), dtype=xp.int32)
     for s in range(0, q.shape[0], chunk):
-        qc = q[s:s + chunk]
+        e = min(s + chunk, q.shape[0])
+        qc = q[s:e, :]
         d2 = xp.sum(qc * qc, axis=1)[:, None] - 2.0 * (qc @ p.T) + pn[None, :]
-        out[s:s + chunk] = xp.sum(d2 <= r2, axis=1, dtype=xp.int32)
+        out[s:e] = _astype(xp.count_nonzero(d2 <= r2, axis=1), xp.int32, xp)
     return out
 
 
