@@ -75,6 +75,10 @@ class ScoreOptions:
         Share of the Grad-CAM attribution whose pixels count as the driving region.
     report
         Write ``report.html``.
+    mrd_model
+        Directory of a DfN normal model (:class:`rescue_gpu.flow.mrd.NormalModel`): every
+        sample gets its event-level MRD % (DfN, plus LAIP from the patient's diagnosis
+        sample in the same manifest); None: no MRD %.
     """
 
     pipeline: Pipeline
@@ -88,6 +92,7 @@ class ScoreOptions:
     flag_events: bool = False
     flag_mass: float = 0.5
     report: bool = True
+    mrd_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.samples_per_task < 1 or self.window < 0 or self.seed < 0:
@@ -143,11 +148,13 @@ class WorkerJob:
     flag_dir: str | None = None
     flag_mass: float = 0.5
     model_checksum: str = ""
+    mrd_model_path: str | None = None
+    laips: dict[str, Any] | None = None
 
     def state_key(self) -> Hashable:
         """Paths, checksums and device of the reference, model and engine this job loads."""
         return ("flow", self.reference_path, self.reference_fingerprint, self.model_path, self.model_sha256,
-                self.model_checksum, self.backend, self.engine, self.precision, self.batch_size)
+                self.model_checksum, self.backend, self.engine, self.precision, self.batch_size, self.mrd_model_path)
 
     def load_state(self) -> FlowState:
         """Load the reference and model and build the engine (checked against the client's checksums).
@@ -170,7 +177,12 @@ class WorkerJob:
         engine, backend = worker_engine(rec, path=self.model_path, sha256=self.model_sha256, backend=self.backend,
                                         kind=self.engine, precision=self.precision, batch_size=self.batch_size,
                                         checksum=self.model_checksum)
-        return FlowState(reference=ref, record=rec, engine=engine, backend=backend, xp=get_xp(backend))
+        mrd_model = None
+        if self.mrd_model_path is not None:
+            from .mrd import NormalModel
+
+            mrd_model = NormalModel.load(self.mrd_model_path)
+        return FlowState(reference=ref, record=rec, engine=engine, backend=backend, xp=get_xp(backend), mrd=mrd_model)
 
     def process(self, tasks: Sequence[SampleTask], state: FlowState) -> list[SampleResult]:
         """Score a batch: prepare each sample, one engine call on the images, flag positives."""
@@ -195,6 +207,7 @@ class FlowState:
     engine: Any
     backend: str
     xp: ModuleType
+    mrd: Any = None
 
 
 def _device_record(device: DevicePlan | str, engine: str, precision: str) -> dict[str, str]:
@@ -219,7 +232,20 @@ def settings_record(options: ScoreOptions, device: DevicePlan | str) -> dict[str
     return {"preprocess_fingerprint": preprocess_fingerprint(options.pipeline.panel, options.pipeline.preprocess),
             "seed": options.seed, **_device_record(device, options.engine, options.precision),
             "keep_coords": options.keep_coords, "keep_identifiers": options.keep_identifiers,
-            "flag_events": options.flag_events, "flag_mass": options.flag_mass}
+            "flag_events": options.flag_events, "flag_mass": options.flag_mass,
+            **({"mrd_model": _mrd_identity(options.mrd_model)} if options.mrd_model else {})}
+
+
+def _mrd_identity(path: str) -> str:
+    """The DfN model's points sha256 (from its ``normal.json``), for the settings hash."""
+    import json
+
+    try:
+        return str(json.loads((Path(path) / "normal.json").read_text()).get("sha256", ""))
+    except (OSError, ValueError) as exc:
+        from ..errors import ReferenceDataError
+
+        raise ReferenceDataError(f"{path}: no readable DfN normal model ({exc})") from exc
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -262,6 +288,9 @@ def _prepare(task: SampleTask, job: WorkerJob, state: FlowState) -> tuple[Sample
         t2 = time.perf_counter()
         image, outside = rasterise(state.reference, coords, events)
         image = to_numpy(image)
+        t3 = time.perf_counter()
+        mrd_rec, mrd_arrays = _mrd(events, task, job, state)
+        t_mrd = time.perf_counter() - t3
         if job.keep_identifiers:
             rec["provenance"]["identifiers"] = _identifiers(task.path)
     except Exception as exc:  # one bad sample never stops the cohort
@@ -272,11 +301,49 @@ def _prepare(task: SampleTask, job: WorkerJob, state: FlowState) -> tuple[Sample
     rec.update(status="scored", n_events=int(events.qc["n_events_in"]), qc=qc,
                n_events_used=int(events.n_events - outside), warnings=_warning_texts(events.warnings, task, job),
                seconds={"preprocess": round(t1 - t0, 4), "project": round(t2 - t1, 4),
-                        "rasterise": round(time.perf_counter() - t2, 4)})
+                        "rasterise": round(t3 - t2, 4)})
     arrays = {"image": np.ascontiguousarray(image, dtype=np.float32)}
+    if mrd_rec is not None:
+        rec["mrd"] = mrd_rec
+        rec["seconds"]["mrd"] = round(t_mrd, 4)
+        arrays.update(mrd_arrays)
     if job.keep_coords:
         arrays["coords"] = np.ascontiguousarray(to_numpy(coords), dtype=np.float32)
     return SampleResult(record=rec, arrays=arrays), coords
+
+
+def _mrd(events: Any, task: SampleTask, job: WorkerJob, state: FlowState) -> tuple[dict[str, Any] | None, dict]:
+    """The sample's MRD numbers and per-event bits (``mrd_dfn``, ``mrd_laip``), or (None, {}) without a model."""
+    from .mrd import LaipModel, count_within, dfn_flags, laip_flags, mrd_numbers, pack_flags
+
+    model = state.mrd
+    if model is None:
+        return None, {}
+    model.check_markers(events.markers)
+    values = events.values
+    xp = state.xp
+    points = xp.asarray(model.points)
+    dfn, gate = dfn_flags(model, values, counts=count_within(values, points, model.threshold))
+    laip_rec = (job.laips or {}).get(task.patient_id) if task.timepoint != "diagnosis" else None
+    if laip_rec is not None:
+        laip = laip_flags(model, LaipModel.from_record(laip_rec), values,
+                          loose_counts=count_within(values, points, model.loose_threshold))
+        aberrant, method = dfn | laip, "both"
+    else:
+        laip, aberrant, method = None, dfn, "dfn"
+    n_cd45 = _count(gate, xp)
+    numbers = mrd_numbers(int(_count(aberrant, xp)), n_cd45, method)
+    rec = {**numbers.record(), "dfn_events": int(_count(dfn, xp)),
+           "laip_events": None if laip is None else int(_count(laip, xp)), "n_flag_events": int(values.shape[0])}
+    arrays = {"mrd_dfn": pack_flags(dfn)}
+    if laip is not None:
+        arrays["mrd_laip"] = pack_flags(laip)
+    return rec, arrays
+
+
+def _count(flags: Any, xp: ModuleType) -> int:
+    """Number of True entries of a boolean array (numpy or cupy)."""
+    return int(xp.sum(flags))
 
 
 def _warning_texts(warnings: Iterable[str], task: SampleTask, job: WorkerJob) -> list[str]:
@@ -308,18 +375,59 @@ def _flag(result: SampleResult, task: SampleTask, coords: Any, job: WorkerJob, s
     """Write the flagged FCS of a positive sample (a failure is recorded, not raised)."""
     from .flag import flag_sample
 
-    if job.flag_dir is None or result.failed or result.record.get("call") != "positive":
+    mrd_positive = (result.record.get("mrd") or {}).get("mrd_status") == "positive"
+    if job.flag_dir is None or result.failed or (result.record.get("call") != "positive" and not mrd_positive):
         return
     out = Path(job.flag_dir) / f"{sample_key(task.sample_id)}.fcs"
     try:
         n = flag_sample(task.path, out, pipeline=job.pipeline, reference=state.reference, network=state.record.model,
                         image=result.arrays["image"], coords=coords, mass=job.flag_mass,
-                        keep_identifiers=job.keep_identifiers)
+                        keep_identifiers=job.keep_identifiers, mrd_bits=_mrd_bits(result))
         result.record["flagged"] = {"file": out.name, "n_flagged": int(n)}
     except Exception as exc:
         text = worker_error_text(exc, task, job)
         result.record["flagged"] = {"error": text}
         result.record.setdefault("warnings", []).append(f"flagged FCS file not written: {text}")
+
+
+def _mrd_bits(result: SampleResult) -> np.ndarray | None:
+    """The sample's aberrant events (DfN or LAIP) as booleans over its kept events, or None."""
+    from .mrd import unpack_flags
+
+    rec = result.record.get("mrd")
+    if not rec or "mrd_dfn" not in result.arrays:
+        return None
+    n = int(rec["n_flag_events"])
+    bits = unpack_flags(result.arrays["mrd_dfn"], n)
+    if "mrd_laip" in result.arrays:
+        bits = bits | unpack_flags(result.arrays["mrd_laip"], n)
+    return bits
+
+
+def diagnosis_laips(rows: Sequence[ManifestRow], pipeline: Pipeline, model_path: str | Path) -> dict[str, Any]:
+    """``{patient_id: LAIP record}`` from each patient's diagnosis sample in ``rows`` (first one wins).
+
+    A diagnosis sample that cannot be read or has no population different from normal
+    gives no LAIP (that patient's follow-ups are scored with DfN alone).
+    """
+    from ..errors import RescueError
+    from .mrd import NormalModel, fit_laip
+    from .stages import load_events
+
+    model = NormalModel.load(model_path)
+    out: dict[str, Any] = {}
+    for row in rows:
+        if row.timepoint != "diagnosis" or not row.patient_id or row.patient_id in out:
+            continue
+        try:
+            ev = load_events(row.path, pipeline)
+        except RescueError:
+            continue
+        model.check_markers(ev.markers)
+        laip = fit_laip(model, np.asarray(ev.values))
+        if laip is not None:
+            out[row.patient_id] = laip.record()
+    return out
 
 
 # ----------------------------------------------------------------------------- client side
@@ -360,6 +468,7 @@ class FlowAssay(OptionsAssay):
     kind: str = "flow"
     unit: str = "events"
     packages: tuple[str, ...] = PACKAGES
+    laips: dict[str, Any] | None = None
 
     @classmethod
     def open(cls, *, reference: str | Path, model: str | Path, options: ScoreOptions) -> FlowAssay:
@@ -400,7 +509,9 @@ class FlowAssay(OptionsAssay):
                          settings_hash=context.settings_hash, seed=o.seed, backend=d.backend, engine=d.engine,
                          precision=d.precision, batch_size=context.runtime.batch_size,
                          chunk_events=context.runtime.chunk_events, keep_coords=o.keep_coords,
-                         keep_identifiers=o.keep_identifiers, flag_dir=flag_dir, flag_mass=o.flag_mass)
+                         keep_identifiers=o.keep_identifiers, flag_dir=flag_dir, flag_mass=o.flag_mass,
+                         mrd_model_path=str(Path(o.mrd_model).resolve()) if o.mrd_model else None,
+                         laips=self.laips)
 
     def identity(self, job: WorkerJob) -> dict[str, str]:
         """Settings hash, reference fingerprint, model sha256 and checksum."""
@@ -472,5 +583,7 @@ def score_cohort(
     """
     rows = list(inputs) if not isinstance(inputs, (str, Path)) else read_manifest(inputs)
     assay = FlowAssay.open(reference=reference, model=model, options=options)
+    if options.mrd_model:
+        assay.laips = diagnosis_laips(rows, options.pipeline, options.mrd_model)
     return run_cohort(assay, rows, out=out, runtime=runtime, scheduler=scheduler, in_process=in_process,
                       dashboard_address=dashboard_address, on_start=on_start, on_progress=on_progress)

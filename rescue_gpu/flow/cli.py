@@ -61,6 +61,9 @@ def score(
     slurm_gpus_per_worker: SlurmGpusOpt = None,
     slurm_walltime: SlurmWalltimeOpt = None,
     verbose: VerboseOpt = False,
+    mrd_model: Annotated[Optional[Path], typer.Option("--mrd-model", help="DfN normal-marrow model directory "
+                         "(rescue_gpu.flow.mrd): add the event-level MRD % (DfN, plus LAIP from the patient's "
+                         "diagnosis sample) to scores and flagged files.")] = None,
 ) -> None:
     """Score a cohort: read, preprocess, project, rasterise and classify every sample on Dask."""
     from ..reference.pipeline import resolve_pipeline
@@ -80,7 +83,8 @@ def score(
         err_console.print(resolved.note, markup=False, highlight=False, soft_wrap=True)
     options = ScoreOptions(pipeline=resolved.pipeline, seed=seed, engine=engine, precision=precision,
                            samples_per_task=samples_per_task, window=window, keep_coords=keep_coords,
-                           keep_identifiers=keep_identifiers, flag_events=flag_events, report=report)
+                           keep_identifiers=keep_identifiers, flag_events=flag_events, report=report,
+                           mrd_model=str(mrd_model) if mrd_model is not None else None)
     with RunProgress(show=runtime.progress) as bar:
         summary = score_cohort(inputs, reference=reference, model=model, out=out, options=options, runtime=runtime,
                                scheduler=scheduler, in_process=in_process, dashboard_address=dashboard_address,

@@ -43,10 +43,12 @@ from ..errors import RescueError
 from ..fcs.spillover import SPILLOVER_KEYWORDS
 from ..nn.saliency import grad_cam
 
-__all__ = ["grad_cam", "driving_region", "flag_sample", "flagged_keywords", "flagged_markers", "FLAG_PARAMETER",
+__all__ = ["grad_cam", "driving_region", "flag_sample", "flagged_keywords", "flagged_markers", "FLAG_PARAMETER", "MRD_PARAMETER",
            "KEPT_KEYWORDS", "SAFE_KEYWORDS"]
 
 FLAG_PARAMETER = "RESCUE_FLAG"
+#: Parameter of the event-level MRD bit (DfN or LAIP aberrant) in a flagged file.
+MRD_PARAMETER = "RESCUE_MRD"
 #: Keywords of the sample kept in its flagged file without ``keep_identifiers`` (an allow-list):
 #: instrument model, time step, volume and trigger. ``$CYT`` is dropped when serial-number-like.
 KEPT_KEYWORDS = ("$CYT", "$TIMESTEP", "$VOL", "$TR")
@@ -119,6 +121,7 @@ def flag_sample(
     coords: Any,
     mass: float = 0.5,
     keep_identifiers: bool = False,
+    mrd_bits: np.ndarray | None = None,
 ) -> int:
     """Write ``out``: the sample's events plus ``RESCUE_FLAG``; return how many events are flagged.
 
@@ -142,6 +145,10 @@ def flag_sample(
     keep_identifiers
         Copy every keyword (names, dates, serial numbers, ``$SRC``, ``$FIL``) and the
         ``$PnS`` texts verbatim instead of the allow-list (see the module docstring).
+    mrd_bits
+        Boolean per kept event: MRD-aberrant (DfN or LAIP, :mod:`rescue_gpu.flow.mrd`);
+        written as a further parameter :data:`MRD_PARAMETER` (1 aberrant, 0 otherwise;
+        events removed by QC get 0). None: no such parameter.
     """
     from ..fcs import read_fcs, write_fcs
     from ..preprocess import preprocess
@@ -159,10 +166,22 @@ def flag_sample(
     flags = np.zeros(fcs.n_events, dtype=np.float32)
     flags[keep] = kept_flags
     linear = np.asarray(linear_values(fcs), dtype=np.float32)
+    columns, channels = [linear, flags], [*fcs.channels, FLAG_PARAMETER]
+    markers = [*flagged_markers(fcs, pipeline.panel, keep_identifiers), "MRD flag"]
+    keywords = flagged_keywords(fcs, keep_identifiers)
+    if mrd_bits is not None:
+        bits = np.asarray(mrd_bits, dtype=bool)
+        if bits.size != kept_flags.size:
+            raise RescueError(f"{path}: {bits.size} MRD bits for {kept_flags.size} kept events")
+        aberrant = np.zeros(fcs.n_events, dtype=np.float32)
+        aberrant[keep] = bits
+        columns.append(aberrant)
+        channels.append(MRD_PARAMETER)
+        markers.append("MRD aberrant")
+        keywords[f"$P{fcs.n_parameters + 2}R"] = "2"
+        keywords["RESCUE_MRD_NOTE"] = "1 = event different from normal marrow or in the diagnosis LAIP; 0 otherwise"
     tmp = Path(out).with_suffix(".fcs.tmp")
-    write_fcs(tmp, np.column_stack([linear, flags]), channels=[*fcs.channels, FLAG_PARAMETER],
-              markers=[*flagged_markers(fcs, pipeline.panel, keep_identifiers), "MRD flag"],
-              keywords=flagged_keywords(fcs, keep_identifiers),
+    write_fcs(tmp, np.column_stack(columns), channels=channels, markers=markers, keywords=keywords,
               spillover=fcs.spillover)
     os.replace(tmp, out)
     return int(flags.sum())

@@ -22,11 +22,14 @@ from ..runner.manifest import ManifestRow
 from ..runner.store import RunStore
 from ..runner.tables import join_warnings, replacing, write_table
 
-__all__ = ["COLUMNS", "QC_COLUMNS", "score_table", "write_outputs"]
+__all__ = ["COLUMNS", "QC_COLUMNS", "MRD_COLUMNS", "score_table", "write_outputs"]
 
 COLUMNS = ("sample_id", "patient_id", "timepoint", "p_mrd", "call", "threshold", "status", "error",
            "n_events", "n_events_used", "label", "warnings")
 QC_COLUMNS = ("non_finite", "saturated", "debris", "doublets", "n_events_out", "n_outside")
+#: Event-level MRD columns (present when the run had an MRD model; see :mod:`rescue_gpu.flow.mrd`).
+MRD_COLUMNS = ("mrd_pct", "mrd_pct_low", "mrd_pct_high", "mrd_events", "cd45_events", "lod_pct", "lloq_pct",
+               "mrd_status", "mrd_method", "dfn_events", "laip_events", "combined_call")
 
 
 def _row(m: ManifestRow, record: dict[str, Any] | None, threshold: float) -> dict[str, Any]:
@@ -42,14 +45,23 @@ def _row(m: ManifestRow, record: dict[str, Any] | None, threshold: float) -> dic
     }
     out.update({k: qc.get(k) for k in QC_COLUMNS})
     out["input_sha256"] = (rec.get("provenance") or {}).get("input_sha256", "")
+    m = rec.get("mrd")
+    if m:
+        from .mrd import combined_call
+
+        out.update({k: m.get(k) for k in MRD_COLUMNS if k != "combined_call"})
+        out["combined_call"] = combined_call(out["p_mrd"], float(threshold), str(m.get("mrd_status")))
     return out
 
 
 def score_table(rows: Sequence[ManifestRow], store: RunStore, *, threshold: float) -> pd.DataFrame:
     """The scores of ``rows`` (manifest order) as read back from ``store``."""
     records = [_row(m, store.record(m.sample_id), threshold) for m in rows]  # damaged samples: failed
-    df = pd.DataFrame.from_records(records, columns=[*COLUMNS, *QC_COLUMNS, "input_sha256"])
-    for col in ("n_events", "n_events_used", *QC_COLUMNS):
+    has_mrd = any("mrd_status" in r for r in records)
+    df = pd.DataFrame.from_records(records, columns=[*COLUMNS, *QC_COLUMNS, "input_sha256",
+                                                     *(MRD_COLUMNS if has_mrd else ())])
+    for col in ("n_events", "n_events_used", *QC_COLUMNS, *(("mrd_events", "cd45_events", "dfn_events", "laip_events")
+                                                            if has_mrd else ())):
         df[col] = df[col].astype("Int64")
     return df
 

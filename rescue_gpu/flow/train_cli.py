@@ -150,6 +150,8 @@ def evaluate_cmd(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json and roc.png.")] = None,
     boot: Annotated[int, typer.Option("--boot", help="Patient-level bootstrap replicates.")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Bootstrap seed.")] = 0,
+    mrd_truth: Annotated[Optional[Path], typer.Option("--mrd-truth", help="CSV with sample_id and true_mrd_pct "
+                         "(the simulator's truth.csv): also report the MRD % agreement (scores need mrd_pct).")] = None,
 ) -> None:
     """Score calls against the truth: metrics with patient-level 95% intervals, confusion, per timepoint."""
     from ..runner.manifest import read_manifest
@@ -173,6 +175,9 @@ def evaluate_cmd(
             report["metrics"][k] = {"estimate": _none(made[k]), "low": None, "high": None}
     report["excluded"] = excluded
     report.update({"scores": str(scores), "truth": str(truth)})
+    if mrd_truth is not None:
+        report["mrd"] = _mrd_report(scores, mrd_truth, boot=boot, seed=seed)
+        console.print(f"MRD % agreement: {json.dumps(report['mrd'])}", markup=False, highlight=False)
     _print_metrics(report, title=f"evaluation of {scores.name} against {truth.name}")
     _print_excluded(excluded, "left out of the evaluation")
     if out is not None:
@@ -181,6 +186,28 @@ def evaluate_cmd(
         if 0 < data["y"].sum() < data["y"].size:
             plot_roc(data["y"], data["p"], out / "roc.png", threshold=threshold, title="ROC (evaluated samples)")
         console.print(f"wrote {out / 'metrics.json'}" + (f" and {out / 'roc.png'}" if (out / "roc.png").exists() else ""))
+
+
+def _mrd_report(scores: Path, truth: Path, *, boot: int, seed: int) -> dict[str, Any]:
+    """MRD % agreement (:func:`rescue_gpu.flow.mrd.mrd_agreement`), overall and per ``mrd_method``."""
+    import pandas as pd
+
+    from .mrd import mrd_agreement
+
+    s = pd.read_csv(scores)
+    if "mrd_pct" not in s.columns:
+        raise RescueError(f"{scores}: no mrd_pct column; score with --mrd-model to evaluate the MRD %")
+    t = pd.read_csv(truth)
+    if "true_mrd_pct" not in t.columns:
+        raise RescueError(f"{truth}: no true_mrd_pct column")
+    df = s.merge(t[["sample_id", "true_mrd_pct"]], on="sample_id", how="inner")
+    df = df[df["timepoint"] != "diagnosis"] if "timepoint" in df.columns else df
+    out: dict[str, Any] = {"all": mrd_agreement(df["mrd_pct"], df["true_mrd_pct"], df["patient_id"], n_boot=boot,
+                                                seed=seed)}
+    for method, part in df.groupby("mrd_method"):
+        out[str(method)] = mrd_agreement(part["mrd_pct"], part["true_mrd_pct"], part["patient_id"], n_boot=boot,
+                                         seed=seed)
+    return out
 
 
 def _none(x: float) -> float | None:

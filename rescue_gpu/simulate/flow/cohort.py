@@ -41,7 +41,7 @@ __all__ = [
 REFERENCE_COUNTS: dict[str, int] = {"diagnosis": 765, "mrd_positive": 336, "mrd_negative": 170, "control": 90}
 MANIFEST_COLUMNS = ("sample_id", "path", "patient_id", "timepoint", "label")
 TRUTH_COLUMNS = ("sample_id", "patient_id", "kind", "visit", "instrument", "blast_fraction",
-                 "observed_fraction", "n_blasts", "n_leukocytes", "n_events", "laip")
+                 "observed_fraction", "n_blasts", "n_leukocytes", "n_events", "laip", "true_mrd_pct")
 FCS_DIR = "fcs"
 
 
@@ -222,7 +222,8 @@ def write_sample(plan: CohortPlan, index: int, out_dir: Path, *, n_events: int) 
     return {"sample_id": s.sample_id, "patient_id": t["patient_id"], "kind": s.kind, "visit": str(s.visit),
             "instrument": t["instrument"], "blast_fraction": repr(t["blast_fraction"]),
             "observed_fraction": repr(t["observed_fraction"]), "n_blasts": str(t["n_blasts"]),
-            "n_leukocytes": str(t["n_leukocytes"]), "n_events": str(n_events), "laip": ";".join(t["laip"])}
+            "n_leukocytes": str(t["n_leukocytes"]), "n_events": str(n_events), "laip": ";".join(t["laip"]),
+            "true_mrd_pct": repr(100.0 * float(t["observed_fraction"]))}
 
 
 def _manifest_rows(plan: CohortPlan) -> list[dict[str, str]]:
