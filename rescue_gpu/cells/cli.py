@@ -17,8 +17,8 @@ import typer
 
 from ..cliutil import (EXIT_SAMPLES_FAILED, BackendOpt, BatchSizeOpt, ConfigOpt, DashboardOpt, EngineOpt,
                        InProcessOpt, KeepIdentifiersOpt, MemoryLimitOpt, PrecisionOpt, ReportOpt, RunProgress,
-                       SamplesPerTaskOpt, SchedulerOpt, SeedOpt, ThreadsOpt, WindowOpt, WorkersOpt, console, print_run,
-                       progress, runtime_from)
+                       SamplesPerTaskOpt, SchedulerOpt, SeedOpt, ThreadsOpt, WindowOpt, WorkersOpt, console,
+                       err_console, print_run, progress, runtime_from)
 
 __all__ = ["register", "cells_app"]
 
@@ -58,7 +58,11 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size")] = None,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | gpu | cuda:N")] = "auto",
 ) -> None:
-    """Train a cell classifier (patient-level splits, class balancing, flips/rotations/shifts, early stopping)."""
+    """Train a cell classifier (patient-level splits, class balancing, flips/rotations/shifts, early stopping).
+
+    Warnings about too few validation patients per class or an unstable validation curve
+    are printed as ``warning: ...`` lines and stored in model.json (provenance ``warnings``).
+    """
     from .spec import load_cell_pipeline
     from .workflow import train_cell_model, with_overrides
 
@@ -68,6 +72,8 @@ def train(
         on_epoch=lambda h: console.print(f"epoch {h['epoch']}: train loss {h['train_loss']:.4f}, "
                                          f"val loss {h['val_loss']:.4f}, val accuracy {h.get('val_accuracy', 0):.3f}"))
     summary = report.summary()
+    for text in record.provenance.get("warnings", []):
+        err_console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"model: {out} ({record.architecture}, classes {list(record.classes)}, sha256 {record.sha256[:12]})",
                   markup=False, highlight=False)
     console.print(json.dumps({k: summary.get(k) for k in ("split", "best_epoch", "rates", "test") if k in summary},
