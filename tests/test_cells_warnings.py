@@ -43,7 +43,8 @@ def test_small_validation_split_is_named_by_class():
     # the same rule as the flow path's: the shared function on the same split, with names
     names = np.asarray(CLASSES, dtype=object)[labels]
     shared = small_cohort_warnings(labels=names, groups=pats, folds=[parts[:2]], parts=["validation split"])
-    assert [s.split(". ")[0] for s in shared] == [g.split(". ")[0] for g in got]
+    assert [s.split("; ")[0] for s in shared] == [g.split("; ")[0] for g in got]
+    assert "the temperature and the rates rest on few patients" in got[0] and "out-of-fold" not in got[0]
 
 
 def test_enough_validation_patients_and_a_stable_curve_give_nothing():
@@ -72,6 +73,12 @@ def test_flow_messages_keep_their_wording():
     assert msg.startswith("fold 0: validation AUC falls from its best 0.900 to 0.400")
     assert msg.endswith("check this fold's history in model.json (provenance fold_results)")
     assert "the fold overfits" in msg
+    labels, groups = np.array([0, 1, 0, 1]), np.array(["a", "a", "b", "c"])
+    cohort = small_cohort_warnings(labels=labels, groups=groups, folds=[(np.arange(2), np.arange(2, 4))])
+    assert cohort == ["fold 0: its validation part has 1 negative, 1 positive patient(s), fewer than 20 per class; "
+                      "its metrics, early stopping and the threshold chosen on the out-of-fold predictions rest on few "
+                      "patients and are noisy. Add patients, use fewer folds (--folds), and read the cross-validation "
+                      "metrics as rough estimates (check their bootstrap intervals)"]
     with pytest.raises(ValueError, match="2 part names for 1 folds"):
         unstable_curve_warnings([[0.9]], parts=["a", "b"])
 

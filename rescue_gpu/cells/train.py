@@ -308,8 +308,8 @@ def _provenance(pipeline: CellPipeline, spec: CellTrainSpec, report: CellTrainRe
                       epochs=report.epochs, best_epoch=report.best_epoch, warnings=list(report.warnings))
 
 
-_COHORT_ADVICE = ("Add patients (or raise train.val_fraction), and read the validation metrics, the temperature "
-                  "and the rates as rough estimates")
+_COHORT_ADVICE = ("its metrics, early stopping, the temperature and the rates rest on few patients and are noisy. "
+                  "Add patients (or raise train.val_fraction), and read the validation metrics as rough estimates")
 _CURVE_ADVICE = ("Lower train.learning_rate, lower patience or max_epochs, keep train.augment on or add patients, "
                  "and check the history in training.json")
 

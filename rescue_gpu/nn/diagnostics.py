@@ -30,8 +30,9 @@ import numpy as np
 __all__ = ["small_cohort_warnings", "unstable_curve_warnings", "worse_than_guessing_warnings"]
 
 _CLASS_NAMES = {0: "negative", 1: "positive"}
-_COHORT_ADVICE = ("Add patients, use fewer folds (--folds), and read the cross-validation metrics as rough "
-                  "estimates (check their bootstrap intervals)")
+_COHORT_ADVICE = ("its metrics, early stopping and the threshold chosen on the out-of-fold predictions rest on few "
+                  "patients and are noisy. Add patients, use fewer folds (--folds), and read the cross-validation "
+                  "metrics as rough estimates (check their bootstrap intervals)")
 _CURVE_ADVICE = ("Lower the learning rate, lower patience or max_epochs, add augmentation or patients, and check "
                  "this fold's history in model.json (provenance fold_results)")
 
@@ -77,7 +78,8 @@ def small_cohort_warnings(*, labels: Sequence[Any] | np.ndarray, groups: Sequenc
     parts
         Name of each fold in the messages (default ``fold 0``, ``fold 1``, ...).
     advice
-        The last sentence of each message: what to do (default: the flow CLI's).
+        The rest of each message, after "fewer than N per class; ": what it means and
+        what to do (default: the flow CLI's).
 
     Returns
     -------
@@ -94,8 +96,7 @@ def small_cohort_warnings(*, labels: Sequence[Any] | np.ndarray, groups: Sequenc
             continue
         have = ", ".join(f"{n} {_class_name(c)}" for c, n in short.items())
         out.append(f"{names[k]}: its validation part has {have} patient(s), fewer than "
-                   f"{min_patients_per_class_per_fold} per class; its metrics, early stopping and the threshold "
-                   f"chosen on the out-of-fold predictions rest on few patients and are noisy. {advice}")
+                   f"{min_patients_per_class_per_fold} per class; {advice}")
     return out
 
 
