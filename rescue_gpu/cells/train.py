@@ -22,11 +22,11 @@
    the record's ``rates`` (TPR, FPR) for adjusted classify-and-count; per-class and
    grouped metrics are reported for the validation and the held-out test patients.
 5. :func:`training_warnings`: the warnings of :mod:`rescue_gpu.nn.diagnostics` that the flow
-   path gives too, for the single validation split: fewer than
-   ``min_patients_per_class`` validation patients holding a class, and a validation-accuracy
-   curve that falls far from its best or sinks below chance (``1 / n_classes``) after
-   being above it, and an epoch whose validation loss is above that of a uniform guess
-   (``ln n_classes``) while its training loss is below it. They go into the report and the record's provenance (``warnings``);
+   path gives too, for the single validation split: fewer than ``min_patients_per_class``
+   validation patients holding a class; a validation-accuracy curve that falls far from
+   its best or sinks below chance (``1 / n_classes``) after being above it; an epoch whose
+   validation loss is above that of a uniform guess (``ln n_classes``) while its training
+   loss is below it. They go into the report and the record's provenance (``warnings``);
    ``rescue cells train`` and the demo print them as ``warning: ...`` lines.
 
 Runs are deterministic on the CPU for a given ``train.seed``; callers' random state is
@@ -38,9 +38,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import field
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -317,7 +316,7 @@ _CURVE_ADVICE = ("Lower train.learning_rate, lower patience or max_epochs, keep 
 def training_warnings(labels: np.ndarray, patients: np.ndarray, parts: tuple[np.ndarray, ...], *,
                       classes: Sequence[str], history: Sequence[dict[str, Any]],
                       min_patients_per_class: int = MIN_PATIENTS_PER_CLASS) -> list[str]:
-    """Small-cohort and unstable-curve warnings of a single-split cell training run.
+    """Small-cohort, unstable-curve and worse-than-guessing warnings of a single-split cell training run.
 
     Parameters
     ----------
@@ -335,7 +334,7 @@ def training_warnings(labels: np.ndarray, patients: np.ndarray, parts: tuple[np.
     Returns
     -------
     list of str
-        Messages from :func:`rescue_gpu.nn.diagnostics.small_cohort_warnings` and
+        Messages from :func:`rescue_gpu.nn.diagnostics.small_cohort_warnings`,
         :func:`~rescue_gpu.nn.diagnostics.unstable_curve_warnings` and
         :func:`~rescue_gpu.nn.diagnostics.worse_than_guessing_warnings`; empty when all is well.
     """

@@ -12,7 +12,7 @@ training loss is below it: the network does worse than guessing on patients it d
 train on while fitting the training patients (a training/evaluation mismatch such as
 stale BatchNorm statistics, or strong overfitting).
 
-Both return plain messages, each saying what to do; the training commands print them
+All three return plain messages, each saying what to do; the training commands print them
 as ``warning: ...`` lines and store them in the record's provenance (``warnings``). The
 flow assay passes its cross-validation folds and validation-AUC curves; the cell assay
 its single validation split (``parts=["validation split"]``), its validation-accuracy
