@@ -18,8 +18,8 @@ import typer
 
 from ..cliutil import (EXIT_SAMPLES_FAILED, BackendOpt, BatchSizeOpt, ConfigOpt, DashboardOpt, EngineOpt,
                        InProcessOpt, KeepIdentifiersOpt, MemoryLimitOpt, PrecisionOpt, ReportOpt, RunProgress,
-                       SamplesPerTaskOpt, SchedulerOpt, SeedOpt, ThreadsOpt, WindowOpt, WorkersOpt, console, print_run,
-                       progress, runtime_from)
+                       SamplesPerTaskOpt, SchedulerOpt, SeedOpt, ThreadsOpt, WindowOpt, WorkersOpt, console,
+                       err_console, print_run, progress, runtime_from)
 
 __all__ = ["register", "cells_app"]
 
@@ -86,6 +86,8 @@ def train(
 
     With ``--level patient``: a patient-level subtype model (gated-attention MIL over the
     penultimate features of ``--cell-model``), cross-validated over patients, then trained on all.
+    Warnings about too few validation patients per class or an unstable validation curve
+    are printed as ``warning: ...`` lines and stored in model.json (provenance ``warnings``).
     """
     from .spec import load_cell_pipeline
     from .workflow import train_cell_model, with_overrides
@@ -102,6 +104,8 @@ def train(
         on_epoch=lambda h: console.print(f"epoch {h['epoch']}: train loss {h['train_loss']:.4f}, "
                                          f"val loss {h['val_loss']:.4f}, val accuracy {h.get('val_accuracy', 0):.3f}"))
     summary = report.summary()
+    for text in record.provenance.get("warnings", []):
+        err_console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"model: {out} ({record.architecture}, classes {list(record.classes)}, sha256 {record.sha256[:12]})",
                   markup=False, highlight=False)
     console.print(json.dumps({k: summary.get(k) for k in ("split", "best_epoch", "rates", "test") if k in summary},

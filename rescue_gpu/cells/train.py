@@ -21,6 +21,13 @@
    leukaemic call (summed leukaemic probabilities >= 0.5) on the validation cells gives
    the record's ``rates`` (TPR, FPR) for adjusted classify-and-count; per-class and
    grouped metrics are reported for the validation and the held-out test patients.
+5. :func:`training_warnings`: the warnings of :mod:`rescue_gpu.nn.diagnostics` that the flow
+   path gives too, for the single validation split: fewer than ``min_patients_per_class``
+   validation patients holding a class; a validation-accuracy curve that falls far from
+   its best or sinks below chance (``1 / n_classes``) after being above it; an epoch whose
+   validation loss is above that of a uniform guess (``ln n_classes``) while its training
+   loss is below it. They go into the report and the record's provenance (``warnings``);
+   ``rescue cells train`` and the demo print them as ``warning: ...`` lines.
 
 Runs are deterministic on the CPU for a given ``train.seed``; callers' random state is
 left alone.
@@ -29,9 +36,10 @@ left alone.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +49,7 @@ from torch import nn
 from ..device import torch_device
 from ..errors import CellDataError, ConfigError, ModelError
 from ..nn.calibration import fit_temperature
+from ..nn.diagnostics import small_cohort_warnings, unstable_curve_warnings, worse_than_guessing_warnings
 from ..nn.metrics import per_class_metrics
 from ..nn.splits import split_patients
 from ..nn.train import (FitResult, Trainer, batch_slices, collect_logits, fit, loss_value, make_trainer, provenance,
@@ -49,7 +58,12 @@ from .metrics import grouped_binary_metrics, grouped_rates
 from .record import CellModelRecord, build_cell_model
 from .spec import CellPipeline, CellTrainSpec
 
-__all__ = ["augment_batch", "class_weights", "predict_logits", "CellTrainReport", "train_cells"]
+__all__ = ["augment_batch", "class_weights", "predict_logits", "CellTrainReport", "train_cells", "training_warnings",
+           "MIN_PATIENTS_PER_CLASS"]
+
+#: Distinct validation patients every class should have before the validation metrics, early
+#: stopping and temperature are more than rough estimates (the flow path's per-fold rule).
+MIN_PATIENTS_PER_CLASS = 20
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -196,6 +210,8 @@ class CellTrainReport:
         ``{"train"|"val"|"test": {"cells": n, "patients": m}}``.
     seconds, device
         Wall time and the training device.
+    warnings
+        The messages of :func:`training_warnings` (empty when there is nothing to say).
     """
 
     epochs: int
@@ -208,6 +224,7 @@ class CellTrainReport:
     split: dict[str, dict[str, int]]
     seconds: float
     device: str = "cpu"
+    warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready copy of the report."""
@@ -287,7 +304,51 @@ def _provenance(pipeline: CellPipeline, spec: CellTrainSpec, report: CellTrainRe
     return provenance(device=report.device, seconds=report.seconds, pipeline=pipeline.name,
                       pipeline_source=pipeline.source, architecture=pipeline.model.architecture,
                       pretrained=pipeline.model.pretrained, train=dataclasses.asdict(spec), split=report.split,
-                      epochs=report.epochs, best_epoch=report.best_epoch)
+                      epochs=report.epochs, best_epoch=report.best_epoch, warnings=list(report.warnings))
+
+
+_COHORT_ADVICE = ("its metrics, early stopping, the temperature and the rates rest on few patients and are noisy. "
+                  "Add patients (or raise train.val_fraction), and read the validation metrics as rough estimates")
+_CURVE_ADVICE = ("Lower train.learning_rate, lower patience or max_epochs, keep train.augment on or add patients, "
+                 "and check the history in training.json")
+
+
+def training_warnings(labels: np.ndarray, patients: np.ndarray, parts: tuple[np.ndarray, ...], *,
+                      classes: Sequence[str], history: Sequence[dict[str, Any]],
+                      min_patients_per_class: int = MIN_PATIENTS_PER_CLASS) -> list[str]:
+    """Small-cohort, unstable-curve and worse-than-guessing warnings of a single-split cell training run.
+
+    Parameters
+    ----------
+    labels, patients
+        Class index and patient of every cell.
+    parts
+        ``(train, val, test)`` cell indices, as :func:`rescue_gpu.nn.splits.split_patients` gives them.
+    classes
+        Class names (index order), used in the messages.
+    history
+        The run's per-epoch entries (``val_accuracy``, ``val_loss`` and ``train_loss`` are checked).
+    min_patients_per_class
+        Distinct validation patients each class should have.
+
+    Returns
+    -------
+    list of str
+        Messages from :func:`rescue_gpu.nn.diagnostics.small_cohort_warnings`,
+        :func:`~rescue_gpu.nn.diagnostics.unstable_curve_warnings` and
+        :func:`~rescue_gpu.nn.diagnostics.worse_than_guessing_warnings`; empty when all is well.
+    """
+    names = np.asarray(classes, dtype=object)[np.asarray(labels, dtype=np.int64)]
+    part = ["validation split"]
+    return (small_cohort_warnings(labels=names, groups=patients, folds=[(parts[0], parts[1])],
+                                  min_patients_per_class_per_fold=min_patients_per_class, parts=part,
+                                  advice=_COHORT_ADVICE)
+            + unstable_curve_warnings([[h.get("val_accuracy") for h in history]], name="validation accuracy",
+                                      chance=1.0 / max(len(classes), 1), parts=part, advice=_CURVE_ADVICE)
+            + worse_than_guessing_warnings([[h.get("val_loss") for h in history]],
+                                           [[h.get("train_loss") for h in history]],
+                                           guess_loss=math.log(max(len(classes), 2)), parts=part,
+                                           advice=_CURVE_ADVICE))
 
 
 def train_cells(images: np.ndarray, labels: np.ndarray, patients: np.ndarray, *, pipeline: CellPipeline,
@@ -353,7 +414,9 @@ def train_cells(images: np.ndarray, labels: np.ndarray, patients: np.ndarray, *,
     val, test = _evaluate(record, val_logits, y[parts[1]]), _evaluate(record, test_logits, y[parts[2]])
     report = CellTrainReport(epochs=len(result.history), best_epoch=result.stop.best_epoch, history=result.history,
                              val=val, test=test, rates=grouped_rates(val["grouped"]), temperature=temperature,
-                             split=_split_summary(parts, pats), seconds=time.perf_counter() - began, device=str(dev))
+                             split=_split_summary(parts, pats), seconds=time.perf_counter() - began, device=str(dev),
+                             warnings=training_warnings(y, pats, parts, classes=pipeline.classes.names,
+                                                        history=result.history))
     record.rates, record.metrics = dict(report.rates), {"val": val, "test": test}
     record.provenance = _provenance(pipeline, spec, report)
     return record, report

@@ -130,6 +130,8 @@ def run_cell_demo(out: str | Path, *, n_train_patients: int = 10, cells_per_clas
     record, report = train_cell_model(lib.train_dir, pipeline=pipe, out=root / "cell-model", device="cpu",
                                       on_epoch=lambda h: say(f"epoch {h['epoch']}: train loss {h['train_loss']:.3f}, "
                                                              f"val loss {h['val_loss']:.3f}"))
+    for text in report.warnings:
+        say(f"warning: {text}")
     test = report.summary().get("test", {})
     say(f"model: {root / 'cell-model'} (held-out patients: {json.dumps(_headline(test))})")
     options = CellScoreOptions(pipeline=pipe, seed=seed)
