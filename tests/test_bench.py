@@ -87,3 +87,30 @@ def test_displacement_against_direct_computation():
     q = np.array([[3.0, 4.0], [0.0, 1.0], [0.0, 2.0], [0.0, 0.0]])
     med, p95 = displacement(p, q)
     assert med == pytest.approx(1.5) and p95 == pytest.approx(np.percentile([5, 1, 2, 0], 95))
+
+
+def test_project_steps_recorded(record):
+    rec, _ = record
+    steps = rec["project_steps"]
+    assert set(steps) == {"check", "knn", "fuzzy", "init", "sgd"}
+    assert all(v >= 0 for v in steps.values()) and steps["knn"] > 0 and steps["sgd"] > 0
+
+
+def test_transform_timings_do_not_change_coordinates():
+    import numpy as np
+
+    from rescue_gpu.projection import transform
+    from rescue_gpu.projection.transform import UmapParams
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(300, 5)).astype(np.float32)
+
+    class Ref:
+        train_events, embedding, params = train, rng.normal(size=(300, 2)).astype(np.float32), UmapParams()
+
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    t: dict = {}
+    a = transform(Ref, x, seed=3, backend="cpu", timings=t)
+    b = transform(Ref, x, seed=3, backend="cpu")
+    np.testing.assert_array_equal(a, b)
+    assert set(t) == {"check", "knn", "fuzzy", "init", "sgd"}

@@ -63,6 +63,7 @@ BENCH_SCHEMA: dict[str, Any] = {
                       "seconds": "float", "hours": "float", "assumptions": "[str]"},
     "peer": "null or {events: int, reference_events: int, ours_s: float, umap_learn_s: float, ratio: float, "
             "ours_vs_umap: {median, p95}, umap_seed_vs_seed: {median, p95}, fidelity_ratio: {median, p95}}",
+    "project_steps": "null or {check, knn, fuzzy, init, sgd: float} (seconds, one extra CPU projection of sample 1)",
     "reference_sizes": "null or [{reference_events: int, build_s: float, transform_s: float, events: int, "
                        "events_per_s: float}]",
 }
@@ -388,6 +389,17 @@ def _reference_sizes(assets: _Assets, opts: BenchOptions, say: Callable[[str], N
     return rows
 
 
+def _project_steps(assets: _Assets, opts: BenchOptions) -> dict[str, float]:
+    """Seconds of the CPU transform's steps (kNN, fuzzy weights, init, SGD) on the first sample, one run."""
+    from ..projection import transform
+    from .stages import load_events
+
+    ev = load_events(assets.rows[0].path, assets.pipeline)
+    steps: dict[str, float] = {}
+    transform(assets.reference, ev.values, seed=opts.seed, backend="cpu", timings=steps)
+    return {k: float(v) for k, v in steps.items()}
+
+
 def _replaceable(obj: Any) -> bool:
     return dataclasses.is_dataclass(obj)
 
@@ -432,6 +444,7 @@ def run_bench(opts: BenchOptions, *, say: Callable[[str], None] = lambda s: None
             e2e.append(wall_tot / k)
         ev = float(np.mean(n_events))
         med = float(statistics.median(e2e))
+        steps = _project_steps(assets, opts) if "project" in opts.stages and opts.backend == "cpu" else None
         cluster = _cluster(assets, opts, tmp) if opts.workers > 0 and assets.manifest is not None else None
         peer = _peer(assets, opts, say) if opts.peer else None
         ref_sizes = _reference_sizes(assets, opts, say) if opts.reference_sizes else None
@@ -472,6 +485,7 @@ def run_bench(opts: BenchOptions, *, say: Callable[[str], None] = lambda s: None
                     "the machine's load stays as it was during the run (load_avg above)",
                     "start-up, warm-up and report writing are not counted"]},
             "peer": peer,
+            "project_steps": steps,
             "reference_sizes": ref_sizes,
         }
         return record
@@ -534,6 +548,8 @@ def format_table(rec: dict[str, Any]) -> str:
                      f"{p['umap_seed_vs_seed']['median']:.4f}, ratio {p['fidelity_ratio']['median']:.2f}), "
                      f"p95 {p['ours_vs_umap']['p95']:.4f} ({p['umap_seed_vs_seed']['p95']:.4f}, "
                      f"ratio {p['fidelity_ratio']['p95']:.2f})")
+    if rec.get("project_steps"):
+        lines.append("project steps (one run): " + ", ".join(f"{k} {v:.3f} s" for k, v in rec["project_steps"].items()))
     for r in rec.get("reference_sizes") or []:
         lines.append(f"reference {r['reference_events']:,}: build {r['build_s']:.1f} s, transform of "
                      f"{r['events']:,} events {r['transform_s']:.2f} s ({r['events_per_s']:,.0f} events/s)")
