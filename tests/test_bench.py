@@ -114,3 +114,19 @@ def test_transform_timings_do_not_change_coordinates():
     b = transform(Ref, x, seed=3, backend="cpu")
     np.testing.assert_array_equal(a, b)
     assert set(t) == {"check", "knn", "fuzzy", "init", "sgd"}
+
+
+def test_peer_on_three_shapes():
+    from rescue_gpu.flow.bench import PEER_SHAPES, BenchOptions, run_bench
+
+    rec = run_bench(BenchOptions(samples=1, events=1500, reference_events=300, stages=("read",), repeats=1,
+                                 peer=True, peer_events=400, image_size=32))
+    assert check_bench_record(rec) == []
+    assert list(rec["peer"]) == list(PEER_SHAPES)
+    assert [p["dims"] for p in rec["peer"].values()][1:] == [10, 15]
+    for p in rec["peer"].values():
+        assert p["ours_s"] > 0 and p["umap_learn_s"] > 0
+        assert math.isclose(p["ratio"], p["umap_learn_s"] / p["ours_s"], rel_tol=1e-9)
+        for q in ("median", "p95"):
+            assert math.isclose(p["fidelity_ratio"][q], p["ours_vs_umap"][q] / p["umap_seed_vs_seed"][q], rel_tol=1e-9)
+    assert rec["project_steps"] is None  # project not among the stages

@@ -61,8 +61,8 @@ BENCH_SCHEMA: dict[str, Any] = {
     "extrapolation": {"library": "str (NxE)", "samples": "int", "events": "int", "per_sample_s": "float",
                       "per_event_s": "float", "speedup": "float", "events_per_s": "float",
                       "seconds": "float", "hours": "float", "assumptions": "[str]"},
-    "peer": "null or {events: int, reference_events: int, ours_s: float, umap_learn_s: float, ratio: float, "
-            "ours_vs_umap: {median, p95}, umap_seed_vs_seed: {median, p95}, fidelity_ratio: {median, p95}}",
+    "peer": "null or {<shape>: {events: int, dims: int, reference_events: int, ours_s: float, umap_learn_s: float, ratio: float, "
+            "ours_vs_umap: {median, p95}, umap_seed_vs_seed: {median, p95}, fidelity_ratio: {median, p95}}} for shapes panel, mixture10_rare2, mixture15_rare2",
     "project_steps": "null or {check, knn, fuzzy, init, sgd: float} (seconds, one extra CPU projection of sample 1)",
     "reference_sizes": "null or [{reference_events: int, build_s: float, transform_s: float, events: int, "
                        "events_per_s: float}]",
@@ -322,23 +322,44 @@ def _cluster(assets: _Assets, opts: BenchOptions, work: Path) -> dict[str, Any]:
             "samples_per_s": float(s.n_processed / s.seconds)}
 
 
+def rare_mixture(n: int, *, dims: int, seed: int, rare: float = 0.02) -> np.ndarray:
+    """Six common Gaussian clusters plus one rare one (``rare`` of the events); centres fixed (seed 11)."""
+    rng = np.random.default_rng(seed)
+    centres = np.random.default_rng(11).normal(0.0, 4.0, (7, dims))
+    p = np.r_[np.full(6, (1 - rare) / 6), rare]
+    lab = rng.choice(7, size=n, p=p)
+    return (centres[lab] + rng.normal(0.0, 1.0, (n, dims))).astype(np.float32)
+
+
+#: The data shapes ``--peer`` compares on: the simulator's panel and two rare-population mixtures.
+PEER_SHAPES: tuple[str, ...] = ("panel", "mixture10_rare2", "mixture15_rare2")
+
+
 def _peer(assets: _Assets, opts: BenchOptions, say: Callable[[str], None]) -> dict[str, Any]:
-    """umap-learn's transform vs ours on the same fitted umap-learn model (a subset of events)."""
+    """umap-learn's transform vs ours on each of :data:`PEER_SHAPES` (same fitted umap-learn model)."""
+    from .stages import load_events
+
+    n_ref = min(opts.reference_events, int(assets.reference.train_events.shape[0]))
+    panel_new = load_events(assets.rows[0].path, assets.pipeline).values[: opts.peer_events]
+    data = {"panel": (np.asarray(assets.reference.train_events, np.float32)[:n_ref], panel_new)}
+    for name, dims in (("mixture10_rare2", 10), ("mixture15_rare2", 15)):
+        data[name] = (rare_mixture(n_ref, dims=dims, seed=1), rare_mixture(opts.peer_events, dims=dims, seed=2))
+    return {name: _peer_one(ref_x, new, opts, say, name) for name, (ref_x, new) in data.items()}
+
+
+def _peer_one(ref_x: np.ndarray, new: np.ndarray, opts: BenchOptions, say: Callable[[str], None],
+              name: str) -> dict[str, Any]:
     import umap
 
     from ..device import to_numpy
     from ..projection import UmapReference, transform
-    from .stages import load_events
 
-    ref_x = np.asarray(assets.reference.train_events, np.float32)[: opts.reference_events]
-    new = load_events(assets.rows[0].path, assets.pipeline).values[: opts.peer_events]
     new = np.ascontiguousarray(new, dtype=np.float32)
-    say(f"peer: fitting umap-learn on {len(ref_x):,} reference events")
+    say(f"peer {name}: fitting umap-learn on {len(ref_x):,} x {ref_x.shape[1]}, transforming {len(new):,} events")
     model = umap.UMAP(n_neighbors=15, random_state=0).fit(ref_x)
     reference = UmapReference.from_umap(model)
     model.transform(new[:200])
     transform(reference, new[:200], backend=opts.backend)
-    say(f"peer: umap-learn and ours transform {len(new):,} events")
     t_u = []
     for _ in range(opts.repeats):
         t0 = time.perf_counter()
@@ -352,8 +373,8 @@ def _peer(assets: _Assets, opts: BenchOptions, say: Callable[[str], None]) -> di
         mine = to_numpy(transform(reference, new, seed=0, backend=opts.backend))
         t_o.append(time.perf_counter() - t0)
     (mo, po), (mu, pu) = displacement(mine, u1), displacement(u2, u1)
-    return {"events": int(len(new)), "reference_events": int(len(ref_x)), "ours_s": float(min(t_o)),
-            "umap_learn_s": float(min(t_u)), "ratio": float(min(t_u) / min(t_o)),
+    return {"events": int(len(new)), "dims": int(new.shape[1]), "reference_events": int(len(ref_x)),
+            "ours_s": float(min(t_o)), "umap_learn_s": float(min(t_u)), "ratio": float(min(t_u) / min(t_o)),
             "ours_vs_umap": {"median": mo, "p95": po}, "umap_seed_vs_seed": {"median": mu, "p95": pu},
             "fidelity_ratio": {"median": mo / mu if mu > 0 else float("inf"), "p95": po / pu if pu > 0 else float("inf")}}
 
@@ -545,9 +566,8 @@ def format_table(rec: dict[str, Any]) -> str:
     x = rec["extrapolation"]
     lines.append(f"library {x['library']}: {x['hours']:,.1f} h at {x['events_per_s']:,.0f} events/s, assuming:")
     lines += [f"  - {a}" for a in x["assumptions"]]
-    p = rec.get("peer")
-    if p:
-        lines.append(f"peer (umap-learn transform, {p['events']:,} events vs {p['reference_events']:,}): "
+    for shape, p in (rec.get("peer") or {}).items():
+        lines.append(f"peer {shape} (umap-learn transform, {p['events']:,} x {p['dims']} events vs {p['reference_events']:,}): "
                      f"umap-learn {p['umap_learn_s']:.2f} s, ours {p['ours_s']:.2f} s, ratio x{p['ratio']:.2f}; "
                      f"fidelity median {p['ours_vs_umap']['median']:.4f} (umap seed-to-seed "
                      f"{p['umap_seed_vs_seed']['median']:.4f}, ratio {p['fidelity_ratio']['median']:.2f}), "
