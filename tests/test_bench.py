@@ -130,3 +130,15 @@ def test_peer_on_three_shapes():
         for q in ("median", "p95"):
             assert math.isclose(p["fidelity_ratio"][q], p["ours_vs_umap"][q] / p["umap_seed_vs_seed"][q], rel_tol=1e-9)
     assert rec["project_steps"] is None  # project not among the stages
+
+
+def test_reference_sizes_rows():
+    from rescue_gpu.flow.bench import BenchOptions, run_bench
+
+    rec = run_bench(BenchOptions(samples=2, events=1500, reference_events=300, stages=("read",), repeats=1,
+                                 image_size=32, reference_sizes=(1000, 10**7)))
+    rows = rec["reference_sizes"]
+    assert [r["reference_events"] for r in rows] == [1000]  # 10**7 is more than was simulated: skipped
+    r = rows[0]
+    assert r["build_s"] > 0 and r["transform_s"] > 0
+    assert math.isclose(r["events_per_s"], r["events"] / r["transform_s"], rel_tol=1e-9)

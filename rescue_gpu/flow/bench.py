@@ -389,6 +389,11 @@ def _reference_sizes(assets: _Assets, opts: BenchOptions, say: Callable[[str], N
     evs = [load_events(r.path, assets.pipeline) for r in assets.rows]
     sample = evs[0]
     rows = []
+    say("reference sizes: warm-up fit (umap-learn's numba compilation, not timed)")
+    build_reference([(assets.rows[0].sample_id, sample.values[:500])], markers=sample.markers,
+                    spec=dataclasses.replace(assets.pipeline.reference, events_per_sample=500, max_events=500,
+                                             min_events=min(100, assets.pipeline.reference.min_events)),
+                    raster=assets.pipeline.raster, backend=opts.backend)
     for size in opts.reference_sizes:
         per = -(-size // len(evs))
         pooled = [(r.sample_id, e.values[:per]) for r, e in zip(assets.rows, evs)]
