@@ -389,9 +389,12 @@ def _reference_sizes(assets: _Assets, opts: BenchOptions, say: Callable[[str], N
     evs = [load_events(r.path, assets.pipeline) for r in assets.rows]
     sample = evs[0]
     rows = []
-    say("reference sizes: warm-up fit (umap-learn's numba compilation, not timed)")
-    build_reference([(assets.rows[0].sample_id, sample.values[:500])], markers=sample.markers,
-                    spec=dataclasses.replace(assets.pipeline.reference, events_per_sample=500, max_events=500,
+    # umap-learn switches to NN-descent above 4,096 events: warm up on more than that, so that
+    # pynndescent's compilation is not counted in the first size's build time
+    n_warm = min(5000, len(sample.values))
+    say(f"reference sizes: warm-up fit on {n_warm:,} events (umap-learn's numba compilation, not timed)")
+    build_reference([(assets.rows[0].sample_id, sample.values[:n_warm])], markers=sample.markers,
+                    spec=dataclasses.replace(assets.pipeline.reference, events_per_sample=n_warm, max_events=n_warm,
                                              min_events=min(100, assets.pipeline.reference.min_events)),
                     raster=assets.pipeline.raster, backend=opts.backend)
     for size in opts.reference_sizes:
