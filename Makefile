@@ -55,6 +55,7 @@ demo: install
 	$(VENV)/bin/rescue cells demo --out $(DEMO_OUT)/cells
 
 bench: install
+	$(VENV)/bin/rescue bench --peer --json bench-out/bench.json --plot bench-out/bench.png
 	$(PY) benchmarks/bench_fcs.py
 	$(PY) benchmarks/bench_simulate.py
 	$(PY) benchmarks/bench_projection.py
@@ -63,4 +64,4 @@ bench: install
 	$(PY) benchmarks/bench_cells.py --e2e
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache gpu-check-out
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache gpu-check-out bench-out

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from rescue_gpu.flow.bench import displacement  # shared with `rescue bench --peer`
+
 
 def mixture(n: int, *, dims: int, seed: int, centers: int = 8) -> np.ndarray:
     """Gaussian-mixture events: fixed centres (seed 42), ``n`` draws from ``seed``."""
@@ -39,12 +41,6 @@ def best_time(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
         out = fn()
         best = min(best, time.perf_counter() - t)
     return best, out
-
-
-def displacement(p: np.ndarray, q: np.ndarray) -> tuple[float, float]:
-    """Median and 95th percentile of the per-event euclidean displacement."""
-    d = np.linalg.norm(np.asarray(p, np.float64) - np.asarray(q, np.float64), axis=1)
-    return float(np.median(d)), float(np.percentile(d, 95))
 
 
 def main() -> None:

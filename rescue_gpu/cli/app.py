@@ -205,6 +205,7 @@ def config_check(
 def _register_subsystems() -> None:
     """Add the commands each subsystem defines next to its code."""
     from ..cells.cli import register as register_cells
+    from ..flow.bench import register as register_bench
     from ..flow.cli import register as register_score
     from ..flow.model_cli import register as register_model
     from ..flow.train_cli import register as register_train
@@ -213,6 +214,7 @@ def _register_subsystems() -> None:
     register_model(app)
     register_train(app)
     register_cells(app)
+    register_bench(app)
 
 
 _register_subsystems()

@@ -18,6 +18,8 @@ the neighbour search's working memory) never changes the result.
 
 from __future__ import annotations
 
+import time
+
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -173,6 +175,7 @@ def transform(
     backend: str = "auto",
     chunk_size: int | None = None,
     knn_method: neighbors.KnnMethod = "kdtree",
+    timings: dict[str, float] | None = None,
 ) -> Any:
     """Project ``events`` into the reference's UMAP embedding (umap-learn's ``transform``).
 
@@ -192,6 +195,9 @@ def transform(
         Events per neighbour-search block (default 262,144); does not change the result.
     knn_method
         CPU neighbour search: ``"kdtree"`` or ``"brute"`` (both exact).
+    timings
+        A dict that the CPU path fills with the seconds of its steps (``check``, ``knn``,
+        ``fuzzy``, ``init``, ``sgd``), for ``rescue bench``; ignored on the GPU.
 
     Returns
     -------
@@ -214,31 +220,47 @@ def transform(
         raise ProjectionError(f"chunk_size must be positive, got {chunk_size}")
     if resolve_backend(backend) == "gpu":
         return _transform_gpu(reference, events, seed=int(seed), chunk_size=chunk)
-    return _transform_cpu(reference, events, seed=int(seed), chunk_size=chunk, knn_method=knn_method)
+    return _transform_cpu(reference, events, seed=int(seed), chunk_size=chunk, knn_method=knn_method,
+                          timings=timings)
 
 
 def _transform_cpu(
-    reference: ReferenceLike, events: Any, *, seed: int, chunk_size: int, knn_method: neighbors.KnnMethod
+    reference: ReferenceLike, events: Any, *, seed: int, chunk_size: int, knn_method: neighbors.KnnMethod,
+    timings: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """The CPU pipeline: numba kernels on numpy arrays."""
+    """The CPU pipeline: numba kernels on numpy arrays (step seconds into ``timings`` when given)."""
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        if timings is not None:
+            now = time.perf_counter()
+            timings[name] = timings.get(name, 0.0) + now - clock[0]
+            clock[0] = now
+
     train, emb, p = _check_reference(reference)
     train = np.ascontiguousarray(to_numpy(train), dtype=np.float32)
     emb = np.ascontiguousarray(to_numpy(emb), dtype=np.float32)
     x = _check_events(to_numpy(events) if array_module(events) is not np else np.asarray(events), train.shape[1], np)
     if x.shape[0] == 0:
         return np.empty((0, 2), dtype=np.float32)
+    lap("check")
     idx, dists = neighbors.knn_cpu(train, x, p.n_neighbors, chunk_size=chunk_size, method=knn_method)
     idx[dists >= p.disconnection_distance] = -1
+    lap("knn")
     lc = max(0.0, p.local_connectivity - 1.0)
     sigmas, rhos = fuzzy.smooth_knn_dist(dists, float(p.n_neighbors), lc, float(np.mean(dists, dtype=np.float64)))
     weights = fuzzy.membership_strengths(idx, dists, sigmas, rhos)
+    lap("fuzzy")
     init = fuzzy.init_embedding(idx, weights, emb)
+    lap("init")
     n_epochs = transform_epochs(p, x.shape[0])
     eps = sgd.edge_schedule(weights, n_epochs)
-    return sgd.optimize_layout(
+    out = sgd.optimize_layout(
         init, emb, idx, eps, n_epochs=n_epochs, a=p.a, b=p.b, gamma=p.repulsion_strength,
         initial_alpha=p.learning_rate / 4.0, negative_sample_rate=p.negative_sample_rate, seed=seed,
     )
+    lap("sgd")
+    return out
 
 
 def _transform_gpu(

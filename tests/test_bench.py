@@ -1,0 +1,144 @@
+"""``rescue bench``: a tiny run's JSON fits the schema and its figures agree with each other (no timing sizes)."""
+
+import json
+import math
+
+import pytest
+
+from rescue_gpu.cli import main
+from rescue_gpu.errors import ConfigError
+from rescue_gpu.flow.bench import (BENCH_SCHEMA, BENCH_VERSION, PER_SAMPLE_STAGES, STAGES, check_bench_record,
+                                   displacement, parse_library, parse_stages)
+
+
+@pytest.fixture(scope="module")
+def record(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rc = main(["bench", "--samples", "2", "--events", "1500", "--reference-events", "400", "--repeats", "2",
+               "--image-size", "32", "--library", "10x20000", "--json", str(out / "b.json"),
+               "--plot", str(out / "b.png")])
+    assert rc == 0
+    return json.loads((out / "b.json").read_text()), out
+
+
+def test_schema_and_positive_figures(record):
+    rec, out = record
+    assert check_bench_record(rec) == []
+    assert rec["version"] == BENCH_VERSION
+    assert set(BENCH_SCHEMA) <= set(rec)
+    assert list(rec["stages"]) == list(STAGES)
+    for s, v in rec["stages"].items():
+        assert len(v["runs"]) == 2
+        assert all(r > 0 for r in v["runs"]), s
+        assert v["min_s"] <= v["median_s"] <= v["max_s"]
+        assert math.isclose(v["median_s"], sorted(v["runs"])[0] / 2 + sorted(v["runs"])[1] / 2)
+    assert rec["memory"]["peak_host_mb"] > 0 and rec["memory"]["peak_device_mb"] is None
+    assert out.joinpath("b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_figures_are_consistent(record):
+    rec, _ = record
+    e = rec["end_to_end"]["in_process"]
+    # each repeat's stage times fit inside that repeat's end-to-end time
+    for i, wall in enumerate(e["runs"]):
+        assert sum(v["runs"][i] for v in rec["stages"].values()) <= wall
+    assert sum(v["median_s"] for v in rec["stages"].values()) <= max(e["runs"])
+    ev = rec["events_per_sample"]
+    assert 0 < ev <= 1500
+    assert math.isclose(e["events_per_s"], ev / e["seconds_per_sample"], rel_tol=1e-9)
+    assert math.isclose(e["samples_per_s"], 1 / e["seconds_per_sample"], rel_tol=1e-9)
+    x = rec["extrapolation"]
+    assert (x["samples"], x["events"], x["library"]) == (10, 20000, "10x20000")
+    fixed = sum(rec["stages"][s]["median_s"] for s in PER_SAMPLE_STAGES)
+    assert math.isclose(x["per_sample_s"], fixed, rel_tol=1e-9)
+    assert math.isclose(x["per_event_s"], (e["seconds_per_sample"] - fixed) / ev, rel_tol=1e-9)
+    assert x["speedup"] == 1.0
+    assert math.isclose(x["seconds"], 10 * (fixed + x["per_event_s"] * 20000), rel_tol=1e-9)
+    assert math.isclose(x["hours"], x["seconds"] / 3600, rel_tol=1e-9)
+    assert math.isclose(x["events_per_s"], 10 * 20000 / x["seconds"], rel_tol=1e-9)
+    assert x["assumptions"] and all(isinstance(a, str) for a in x["assumptions"])
+    assert rec["settings"]["samples"] == 2 and rec["end_to_end"]["cluster"] is None and rec["peer"] is None
+
+
+def test_parse_stages_and_library():
+    assert parse_stages("project,read") == ("read", "project")
+    assert parse_library("1361x500000") == (1361, 500000)
+    assert parse_library("2X1_000") == (2, 1000)
+    for bad in ("1361", "0x10", "ax10", "1x2x3", "-1x5"):
+        with pytest.raises(ConfigError, match="SAMPLESxEVENTS"):
+            parse_library(bad)
+    with pytest.raises(ConfigError, match="unknown stage"):
+        parse_stages("read,umap")
+
+
+@pytest.mark.parametrize("args, words", [(["--stages", "read,umap"], "unknown stage(s) umap"),
+                                         (["--library", "1361by5"], "SAMPLESxEVENTS")])
+def test_bad_option_is_one_line_error(capsys, args, words):
+    rc = main(["bench", *args])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0
+    assert words in err and len(err.splitlines()) == 1
+
+
+def test_displacement_against_direct_computation():
+    import numpy as np
+
+    p = np.zeros((4, 2))
+    q = np.array([[3.0, 4.0], [0.0, 1.0], [0.0, 2.0], [0.0, 0.0]])
+    med, p95 = displacement(p, q)
+    assert med == pytest.approx(1.5) and p95 == pytest.approx(np.percentile([5, 1, 2, 0], 95))
+
+
+def test_project_steps_recorded(record):
+    rec, _ = record
+    steps = rec["project_steps"]
+    assert set(steps) == {"check", "knn", "fuzzy", "init", "sgd"}
+    assert all(v >= 0 for v in steps.values()) and steps["knn"] > 0 and steps["sgd"] > 0
+
+
+def test_transform_timings_do_not_change_coordinates():
+    import numpy as np
+
+    from rescue_gpu.projection import transform
+    from rescue_gpu.projection.transform import UmapParams
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(300, 5)).astype(np.float32)
+
+    class Ref:
+        train_events, embedding, params = train, rng.normal(size=(300, 2)).astype(np.float32), UmapParams()
+
+    x = rng.normal(size=(200, 5)).astype(np.float32)
+    t: dict = {}
+    a = transform(Ref, x, seed=3, backend="cpu", timings=t)
+    b = transform(Ref, x, seed=3, backend="cpu")
+    np.testing.assert_array_equal(a, b)
+    assert set(t) == {"check", "knn", "fuzzy", "init", "sgd"}
+
+
+def test_peer_on_three_shapes():
+    from rescue_gpu.flow.bench import PEER_SHAPES, BenchOptions, run_bench
+
+    rec = run_bench(BenchOptions(samples=1, events=1500, reference_events=300, stages=("read",), repeats=1,
+                                 peer=True, peer_events=400, image_size=32))
+    assert check_bench_record(rec) == []
+    assert list(rec["peer"]) == list(PEER_SHAPES)
+    assert [p["dims"] for p in rec["peer"].values()][1:] == [10, 15]
+    for p in rec["peer"].values():
+        assert p["ours_s"] > 0 and p["umap_learn_s"] > 0
+        assert math.isclose(p["ratio"], p["umap_learn_s"] / p["ours_s"], rel_tol=1e-9)
+        for q in ("median", "p95"):
+            assert math.isclose(p["fidelity_ratio"][q], p["ours_vs_umap"][q] / p["umap_seed_vs_seed"][q], rel_tol=1e-9)
+    assert rec["project_steps"] is None  # project not among the stages
+
+
+def test_reference_sizes_rows():
+    from rescue_gpu.flow.bench import BenchOptions, run_bench
+
+    rec = run_bench(BenchOptions(samples=2, events=1500, reference_events=300, stages=("read",), repeats=1,
+                                 image_size=32, reference_sizes=(1000, 10**7)))
+    rows = rec["reference_sizes"]
+    assert [r["reference_events"] for r in rows] == [1000]  # 10**7 is more than was simulated: skipped
+    r = rows[0]
+    assert r["build_s"] > 0 and r["transform_s"] > 0
+    assert math.isclose(r["events_per_s"], r["events"] / r["transform_s"], rel_tol=1e-9)
