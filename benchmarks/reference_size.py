@@ -22,17 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from rescue_gpu.config import RasterSpec, ReferenceSpec
+from rescue_gpu.flow.bench import rare_mixture
 from rescue_gpu.projection import transform
 from rescue_gpu.reference import build_reference
-
-
-def rare_mixture(n: int, *, dims: int, seed: int, rare: float = 0.02) -> np.ndarray:
-    """Six common clusters plus one rare one (``rare`` of the events), fixed centres."""
-    rng = np.random.default_rng(seed)
-    centres = np.random.default_rng(11).normal(0.0, 4.0, (7, dims))
-    p = np.r_[np.full(6, (1 - rare) / 6), rare]
-    lab = rng.choice(7, size=n, p=p)
-    return (centres[lab] + rng.normal(0.0, 1.0, (n, dims))).astype(np.float32)
 
 
 def main() -> None:
