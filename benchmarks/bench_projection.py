@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--dims", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--backend", default="cpu", choices=["cpu", "gpu", "auto"])
-    ap.add_argument("--knn-method", default="kdtree", choices=["kdtree", "brute"])
+    ap.add_argument("--knn-method", default="auto", choices=["auto", "tiled", "kdtree", "brute"])
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=UserWarning)
     import umap

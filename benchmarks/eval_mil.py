@@ -62,6 +62,9 @@ def main() -> None:
     ap.add_argument("--mil-weight-decay", type=float, default=1e-2)
     ap.add_argument("--mil-lr", type=float, default=5e-4)
     ap.add_argument("--mil-patience", type=int, default=20)
+    ap.add_argument("--mil-pooling", default=None, help="attention or attention+mean (default: MilTrainSpec's)")
+    ap.add_argument("--mil-instance-dropout", type=float, default=None, help="default: MilTrainSpec's")
+    ap.add_argument("--mil-members", type=int, default=None, help="ensemble size (default: MilTrainSpec's)")
     ap.add_argument("--reuse", type=Path, default=None,
                     help="an earlier --out: reuse its cohorts and trained cell network (only the MIL part runs)")
     ap.add_argument("--boot", type=int, default=1000)
@@ -129,6 +132,9 @@ def main() -> None:
     spec = MilTrainSpec(bag_size=args.bag_size, max_epochs=args.mil_epochs, seed=args.seed, hidden=args.mil_hidden,
                         dropout=args.mil_dropout, weight_decay=args.mil_weight_decay,
                         learning_rate=args.mil_lr, patience=args.mil_patience)
+    spec = dataclasses.replace(spec, **{k: v for k, v in (("pooling", args.mil_pooling),
+                                                          ("instance_dropout", args.mil_instance_dropout),
+                                                          ("members", args.mil_members)) if v is not None})
     mil_p, att, _ = cross_validate_mil([feats[ix] for ix in index], y, classes=classes, folds=args.folds, spec=spec,
                                        cell_model_sha256=record.sha256,
                                        on_fold=lambda f, r: _say(f"MIL fold {f + 1}: {r.epochs} epochs "

@@ -4,7 +4,8 @@ A simulated cohort (in memory, each sample written to a temporary FCS file and r
 through the real preprocessing of ``pipelines/aml-mrd.toml``):
 
 * reference normals: ``--normals`` MRD-negative follow-ups and controls of their own
-  patients, pooled into the DfN model (:func:`rescue_gpu.flow.mrd.fit_normal_model`);
+  patients, pooled into the DfN model (:func:`rescue_gpu.flow.mrd.fit_normal_model`, split
+  model / calibration within each timepoint, so both kinds are on both sides);
 * ``--patients`` leukaemic patients, each with a diagnosis sample (its LAIP is fitted
   with :func:`~rescue_gpu.flow.mrd.fit_laip`) and ``--follow-ups`` MRD-positive follow-ups
   (blast fraction log-uniform 0.01%-10%, the simulator's own draw);
@@ -12,6 +13,12 @@ through the real preprocessing of ``pipelines/aml-mrd.toml``):
   ``--controls`` control samples.
 
 Truth: ``true_mrd_pct`` = 100 x blasts / leukocytes (the simulator's ``observed_fraction``).
+Estimate: aberrant events / (CD45+ gate OR aberrant events), :func:`rescue_gpu.flow.mrd.leukocytes`
+(``n_leukocytes_true`` in ``per_sample.csv`` is the simulator's leukocyte count beside it).
+Nothing is fitted on this cohort: the DfN model comes from its own normal samples with the
+model's default rates, the LAIPs from each patient's diagnosis sample. The image model's
+call is not computed here: ``benchmarks/eval_calls.py`` builds a reference and trains a model
+through the CLI and compares the image, MRD % and combined calls on held-out patients.
 Reported per method (dfn, laip, both = union): Spearman, median |log10(est/truth)| for
 truth >= 0.1%, share of MRD-negative/control samples estimated < 0.1%, sensitivity and
 specificity of the 0.1% call (truth >= 0.1% is positive) with 95% intervals over
@@ -60,8 +67,11 @@ def main() -> None:
     ap.add_argument("--negatives", type=int, default=30)
     ap.add_argument("--controls", type=int, default=20)
     ap.add_argument("--max-points", type=int, default=20000)
-    ap.add_argument("--false-flag-rate", type=float, default=2e-5)
+    ap.add_argument("--max-calibration", type=int, default=100_000)
+    ap.add_argument("--false-flag-rate", type=float, default=1e-4)
     ap.add_argument("--loose-rate", type=float, default=0.003)
+    ap.add_argument("--candidate-rate", type=float, default=0.005)
+    ap.add_argument("--cluster-radius", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
@@ -72,7 +82,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="eval_mrd_"))
     t_begin = time.perf_counter()
 
-    normal = []
+    normal, normal_kinds = [], []
     for i in range(a.normals):
         lk = i % 2 == 0
         pat = draw_patient(next(seeds), patient_id=f"N{i:04d}", leukaemic=lk)
@@ -80,10 +90,14 @@ def main() -> None:
                               visit=1 if lk else 0)
         v, markers, _ = _events(sim, tmp, pipeline)
         normal.append(v)
-    model = mrd.fit_normal_model(normal, markers, max_points=a.max_points, false_flag_rate=a.false_flag_rate,
-                                 loose_rate=a.loose_rate)
+        normal_kinds.append(sim.truth["timepoint"])  # follow-up / control: both kinds model and calibrate
+    model = mrd.fit_normal_model(normal, markers, kinds=normal_kinds, max_points=a.max_points,
+                                 max_calibration=a.max_calibration, false_flag_rate=a.false_flag_rate,
+                                 loose_rate=a.loose_rate, candidate_rate=a.candidate_rate,
+                                 cluster_radius=a.cluster_radius)
     model.save(a.out / "normal_model")
-    print(f"DfN model: {len(model.points)} points, threshold {model.threshold:.4g}, cd45_min {model.cd45_min:.3g}",
+    print(f"DfN model: {len(model.points)} points ({len(model.sparse_points)} sparse), candidate threshold "
+          f"{model.candidate_threshold:.4g}, cluster threshold {model.cluster_threshold:.4g}, cd45_min {model.cd45_min:.3g}",
           flush=True)
 
     rows = []
@@ -94,11 +108,11 @@ def main() -> None:
         dfn, gate = mrd.dfn_flags(model, v)
         lf = mrd.laip_flags(model, laip, v) if laip is not None else np.zeros_like(dfn)
         t_mrd = time.perf_counter() - t0
-        n = int(gate.sum())
+        n = int(mrd.leukocytes(gate, dfn, lf).sum())  # CD45+ gate plus CD45-dim aberrant events
         truth = 100.0 * sim.truth["observed_fraction"] if kind in ("mrd_positive", "diagnosis") else 0.0
         rows.append({"patient_id": pid, "kind": kind, "true_mrd_pct": truth, "cd45_events": n,
                      "dfn_pct": 100.0 * dfn.sum() / n, "laip_pct": 100.0 * lf.sum() / n if laip is not None else np.nan,
-                     "both_pct": 100.0 * (dfn | lf).sum() / n, "has_laip": laip is not None,
+                     "both_pct": 100.0 * (dfn | lf).sum() / n, "n_leukocytes_true": sim.truth["n_leukocytes"], "has_laip": laip is not None,
                      "status_both": mrd.mrd_status(int((dfn | lf).sum()), n),
                      "seconds_preprocess": t_pre, "seconds_mrd": t_mrd})
 
@@ -125,6 +139,9 @@ def main() -> None:
     res = {"events_per_sample": a.events, "n_follow_up_positive": int((df.kind == "mrd_positive").sum()),
            "n_mrd_negative": int((df.kind == "mrd_negative").sum()), "n_control": int((df.kind == "control").sum()),
            "n_normals_in_model": a.normals, "false_flag_rate": a.false_flag_rate, "loose_rate": a.loose_rate,
+           "candidate_rate": a.candidate_rate, "cluster_radius": a.cluster_radius, "seed": a.seed,
+           "normal_split": "alternating within timepoint (follow-up, control)",
+           "candidate_threshold": model.candidate_threshold, "cluster_threshold": model.cluster_threshold,
            "laip_found_share": float(df[df.kind == "mrd_positive"]["has_laip"].mean())}
     for m in ("dfn", "both"):
         res[m] = _metrics(df[f"{m}_pct"].to_numpy(), truth, pats, rng)

@@ -16,6 +16,21 @@ AUC, sensitivity and specificity at the model's stored threshold, with patient-l
 95% bootstrap intervals, overall and per timepoint (control, MRD-negative follow-up,
 MRD-positive follow-up). Writes ``transfer.md`` and ``transfer.json`` to ``--out``.
 
+``--main-mix`` sets the main cohort's class composition: ``monitoring`` (default;
+:data:`rescue_gpu.simulate.MONITORING_COUNTS`, 30/23/30/17 diagnosis / MRD+ / MRD- / control,
+47 % negative samples) or ``library`` (the reference library's 765/336/170/90, 19 % negative,
+which left main's training part with 5 negative samples of 34 in a 60-sample cohort).
+Lab B's composition is its generator's (diagnosis plus 1-3 follow-ups per patient, half the
+first follow-ups negative, ``patients // 2`` controls). ``--shift-copies`` / ``--shift-gain`` /
+``--shift-offset`` set the instrument-shift augmentation of training (``[model.train]``).
+
+``--normalize landmarks`` turns on the per-sample landmark registration
+(``[preprocess.normalize]``): the source's targets are the mean quantile landmarks of the
+source's own training samples (preprocessed without it), computed before the reference is
+built and written into the source's pipeline file, so the reference, the training images
+and both targets' scoring use the same registration. Only the source's training files are
+read for the targets (no labels, nothing of the scored patients).
+
 Usage::
 
     python benchmarks/transfer.py --main-samples 48 --labb-patients 12 --events 4000 --out /tmp/transfer
@@ -36,7 +51,11 @@ import numpy as np
 import torch
 
 from rescue_gpu.cli import main as rescue
+from rescue_gpu.config import load_pipeline
+from rescue_gpu.flow.stages import reference_landmarks
 from rescue_gpu.nn.metrics import bootstrap_intervals
+from rescue_gpu.preprocess import normalize_toml
+from rescue_gpu.runner.manifest import read_manifest
 from rescue_gpu.simulate.labb import PIPELINE_FILE, simulate_labb_cohort
 
 COMMON = ["CD45", "CD34", "CD117", "CD13", "CD33", "HLA-DR", "CD7", "CD56"]
@@ -81,6 +100,9 @@ folds = 3
 max_epochs = 12
 patience = 4
 augment_copies = 2
+shift_copies = {shift_copies}
+shift_gain = {shift_gain}
+shift_offset = {shift_offset}
 seed = {seed}
 """
 
@@ -88,6 +110,9 @@ seed = {seed}
 def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--main-samples", type=int, default=48, help="samples of the main simulator's cohort")
+    ap.add_argument("--main-mix", choices=("monitoring", "library"), default="monitoring",
+                    help="class composition of the main cohort: an MRD-monitoring cohort (MONITORING_COUNTS, "
+                         "47%% negative samples) or the reference library's (REFERENCE_COUNTS, 19%%)")
     ap.add_argument("--labb-patients", type=int, default=12, help="leukaemic patients of the Lab B cohort")
     ap.add_argument("--labb-controls", type=int, default=None, help="Lab B control donors (default patients // 2)")
     ap.add_argument("--events", type=int, default=4000, help="events per sample (both sources)")
@@ -97,6 +122,16 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--top", choices=("file", "fixed"), default="file",
                     help="transforms' top of scale: each file's own $PnR (file) or the source's fixed range")
+    ap.add_argument("--normalize", choices=("none", "landmarks"), default="none",
+                    help="per-sample landmark registration onto the source's training landmarks")
+    ap.add_argument("--quantiles", type=float, nargs="+", default=[0.1, 0.5, 0.9],
+                    help="landmark quantiles for --normalize landmarks")
+    ap.add_argument("--normalize-channels", nargs="*", default=[],
+                    help="channels to register with --normalize landmarks (default: all 10)")
+    ap.add_argument("--shift-copies", type=int, default=0,
+                    help="train.shift_copies: instrument-shifted copies of each training sample (0: off)")
+    ap.add_argument("--shift-gain", type=float, default=0.1, help="train.shift_gain (SD of the log per-channel gain)")
+    ap.add_argument("--shift-offset", type=float, default=0.05, help="train.shift_offset (SD of the per-channel offset)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/transfer"))
     return ap.parse_args()
 
@@ -182,28 +217,45 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
 
 def _cohorts(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Simulate both cohorts; per source, its train/held-out manifests and kinds."""
-    from rescue_gpu.simulate import simulate_cohort
+    from rescue_gpu.simulate import MONITORING_COUNTS, simulate_cohort
 
     main_dir, labb_dir = a.out / "main", a.out / "labb"
-    simulate_cohort(main_dir, n_samples=a.main_samples, n_events=a.events, seed=a.seed)
+    simulate_cohort(main_dir, n_samples=a.main_samples, n_events=a.events, seed=a.seed,
+                    weights=MONITORING_COUNTS if a.main_mix == "monitoring" else None)
     simulate_labb_cohort(labb_dir, n_patients=a.labb_patients, n_events=a.events, seed=a.seed + 1,
                          n_controls=a.labb_controls)
     out = {}
     for name, d in (("main", main_dir), ("labb", labb_dir)):
         train, held = _split(_read_csv(d / "manifest.csv"), a.held_out, a.seed)
+        kinds = _kinds(d / "truth.csv")
         out[name] = {"train": _write_manifest(a.out / f"{name}-train.csv", train, d),
                      "held": _write_manifest(a.out / f"{name}-held.csv", held, d),
-                     "kinds": _kinds(d / "truth.csv"), "n_train": len(train), "n_held": len(held),
+                     "kinds": kinds, "n_train": len(train), "n_held": len(held),
+                     "n_train_by_kind": {g: sum(kinds[r["sample_id"]] == g for r in train) for g in GROUPS},
+                     "n_held_by_kind": {g: sum(kinds[r["sample_id"]] == g for r in held) for g in GROUPS},
                      "patients_train": len({r["patient_id"] for r in train}),
                      "patients_held": len({r["patient_id"] for r in held})}
     return out
+
+
+def _landmarks(toml: Path, manifest: Path, quantiles: list[float], channels: list[str]) -> str:
+    """The ``[preprocess.normalize]`` table: mean landmarks of the training samples in ``manifest``."""
+    targets, failed = reference_landmarks(read_manifest(manifest), load_pipeline(toml), quantiles=quantiles,
+                                          channels=channels)
+    if failed:
+        raise SystemExit(f"landmarks: {len(failed)} training samples failed: {failed}")
+    return normalize_toml(quantiles, targets)
 
 
 def _train(source: str, c: dict[str, Any], a: argparse.Namespace) -> tuple[Path, Path]:
     """Reference and model of one source, through the CLI."""
     toml = a.out / f"transfer-{source}.toml"
     toml.write_text(PIPELINE.format(source=source, markers=json.dumps(COMMON), scale=SCALE[source],
-                                    ref_events=a.ref_events, seed=a.seed, top=a.top), encoding="utf-8")
+                                    ref_events=a.ref_events, seed=a.seed, top=a.top, shift_copies=a.shift_copies,
+                                    shift_gain=a.shift_gain, shift_offset=a.shift_offset), encoding="utf-8")
+    if a.normalize == "landmarks":
+        block = _landmarks(toml, c["train"], a.quantiles, a.normalize_channels)
+        toml.write_text(toml.read_text(encoding="utf-8") + "\n" + block, encoding="utf-8")
     ref, model = a.out / f"ref-{source}", a.out / f"model-{source}"
     _cli("reference", "build", c["train"], "--out", ref, "--pipeline", toml, "--backend", "cpu")
     _cli("train", c["train"], "--reference", ref, "--out", model, "--device", "cpu")

@@ -8,6 +8,7 @@ value raises :class:`~rescue_gpu.errors.ConfigError` naming the key and the file
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import tomllib
 import types
@@ -19,7 +20,7 @@ from typing import Any, Literal
 from .errors import ConfigError
 
 __all__ = [
-    "TransformSpec", "PanelSpec", "QcSpec", "PreprocessSpec", "ReferenceSpec", "RasterSpec",
+    "TransformSpec", "PanelSpec", "QcSpec", "NormalizeSpec", "PreprocessSpec", "ReferenceSpec", "RasterSpec",
     "HeadSpec", "TrainSpec", "ModelSpec", "Pipeline", "RuntimeConfig", "ClusterConfig", "SlurmConfig",
     "load_pipeline", "load_runtime", "parse_memory", "from_mapping", "PIPELINES_DIR", "pipeline_path", "read_toml",
     "pipeline_record", "pipeline_from_record", "DEFAULT_PIPELINE",
@@ -99,13 +100,50 @@ class QcSpec:
 
 
 @dataclass(frozen=True)
+class NormalizeSpec:
+    """Per-sample landmark registration of channels onto a reference's landmarks (``[preprocess.normalize]``).
+
+    With ``method = "landmarks"`` every sample's channel named in ``targets`` is mapped,
+    after its transform, by the monotone piecewise-linear function that sends the sample's
+    own quantiles at ``quantiles`` onto that channel's ``targets`` (linear beyond the end
+    landmarks, with the end segments' slopes). Samples from instruments or sites whose normal
+    populations sit at other places (scatter gains, antigen-negative levels) are thereby
+    registered onto one scale, as flowStats' ``gaussNorm``/``warpSet`` register landmarks.
+    The targets are the reference's landmarks: the mean over the reference samples of their
+    own quantiles (:func:`rescue_gpu.preprocess.normalize.landmark_targets`), written here so
+    the reference build, training and scoring apply the same map. ``method = "none"`` (the
+    default) leaves the events as transformed.
+    """
+
+    method: Literal["none", "landmarks"] = "none"
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    targets: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        q = self.quantiles
+        if len(q) < 2 or not all(0.0 < v < 1.0 for v in q) or any(b <= a for a, b in zip(q, q[1:])):
+            raise ConfigError(f"normalize.quantiles needs at least 2 strictly increasing values in (0, 1) (got {list(q)})")
+        if self.method == "none" and self.targets:
+            raise ConfigError("normalize.targets is set but method = \"none\"; set method = \"landmarks\" or remove the targets")
+        if self.method == "landmarks" and not self.targets:
+            raise ConfigError("normalize method = \"landmarks\" needs [preprocess.normalize.targets]: "
+                              "one list of target landmarks per channel to register")
+        for name, t in self.targets.items():
+            if len(t) != len(q) or any(b <= a for a, b in zip(t, t[1:])) or not all(math.isfinite(v) for v in t):
+                raise ConfigError(f"normalize.targets.{name} needs {len(q)} finite strictly increasing values, "
+                                  f"one per quantile in {list(q)} (got {list(t)})")
+
+
+@dataclass(frozen=True)
 class PreprocessSpec:
     """How raw stored values become the float32 events a reference sees.
 
     ``compensation`` is ``"file"`` (the sample's own spillover matrix, if any),
     ``"none"``, or a path to a CSV spillover matrix with channel names. With ``"file"`` a
     matrix that does not fit its file fails the sample (never a silent uncompensated run);
-    a file without a matrix is processed uncompensated with a warning.
+    a file without a matrix is processed uncompensated with a warning. ``normalize``
+    registers channels onto a reference's landmarks after the transforms
+    (:class:`NormalizeSpec`; off by default).
     """
 
     compensation: str = "file"
@@ -113,6 +151,7 @@ class PreprocessSpec:
     scatter: TransformSpec = TransformSpec(kind="linear")
     transforms: dict[str, TransformSpec] = field(default_factory=dict)
     qc: QcSpec = QcSpec()
+    normalize: NormalizeSpec = NormalizeSpec()
 
 
 @dataclass(frozen=True)
@@ -189,6 +228,9 @@ class TrainSpec:
     weight_decay: float = 1e-4
     augment_copies: int = 4        # bootstrap re-renders per sample and epoch pool
     intensity_jitter: float = 0.05  # relative multiplicative noise on image intensities
+    shift_copies: int = 0          # instrument-shifted copies of each training sample, each projected once (0: off)
+    shift_gain: float = 0.1        # SD of the log per-channel gain about the sample's median (transformed space)
+    shift_offset: float = 0.05     # SD of the per-channel offset, in transformed units (display range about 0-1)
     target_sensitivity: float = 0.0  # 0: Youden's J; else the threshold reaching this sensitivity
     pretrained: str = ""           # a local torchvision resnet34 state dict; "" for random init
     recompute_bn: bool = True      # BatchNorm statistics from each epoch's training images (rescue_gpu.nn.train)
@@ -199,6 +241,12 @@ class TrainSpec:
             raise ConfigError("train needs folds >= 2, max_epochs >= 1, patience >= 1, batch_size >= 1")
         if not (0.0 <= self.target_sensitivity < 1.0) or self.learning_rate <= 0:
             raise ConfigError("train needs 0 <= target_sensitivity < 1 and learning_rate > 0")
+        if self.shift_copies < 0 or not (0.0 <= self.shift_gain <= 1.0) or not (0.0 <= self.shift_offset <= 0.5):
+            raise ConfigError(f"train needs shift_copies >= 0, 0 <= shift_gain <= 1 and 0 <= shift_offset <= 0.5 "
+                              f"(got {self.shift_copies}, {self.shift_gain}, {self.shift_offset})")
+        if self.shift_copies and self.shift_gain == 0.0 and self.shift_offset == 0.0:
+            raise ConfigError("train.shift_copies > 0 needs shift_gain or shift_offset > 0 (else the copies equal "
+                              "the sample); set one, or shift_copies = 0")
 
 
 @dataclass(frozen=True)
@@ -222,6 +270,13 @@ class Pipeline:
     raster: RasterSpec = RasterSpec()
     model: ModelSpec = ModelSpec()
     source: str | None = None
+
+    def __post_init__(self) -> None:
+        named = set(self.panel.markers) | set(self.panel.scatter)
+        unknown = sorted(set(self.preprocess.normalize.targets) - named) if self.panel.markers else []
+        if unknown:
+            raise ConfigError(f"preprocess.normalize.targets names {', '.join(map(repr, unknown))}, not a panel "
+                              f"marker or scatter channel ({', '.join(sorted(named))})")
 
 
 _WALLTIME = re.compile(r"^(\d+-)?\d{1,4}:[0-5]\d:[0-5]\d$")

@@ -142,3 +142,25 @@ def test_reference_sizes_rows():
     r = rows[0]
     assert r["build_s"] > 0 and r["transform_s"] > 0
     assert math.isclose(r["events_per_s"], r["events"] / r["transform_s"], rel_tol=1e-9)
+
+
+def test_mrd_stage_and_overhead(tmp_path):
+    """--mrd times the event-level step after preprocessing; its overhead is its share of the rest."""
+    rc = main(["bench", "--samples", "3", "--events", "1500", "--reference-events", "400", "--repeats", "2",
+               "--image-size", "32", "--stages", "read,preprocess", "--mrd", "--mrd-points", "800",
+               "--json", str(tmp_path / "m.json")])
+    assert rc == 0
+    rec = json.loads((tmp_path / "m.json").read_text())
+    assert check_bench_record(rec) == []
+    m, e = rec["mrd"], rec["end_to_end"]["in_process"]
+    assert len(m["runs"]) == 2 and all(r > 0 for r in m["runs"])
+    assert 0 < m["model_points"] <= 800 and isinstance(m["laip"], bool)
+    without = sorted(w - r for w, r in zip(e["runs"], m["runs"]))
+    assert math.isclose(m["without_mrd_s"], (without[0] + without[1]) / 2, rel_tol=1e-9)
+    assert math.isclose(m["overhead"], m["median_s"] / m["without_mrd_s"], rel_tol=1e-9)
+    for i, wall in enumerate(e["runs"]):  # the step is inside the wall time, beside the stages
+        assert sum(v["runs"][i] for v in rec["stages"].values()) + m["runs"][i] <= wall
+
+
+def test_no_mrd_entry_without_the_flag(record):
+    assert record[0]["mrd"] is None

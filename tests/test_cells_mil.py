@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 
 import numpy as np
@@ -11,12 +12,12 @@ import torch
 from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import f1_score
 
-from rescue_gpu.cells.mil import (MilModelRecord, MilTrainSpec, confusion_intervals, cross_validate_mil,
-                                  macro_f1_interval, score_bags, train_mil)
+from rescue_gpu.cells.mil import (MEMBER_SEED_STEP, MilModelRecord, MilTrainSpec, confusion_intervals,
+                                  cross_validate_mil, macro_f1_interval, score_bags, train_mil)
 from rescue_gpu.cells.record import CellModelRecord, build_cell_model
 from rescue_gpu.cells.spec import load_cell_pipeline
 from rescue_gpu.errors import ConfigError, ModelError
-from rescue_gpu.nn.mil import GatedAttentionMIL, MilLayout, gated_attention, pad_bags, sample_bags
+from rescue_gpu.nn.mil import GatedAttentionMIL, MilLayout, drop_instances, gated_attention, pad_bags, sample_bags
 from rescue_gpu.simulate.cells.subtype import SUBTYPES, simulate_subtype_cohort, simulate_subtype_patient
 
 CLASSES = ("a", "b", "c")
@@ -79,6 +80,63 @@ def test_pooled_vector_equals_hand_computation():
     with torch.no_grad():
         hh = m.project(torch.from_numpy(x))
         np.testing.assert_allclose(gated_attention(hh, m.V, m.U, m.w)[0].numpy(), a, rtol=1e-5, atol=1e-6)
+
+
+def test_mean_pooling_adds_the_bag_mean_of_real_cells():
+    torch.manual_seed(4)
+    m = GatedAttentionMIL(MilLayout(in_features=6, n_classes=3, hidden=5, attention=4, dropout=0.0,
+                                    pooling="attention+mean")).eval()
+    x = torch.randn(2, 7, 6)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[0, 3:] = False
+    with torch.no_grad():
+        z, a = m.pool(x, mask)
+        h = m.project(x)
+    assert z.shape == (2, 10) and m.classifier.in_features == 10
+    np.testing.assert_allclose(z[0, :5].numpy(), (a[0, :3, None] * h[0, :3]).sum(0).numpy(), atol=1e-6)
+    np.testing.assert_allclose(z[0, 5:].numpy(), h[0, :3].mean(0).numpy(), atol=1e-6)  # padding not averaged
+    np.testing.assert_allclose(z[1, 5:].numpy(), h[1].mean(0).numpy(), atol=1e-6)
+    # the mean half carries the share of shifted cells, which attention alone normalises away
+    base = torch.zeros(1, 10, 6)
+    few, many = base.clone(), base.clone()
+    few[0, :1] += 3.0
+    many[0, :6] += 3.0
+    with torch.no_grad():
+        assert not torch.allclose(m.pool(few)[0][0, 5:], m.pool(many)[0][0, 5:], atol=1e-3)
+    with pytest.raises(ValueError, match="pooling"):
+        MilLayout(in_features=6, n_classes=3, pooling="max")
+
+
+def test_instance_dropout_masks_cells_in_train_mode_only():
+    torch.manual_seed(5)
+    layout = MilLayout(in_features=6, n_classes=3, hidden=5, attention=4, dropout=0.0, instance_dropout=0.5)
+    m = GatedAttentionMIL(layout)
+    plain = GatedAttentionMIL(MilLayout(in_features=6, n_classes=3, hidden=5, attention=4, dropout=0.0))
+    plain.load_state_dict(m.state_dict())
+    x = torch.randn(64, 20, 6)
+    with torch.no_grad():
+        m.train()
+        _, a_train = m.forward_with_attention(x)
+        m.eval()
+        z_eval, a_eval = m.forward_with_attention(x)
+        z_plain, _ = plain.eval().forward_with_attention(x)
+    dropped = (a_train == 0).float().mean().item()
+    assert 0.4 < dropped < 0.6                               # about half the cells out in train mode
+    assert torch.all(a_eval > 0)                             # every cell counts in eval mode
+    assert torch.allclose(z_eval, z_plain, atol=1e-6)        # and eval equals the model without it
+    with pytest.raises(ValueError, match="instance_dropout"):
+        MilLayout(in_features=6, n_classes=3, instance_dropout=1.0)
+
+
+def test_drop_instances_keeps_one_real_cell_and_never_revives_padding():
+    mask = torch.zeros(500, 4, dtype=torch.bool)
+    mask[:, 2:] = True                                       # two real cells per bag, at the end
+    torch.manual_seed(0)
+    keep = drop_instances(mask, 0.9)
+    assert torch.all(keep.sum(1) >= 1) and not torch.any(keep & ~mask)
+    assert (keep.sum(1) == 1).float().mean().item() > 0.9     # P(both kept) = 0.01
+    torch.manual_seed(0)
+    assert torch.equal(drop_instances(mask, 0.9), keep)       # seeded by torch's generator
 
 
 def test_sample_and_pad_bags():
@@ -160,6 +218,52 @@ def test_record_round_trips_and_rejects_another_cell_network(tmp_path):
     (path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="checksum"):
         MilModelRecord.load(path)
+
+
+def test_ensemble_record_averages_members_and_round_trips(tmp_path):
+    bags, y, _ = _planted(5, seed=6, dim=512)
+    cell = _cell_record(0)
+    spec = MilTrainSpec(bag_size=8, max_epochs=3, patience=3, hidden=8, attention=4, members=3,
+                        pooling="attention+mean", instance_dropout=0.2)
+    rec, report = train_mil(bags, y, classes=CLASSES, cell_model_sha256=cell.sha256, spec=spec)
+    assert rec.members == 3 and rec.temperature == 1.0 and len(report.members) == 3
+    # each member is what a single-network run with the member's seed trains
+    singles = [train_mil(bags, y, classes=CLASSES, cell_model_sha256=cell.sha256,
+                         spec=dataclasses.replace(spec, members=1, seed=spec.seed + MEMBER_SEED_STEP * m))[0]
+               for m in range(3)]
+    scored = [score_bags(r, bags) for r in singles]
+    p, calls, att = score_bags(rec, bags)
+    np.testing.assert_allclose(p, np.mean([s[0] for s in scored], 0), atol=1e-5)
+    assert all(np.allclose(att[i], np.mean([s[2][i] for s in scored], 0), atol=1e-6) for i in range(len(bags)))
+    back = MilModelRecord.load(rec.save(tmp_path / "ens"))
+    assert back.members == 3 and back.layout.pooling == "attention+mean" and back.checksum == rec.checksum
+    np.testing.assert_allclose(score_bags(back, bags)[0], p, atol=1e-6)
+    with pytest.raises(ConfigError, match="members"):
+        MilTrainSpec(members=0)
+
+
+def test_training_is_seeded_and_single_network_records_keep_the_old_checksum(tmp_path):
+    from rescue_gpu.artifacts import settings_checksum
+
+    bags, y, _ = _planted(4, seed=7)
+    spec = MilTrainSpec(bag_size=6, max_epochs=2, patience=2, hidden=4, attention=2, instance_dropout=0.3)
+    a = train_mil(bags, y, classes=CLASSES, cell_model_sha256="x", spec=spec)[0]
+    b = train_mil(bags, y, classes=CLASSES, cell_model_sha256="x", spec=spec)[0]
+    c = train_mil(bags, y, classes=CLASSES, cell_model_sha256="x", spec=dataclasses.replace(spec, seed=1))[0]
+    assert a.sha256 == b.sha256 and a.sha256 != c.sha256    # bag draws, dropout and init follow the seed
+    plain = train_mil(bags, y, classes=CLASSES, cell_model_sha256="x",
+                      spec=dataclasses.replace(spec, pooling="attention", instance_dropout=0.0))[0]
+    old_fields = {"classes": list(CLASSES), "layout": {"in_features": 8, "n_classes": 3, "hidden": 4, "attention": 2,
+                                                       "dropout": 0.5},
+                  "bag_size": 6, "temperature": float(plain.temperature), "cell_model_sha256": "x",
+                  "cell_model_checksum": ""}
+    assert plain.checksum == settings_checksum(plain.sha256, old_fields)
+    # a record written before pooling / instance dropout existed (no such keys) loads as plain attention
+    back = MilModelRecord.load(plain.save(tmp_path / "old"))
+    assert "pooling" not in json.loads((tmp_path / "old" / "model.json").read_text())["layout"]
+    assert back.layout.pooling == "attention" and back.checksum == plain.checksum
+    new = MilModelRecord.load(a.save(tmp_path / "new"))
+    assert new.layout.pooling == "attention+mean" and new.layout.instance_dropout == 0.3
 
 
 def test_train_mil_refuses_bad_input():

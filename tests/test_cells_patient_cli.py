@@ -84,3 +84,21 @@ def test_patient_level_needs_a_cell_model(cohort, capsys):
     rc = main(["cells", "train", str(root / "tree"), "--level", "patient", "--out", str(root / "x"),
                "--pipeline", str(pipe)])
     assert rc == 2 and "--cell-model" in capsys.readouterr().err
+
+
+def test_patient_options_reach_the_record(cohort, capsys):
+    root, pipe, cell, _ = cohort
+    rc = main(["cells", "train", str(root / "tree"), "--level", "patient", "--cell-model", str(cell),
+               "--out", str(root / "mil2"), "--pipeline", str(pipe), "--folds", "1", "--epochs", "1",
+               "--bag-size", "4", "--pooling", "attention", "--members", "2"])
+    assert rc == 0, capsys.readouterr().out
+    rec = MilModelRecord.load(root / "mil2")
+    assert rec.members == 2 and rec.layout.pooling == "attention"
+
+
+def test_bad_pooling_is_a_usage_error(cohort, capsys):
+    root, pipe, cell, _ = cohort
+    rc = main(["cells", "train", str(root / "tree"), "--level", "patient", "--cell-model", str(cell),
+               "--out", str(root / "mil3"), "--pipeline", str(pipe), "--pooling", "max"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "mil.pooling must be one of" in err and not (root / "mil3").exists()

@@ -41,26 +41,69 @@ def test_knn_distance_matches_brute_force() -> None:
         mrd.knn_distance(q, p, 24)
 
 
+def _brute_counts(q: np.ndarray, p: np.ndarray, r: float) -> np.ndarray:
+    """Points of ``p`` within ``r`` of each row of ``q`` (float64, all pairs)."""
+    if len(p) == 0:
+        return np.zeros(len(q))
+    d = np.sqrt(((q[:, None, :].astype(np.float64) - p[None, :, :].astype(np.float64)) ** 2).sum(-1))
+    return (d <= r).sum(1).astype(np.float64)
+
+
+def _brute_dfn(model: mrd.NormalModel, x: np.ndarray) -> np.ndarray:
+    """The DfN rule from its definition: candidates by the k-NN distance, then the cluster score, all pairs."""
+    d = np.sqrt(((x[:, None, :].astype(np.float64) - model.points[None].astype(np.float64)) ** 2).sum(-1))
+    cand = np.sort(d, axis=1)[:, model.k - 1] > model.candidate_threshold
+    c, rest = x[cand], x[~cand]
+    r = model.cluster_radius
+    a = _brute_counts(c, c, r) - 1
+    lam = _brute_counts(c, model.sparse_points, r) * len(x) / len(model.points)
+    score = (a + 1) / (_brute_counts(c, rest, r) + lam + 1)
+    out = np.zeros(len(x), dtype=bool)
+    out[np.flatnonzero(cand)] = score > model.cluster_threshold
+    return out
+
+
+def test_cluster_score_matches_brute_force() -> None:
+    rng = np.random.default_rng(21)
+    c = np.concatenate([rng.normal(0, 0.1, (40, 3)), rng.normal(0, 1, (30, 3))]).astype(np.float32)
+    others = rng.normal(0.5, 0.5, (200, 3)).astype(np.float32)
+    sparse = rng.normal(0, 0.8, (25, 3)).astype(np.float32)
+    for r, w in ((0.2, 1.0), (0.5, 3.5), (1.0, 0.25)):
+        a = _brute_counts(c, c, r) - 1
+        lam = _brute_counts(c, sparse, r) * 5000 / 800
+        expected = (a + 1) / (w * _brute_counts(c, others, r) + lam + 1)
+        got = mrd.cluster_score(c, others, sparse, r, n_events=5000, n_points=800, others_weight=w, chunk=7)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+    empty = np.zeros((0, 3), np.float32)  # no sparse model points, no other events: the score is the cluster size
+    np.testing.assert_allclose(mrd.cluster_score(c, empty, empty, 0.2, n_events=10, n_points=10),
+                               _brute_counts(c, c, 0.2))
+
+
 def test_dfn_flags_match_brute_force_rule() -> None:
     rng = np.random.default_rng(2)
-    model = mrd.fit_normal_model([_normal(rng, 3000), _normal(rng, 3000)], MARKERS, k=3, false_flag_rate=0.01)
-    x = np.concatenate([_normal(rng, 200), _blasts(rng, 30)])
+    model = mrd.fit_normal_model([_normal(rng, 3000), _normal(rng, 3000)], MARKERS, k=3, false_flag_rate=0.01,
+                                 candidate_rate=0.02, cluster_radius=0.4)
+    x = np.concatenate([_normal(rng, 2000), _blasts(rng, 30)])  # about the calibration samples' size
     flags, gate = mrd.dfn_flags(model, x)
-    d = np.sqrt(((x[:, None, :].astype(np.float64) - model.points[None]) ** 2).sum(-1))
-    kth = np.sort(d, axis=1)[:, 2]
-    expected = (x[:, 0] >= model.cd45_min) & (kth > model.threshold)
-    np.testing.assert_array_equal(flags, expected)
+    np.testing.assert_array_equal(flags, _brute_dfn(model, x))  # any CD45: the gate only defines the denominator
     np.testing.assert_array_equal(gate, x[:, 0] >= model.cd45_min)
-    assert flags[200:].all()  # every blast is different from normal
+    assert flags[2000:].all()  # every blast is different from normal
+    assert flags[:2000].mean() <= 0.02  # about the 1% false-flag rate
     assert 0.0 < model.cd45_min < 3.0  # Otsu split between CD45- and CD45+
+    # the stored sparse points are the model points with fewer than k other points within the candidate threshold
+    d = np.sqrt(((model.points[:, None, :].astype(np.float64) - model.points[None]) ** 2).sum(-1))
+    loo = np.sort(d, axis=1)[:, model.k]  # column 0 is the point itself
+    np.testing.assert_array_equal(model.sparse_points, model.points[loo > model.candidate_threshold])
 
 
 def test_false_flag_rate_on_unseen_normal() -> None:
     rng = np.random.default_rng(3)
-    model = mrd.fit_normal_model([_normal(rng, 4000) for _ in range(4)], MARKERS, k=5, false_flag_rate=0.01)
-    flags, gate = mrd.dfn_flags(model, _normal(rng, 20000))
-    rate = flags.sum() / gate.sum()
-    assert 0.004 < rate < 0.02  # about the requested 1%
+    model = mrd.fit_normal_model([_normal(rng, 4000) for _ in range(4)], MARKERS, k=5, false_flag_rate=0.01,
+                                 candidate_rate=0.05, cluster_radius=0.3)
+    flags, _ = mrd.dfn_flags(model, _normal(rng, 4000))  # the calibration samples' size
+    rate = flags.mean()  # all normal events are modelled, CD45- ones included
+    assert rate < 0.02  # at most about the requested 1% (calibrated on whole held-out samples)
 
 
 def test_laip_tracks_diagnosis_population() -> None:
@@ -100,6 +143,16 @@ def test_model_save_load_and_checksum(tmp_path) -> None:
         mrd.NormalModel.load(tmp_path / "m")
     with pytest.raises(ConfigError, match="differ from the DfN model"):
         back.check_markers(("CD45", "CD34"))
+    import json
+
+    model.save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "normal.json").read_text())
+    np.testing.assert_array_equal(back.sparse_points, model.sparse_points)
+    # /1: CD45+-only model; /2: the k-NN distance rule without the cluster score's sparse points
+    for old in ("rescue-mrd-normal/1", "rescue-mrd-normal/2"):
+        (tmp_path / "old" / "normal.json").write_text(json.dumps({**meta, "format": old}))
+        with pytest.raises(ReferenceDataError, match=f"format '{old}'.*rebuild it with rescue mrd build-normal"):
+            mrd.NormalModel.load(tmp_path / "old")
 
 
 @pytest.mark.parametrize("k,n", [(0, 1000), (1, 1000), (50, 500000), (999, 1000), (1000, 1000)])
@@ -243,3 +296,123 @@ def test_flag_kernels_run_on_the_array_api_standard() -> None:
     laip = mrd.LaipModel(np.array([3.0, 2.5, 2.0, 2.5]), np.eye(4) * 20, 18.0, 20)
     np.testing.assert_array_equal(np.asarray(mrd.laip_flags(model, laip, xs.asarray(x))),
                                   mrd.laip_flags(model, laip, x))
+
+
+def test_fewer_within_is_exactly_the_count_rule() -> None:
+    rng = np.random.default_rng(10)
+    p = rng.normal(size=(800, 4)).astype(np.float32)
+    q = np.concatenate([rng.normal(size=(300, 4)), rng.normal(3.0, 1.0, (50, 4))]).astype(np.float32)
+    for r, k, screen in ((0.4, 3, 16), (0.8, 5, 4), (1.5, 1, 1), (0.2, 5, 200)):
+        np.testing.assert_array_equal(mrd.fewer_within(q, p, r, k, screen=screen, chunk=33),
+                                      mrd.count_within(q, p, r) < k)
+
+
+def _cd45dim_case(rng: np.random.Generator):
+    """Normal marrow as in _normal, blasts CD45-dim (CD45 = 0.5, below the Otsu split) and CD34+ CD7+."""
+    model = mrd.fit_normal_model([_normal(rng, 4000) for _ in range(4)], MARKERS, k=5, false_flag_rate=1e-3,
+                                 cluster_radius=0.4)  # the blasts' spread in this 4-D space (0.15 per marker)
+    blasts = _blasts(rng, 60)
+    blasts[:, 0] -= 2.5
+    return model, blasts
+
+
+def test_cd45dim_blasts_are_counted() -> None:
+    """Old behaviour: flags were ANDed with the Otsu CD45+ gate, so CD45-dim blasts were never counted."""
+    rng = np.random.default_rng(11)
+    model, blasts = _cd45dim_case(rng)
+    assert (blasts[:, 0] < model.cd45_min).all()  # below the CD45+ split
+    x = np.concatenate([_normal(rng, 20000), blasts])
+    dfn, gate = mrd.dfn_flags(model, x)
+    assert dfn[20000:].all() and dfn[:20000].mean() < 0.005
+    leuk = mrd.leukocytes(gate, dfn)
+    np.testing.assert_array_equal(leuk, gate | dfn)
+    assert leuk[20000:].all() and not gate[20000:].any()  # counted although below the gate
+    diag = np.concatenate([_normal(rng, 2000), _blasts(rng, 2000) - np.array([2.5, 0, 0, 0], np.float32)])
+    laip = mrd.fit_laip(model, diag)
+    assert laip is not None
+    assert mrd.laip_flags(model, laip, x)[20000:].sum() >= 58
+
+
+def test_laip_fit_is_not_truncated_by_the_normal_threshold() -> None:
+    """Old behaviour: the Gaussian was fitted to the diagnosis events beyond the loose threshold only,
+    so a leukaemic cloud touching normal marrow got its mean pushed away and its spread shrunk."""
+    rng = np.random.default_rng(12)
+    model = mrd.fit_normal_model([_normal(rng, 4000) for _ in range(4)], MARKERS, k=5, false_flag_rate=1e-3)
+    centre = np.array([3.0, 1.5, 0.0, 0.0], dtype=np.float32)  # CD34 just beyond the normal cloud
+    sd = np.array([0.15, 0.25, 0.15, 0.15], dtype=np.float32)
+    leuk = rng.normal(0.0, 1.0, (4000, 4)).astype(np.float32) * sd + centre
+    laip = mrd.fit_laip(model, np.concatenate([_normal(rng, 3000), leuk]))
+    assert laip is not None
+    fitted_sd = np.sqrt(np.diag(np.linalg.inv(laip.precision)))
+    np.testing.assert_allclose(laip.mean, centre, atol=0.02)  # old: CD34 mean 1.546
+    np.testing.assert_allclose(fitted_sd, sd, rtol=0.04)  # old: CD34 sd 0.232 (7% short)
+    inside = mrd.mahalanobis2(leuk, laip.mean, laip.precision) <= laip.cutoff
+    assert inside.mean() > 0.99  # the ellipsoid covers the leukaemic cloud, not only its far side
+
+
+def _marrow_with_tail(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Normal marrow with a sparse tail: a CD45+ cloud, 1.5% CD34+ CD117+ progenitors and 1.5% events
+    scattered over the whole space (doublets surviving QC); returns (events, tail mask)."""
+    x = rng.normal(0.0, 0.3, (n, 4)).astype(np.float32) + np.array([3.0, 0.0, 0.0, 0.0], np.float32)
+    kind = rng.choice(3, n, p=[0.97, 0.015, 0.015])
+    prog = kind == 1
+    x[prog] = rng.normal(0.0, 0.1, (int(prog.sum()), 4)) + np.array([3.0, 2.0, 2.0, 0.0])
+    tail = kind == 2
+    x[tail] = rng.uniform([-1.0, -1.0, -1.0, -1.0], [5.0, 4.0, 4.0, 4.0], (int(tail.sum()), 4))
+    return x, tail
+
+
+def test_dfn_finds_a_two_marker_aberrant_cluster_the_distance_rule_missed() -> None:
+    """Old behaviour: DfN flagged events whose k-NN distance exceeded the 1 - false_flag_rate quantile of
+    normal events' distances; the sparse tail set that threshold, so blasts two markers away from the normal
+    progenitors (CD117 down, CD7 up) lay within it and were missed, while tail events were flagged."""
+    rng = np.random.default_rng(31)
+    model = mrd.fit_normal_model([_marrow_with_tail(rng, 4000)[0] for _ in range(4)], MARKERS, k=5,
+                                 false_flag_rate=1e-3, candidate_rate=0.02, cluster_radius=0.3)
+    normal, tail = _marrow_with_tail(rng, 8000)
+    blasts = rng.normal(0.0, 0.08, (60, 4)).astype(np.float32) + np.array([3.0, 2.0, 1.4, 0.6], np.float32)
+    x = np.concatenate([normal, blasts])
+    old = np.asarray(mrd.knn_distance(x, model.points, model.k)) > model.threshold
+    new, _ = mrd.dfn_flags(model, x)
+    assert old[8000:].mean() < 0.2  # the distance rule misses the cluster ...
+    assert new[8000:].mean() > 0.9  # ... the cluster score finds it
+    assert old[:8000][tail].sum() > new[:8000][tail].sum()  # tail events the distance rule flagged are not
+    assert new[:8000].mean() < 2e-3  # about the 1e-3 false-flag rate on an unseen normal marrow
+
+
+def _model_samples(model: mrd.NormalModel, samples: list[np.ndarray]) -> list[int]:
+    """Indices of the samples whose events are the model points, in the points' order (no subsampling)."""
+    starts = [next(i for i, s in enumerate(samples) if np.array_equal(model.points[j], s[0]))
+              for j in range(0, len(model.points), len(samples[0]))]
+    got = np.concatenate([samples[i] for i in starts]) if starts else np.zeros((0, len(MARKERS)), np.float32)
+    np.testing.assert_array_equal(model.points, got)  # whole samples, nothing else
+    return starts
+
+
+def test_split_alternates_within_each_kind() -> None:
+    rng = np.random.default_rng(21)
+    samples = [_normal(rng, 300) for _ in range(8)]
+    kinds = ["follow-up", "control"] * 4  # the order that put every follow-up in the model
+    model = mrd.fit_normal_model(samples, MARKERS, k=3, false_flag_rate=0.01, kinds=kinds)
+    # follow-ups 0, 2, 4, 6 alternate model / calibration, then the controls 1, 3, 5, 7 carry on
+    assert _model_samples(model, samples) == [0, 4, 1, 5]
+    assert model.n_calibration == 4 * 300 and model.n_samples == 8  # 2, 6, 3, 7 calibrate
+    # without kinds: even-indexed samples model (every follow-up), odd-indexed calibrate (every control)
+    plain = mrd.fit_normal_model(samples, MARKERS, k=3, false_flag_rate=0.01)
+    assert _model_samples(plain, samples) == [0, 2, 4, 6]
+    # any order: each kind with two or more samples is on both sides, the halves equal
+    for seed in range(5):
+        perm = np.random.default_rng(seed).permutation(8)
+        m = mrd.fit_normal_model([samples[i] for i in perm], MARKERS, k=3, false_flag_rate=0.01,
+                                 kinds=[kinds[i] for i in perm])
+        fit = {int(perm[i]) for i in _model_samples(m, [samples[i] for i in perm])}
+        cal = set(range(8)) - fit
+        assert len(fit) == len(cal) == 4
+        for kind in ("follow-up", "control"):
+            assert {i for i in fit if kinds[i] == kind} and {i for i in cal if kinds[i] == kind}, (seed, kind)
+    # empty samples are dropped with their kind; kinds must be one per sample
+    m = mrd.fit_normal_model([samples[0], samples[1][:0], samples[2], samples[3]], MARKERS, k=3,
+                             false_flag_rate=0.01, kinds=["a", "b", "a", "b"])
+    assert _model_samples(m, samples) == [0, 3]
+    with pytest.raises(ConfigError, match="one kind per normal sample"):
+        mrd.fit_normal_model(samples, MARKERS, k=3, kinds=kinds[:-1])

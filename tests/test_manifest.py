@@ -54,3 +54,13 @@ def test_directory_scan(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ManifestError, match="no .fcs files"):
         read_manifest(tmp_path / "empty")
+
+
+def test_true_mrd_pct_is_optional_and_checked(tmp_path):
+    rows = read_manifest(_csv(tmp_path, "sample_id,path,true_mrd_pct\ns1,a.fcs,0.25\ns2,b.fcs,\ns3,c.fcs,0\n"))
+    assert [r.true_mrd_pct for r in rows] == [0.25, None, 0.0]
+    assert read_manifest(_csv(tmp_path, "sample_id,path\ns1,a.fcs\n"))[0].true_mrd_pct is None
+    with pytest.raises(ManifestError) as ei:
+        read_manifest(_csv(tmp_path, "sample_id,path,true_mrd_pct\ns1,a.fcs,-1\ns2,b.fcs,high\ns3,c.fcs,nan\ns4,d.fcs,101\n"))
+    msg = str(ei.value)
+    assert "4 problem(s)" in msg and "row 3: true_mrd_pct 'high' is not a percentage in 0..100" in msg

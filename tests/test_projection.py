@@ -88,6 +88,14 @@ def test_brute_and_kdtree_agree(reference: UmapReference, new_events: np.ndarray
     assert np.array_equal(brute, ours)
 
 
+def test_tiled_and_kdtree_agree(reference: UmapReference, new_events: np.ndarray, ours: np.ndarray) -> None:
+    """The default (auto -> certified tiled scan) gives kdtree's coordinates bit for bit."""
+    assert neighbors.choose_method(10, len(reference.train_events), len(new_events)) == "tiled"
+    kdtree = transform(reference, new_events, seed=0, backend="cpu", knn_method="kdtree")
+    tiled = transform(reference, new_events, seed=0, backend="cpu", knn_method="tiled", chunk_size=300)
+    assert np.array_equal(kdtree, ours) and np.array_equal(tiled, ours)
+
+
 def test_other_seed_differs(reference: UmapReference, new_events: np.ndarray, ours: np.ndarray) -> None:
     other = transform(reference, new_events, seed=1, backend="cpu")
     assert not np.array_equal(other, ours)
@@ -98,7 +106,7 @@ def test_knn_is_exact(reference: UmapReference, new_events: np.ndarray) -> None:
     x, y = new_events[:200], reference.train_events
     d = np.sqrt(((x[:, None, :].astype(np.float64) - y[None, :, :]) ** 2).sum(-1))
     want = np.sort(d, axis=1)[:, :15]
-    for method in ("kdtree", "brute"):
+    for method in ("kdtree", "brute", "tiled"):
         idx, dist = neighbors.knn_cpu(y, x, 15, method=method, chunk_size=64)
         np.testing.assert_allclose(dist, want, rtol=1e-5)
         np.testing.assert_allclose(np.take_along_axis(d, idx.astype(np.int64), 1), want, rtol=1e-5)
@@ -216,3 +224,24 @@ def test_gpu_deterministic_and_chunk_invariant(reference: UmapReference, new_eve
     a = transform(reference, new_events, seed=0, backend="gpu")
     b = transform(reference, new_events, seed=0, backend="gpu", chunk_size=101)
     assert cp.array_equal(a, b)
+
+
+def test_lanes_equal_one_event_at_a_time(reference: UmapReference, new_events: np.ndarray) -> None:
+    """The CPU driver interleaves LANES events; each must get exactly layout_event's result."""
+    from rescue_gpu.projection import fuzzy, neighbors, sgd
+
+    x = new_events[: sgd.LANES * 3 + 5]
+    idx, d = neighbors.knn_cpu(reference.train_events, x, 15)
+    sig, rho = fuzzy.smooth_knn_dist(d, 15.0, 0.0, float(d.mean(dtype=np.float64)))
+    w = fuzzy.membership_strengths(idx, d, sig, rho)
+    init = fuzzy.init_embedding(idx, w, reference.embedding)
+    eps = sgd.edge_schedule(w, 30)
+    kw = dict(n_epochs=30, a=1.58, b=0.9, gamma=1.0, initial_alpha=0.25, negative_sample_rate=5.0, seed=3)
+    lanes = sgd.optimize_layout(init, reference.embedding, idx, eps, **kw)
+    one = init.copy()
+    emb = np.ascontiguousarray(reference.embedding, np.float32)
+    for i in range(len(x)):
+        key = np.uint64(sgd.event_key(np.uint64(3), np.uint64(i)))
+        sgd.layout_event(one[i], np.ascontiguousarray(idx[i], np.int32), eps[i], emb, 15, key, 30,
+                         1.58, 0.9, 1.0, 0.25, 5.0, np.empty(15), np.empty(15))
+    np.testing.assert_array_equal(lanes, one)

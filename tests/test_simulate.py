@@ -61,6 +61,22 @@ def test_class_counts_scaled(n: int) -> None:
     assert class_counts(2722) == {"diagnosis": 1530, "mrd_positive": 672, "mrd_negative": 340, "control": 180}
 
 
+def test_class_counts_weights_monitoring_mix() -> None:
+    from rescue_gpu.simulate import MONITORING_COUNTS
+
+    assert class_counts(100, MONITORING_COUNTS) == {"diagnosis": 30, "mrd_positive": 23, "mrd_negative": 30,
+                                                    "control": 17}
+    counts = class_counts(60, MONITORING_COUNTS)
+    assert sum(counts.values()) == 60 and counts["mrd_negative"] + counts["control"] == 28
+    assert class_counts(60, {"diagnosis": 765, "mrd_positive": 336, "mrd_negative": 170, "control": 90}) == class_counts(60)
+    plan = plan_cohort(60, seed=0, weights=MONITORING_COUNTS)
+    assert plan.counts() == counts
+    assert plan_cohort(60, seed=0).counts() == class_counts(60)  # default unchanged
+    for bad in ({"diagnosis": 1}, {**MONITORING_COUNTS, "control": -1}, dict.fromkeys(MONITORING_COUNTS, 0)):
+        with pytest.raises(RescueError, match="class weights"):
+            class_counts(10, bad)
+
+
 def test_plan_patients_and_timepoints() -> None:
     plan = plan_cohort(1361, seed=3)
     assert plan.counts() == class_counts(1361)
@@ -282,3 +298,30 @@ def test_doublets_and_debris_look_the_part() -> None:
     assert (np.diff(time_) >= 0).all() and time_[-1] > 0
     assert (ev[:, [ch.index(c) for c in sim.spillover.channels]] < 0).any()  # noise goes below zero
     assert ev.max() <= 262143
+
+
+def test_plan_cohort_takes_the_class_counts_asked_for() -> None:
+    counts = {"diagnosis": 5, "mrd_positive": 9, "mrd_negative": 4, "control": 3}
+    plan = plan_cohort(21, seed=2, counts=counts)
+    assert plan.counts() == counts
+    by_patient: dict[int, list[str]] = {}
+    for s in plan.samples:
+        by_patient.setdefault(s.patient_index, []).append(s.kind)
+    leuk = [k for k in by_patient.values() if k[0] != "control"]
+    assert len(leuk) == 5 and all(k[0] == "diagnosis" and k.count("diagnosis") == 1 for k in leuk)
+    assert sum(k == ["control"] for k in by_patient.values()) == 3
+    again = plan_cohort(21, seed=2, counts=counts).samples  # same seed, same plan
+    assert [(s.sample_id, s.patient_index, s.kind, s.visit) for s in again] == \
+        [(s.sample_id, s.patient_index, s.kind, s.visit) for s in plan.samples]
+    with pytest.raises(RescueError, match="sum to n_samples"):
+        plan_cohort(20, seed=2, counts=counts)
+    with pytest.raises(RescueError, match="unknown sample class"):
+        plan_cohort(1, seed=2, counts={"relapse": 1})
+
+
+def test_plan_cohort_refuses_counts_and_weights_together():
+    from rescue_gpu.errors import RescueError
+    from rescue_gpu.simulate.flow.cohort import MONITORING_COUNTS, plan_cohort
+
+    with pytest.raises(RescueError, match="not both"):
+        plan_cohort(10, seed=0, counts={"diagnosis": 10}, weights=MONITORING_COUNTS)

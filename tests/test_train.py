@@ -299,3 +299,80 @@ def test_train_model_cuda_mixed_precision(cohort, tmp_path: Path) -> None:
     assert rec.provenance["device"].startswith("cuda")
     loaded = ModelRecord.load(tmp_path / "mg")
     assert np.isfinite([o["logit"] for o in loaded.metrics["cv"]["oof"]]).all()
+
+
+def test_instrument_shift_seeded_leaves_original_and_matches_magnitude() -> None:
+    from rescue_gpu.flow.dataset import instrument_shift
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.4, 0.1, size=(4000, 10)).astype(np.float32)
+    before = values.copy()
+    a, ga, oa = instrument_shift(values, np.random.default_rng(7), gain=0.1, offset=0.05)
+    b, gb, ob = instrument_shift(values, np.random.default_rng(7), gain=0.1, offset=0.05)
+    np.testing.assert_array_equal(values, before)  # the original is untouched
+    assert a is not values and not np.shares_memory(a, values)
+    np.testing.assert_array_equal(a, b)  # same generator state, same copy
+    np.testing.assert_array_equal(ga, gb)
+    c, _, _ = instrument_shift(values, np.random.default_rng(8), gain=0.1, offset=0.05)
+    assert not np.array_equal(a, c)
+    # per channel, read back from the data: the median moves by the offset, quantile gaps scale by the gain
+    np.testing.assert_allclose(np.median(a, 0) - np.median(values, 0), oa, atol=1e-5)
+    iqr = lambda v: np.percentile(v, 75, axis=0) - np.percentile(v, 25, axis=0)  # noqa: E731
+    np.testing.assert_allclose(iqr(a) / iqr(values), ga, rtol=1e-4)
+    # the draws' spread is the setting: SD of log gain 0.1, SD of offset 0.05 (2,000 channel draws each)
+    draws = [instrument_shift(values[:50], np.random.default_rng(s), gain=0.1, offset=0.05)[1:] for s in range(200)]
+    logg = np.log(np.concatenate([g for g, _ in draws]))
+    off = np.concatenate([o for _, o in draws])
+    assert abs(logg.std() - 0.1) < 0.01 and abs(off.std() - 0.05) < 0.005
+    assert abs(logg.mean()) < 0.01 and abs(off.mean()) < 0.005
+    same, g0, o0 = instrument_shift(values, np.random.default_rng(0), gain=0.0, offset=0.0)
+    np.testing.assert_allclose(same, values, atol=1e-6)
+    assert np.all(g0 == 1.0) and np.all(o0 == 0.0)
+
+
+def test_shift_settings_validated() -> None:
+    from rescue_gpu.config import TrainSpec
+
+    for bad in ({"shift_copies": -1}, {"shift_gain": -0.1}, {"shift_offset": 0.6}, {"shift_copies": 2, "shift_gain": 0.0,
+                                                                                   "shift_offset": 0.0}):
+        with pytest.raises(ConfigError, match="shift"):
+            TrainSpec(**bad)
+    assert TrainSpec().shift_copies == 0  # off by default
+
+
+def test_build_cache_shift_copies_and_training_images(cohort, tmp_path: Path) -> None:
+    from rescue_gpu.flow.dataset import InstrumentShift, instrument_shift
+
+    rows, ref, pipe, _ = cohort
+    shift = InstrumentShift(copies=2, gain=0.1, offset=0.05, seed=0)
+    cache, failed = build_cache(rows[:2], ref, pipe, cache_dir=tmp_path / "s", shift=shift)
+    plain, _ = build_cache(rows[:2], ref, pipe, cache_dir=tmp_path / "p")
+    assert not failed and cache.sample_ids() == plain.sample_ids()  # copies are not listed as samples
+    got = cache.get(rows[0].sample_id, shift)
+    np.testing.assert_array_equal(got.coords, plain.get(rows[0].sample_id).coords)  # original unchanged
+    assert len(got.shifted) == 2 and plain.get(rows[0].sample_id).shifted == ()
+    events = stages.load_events(rows[0].path, pipe)
+    for j, (coords, _) in enumerate(got.shifted):
+        values = instrument_shift(events.values, shift.rng(rows[0].sample_id, j), gain=0.1, offset=0.05)[0]
+        direct = stages.project(ref, dataclasses.replace(events, values=values), seed=0, backend="cpu")
+        np.testing.assert_array_equal(coords, np.asarray(direct))  # a seeded copy, projected like the original
+        assert not np.array_equal(coords, got.coords)
+    other = InstrumentShift(copies=1, gain=0.2, offset=0.05, seed=0)
+    with pytest.raises(KeyError):  # copies made with other settings are not reused
+        cache.get(rows[0].sample_id, other)
+    s = dataclasses.replace(got, label=1)
+    raster = RasterSpec(size=32)
+    ds = MrdImageDataset([s], extent=ref.extent, raster=raster, train=True, copies=1, jitter=0.0, seed=3)
+    picks = set()
+    for epoch in range(12):
+        ds.set_epoch(epoch)
+        rng = np.random.default_rng([3, epoch, 0])  # the dataset's documented seeding
+        pick = int(rng.integers(0, 3))
+        coords = s.coords if pick == 0 else s.shifted[pick - 1][0]
+        expected = ds.render(*bootstrap_events(coords, None, rng))
+        np.testing.assert_array_equal(ds.image(0), expected)
+        picks.add(pick)
+    assert picks == {0, 1, 2}  # the original and both copies are drawn
+    full = MrdImageDataset([s], extent=ref.extent, raster=raster).image(0)
+    np.testing.assert_array_equal(full, MrdImageDataset([dataclasses.replace(s, shifted=())], extent=ref.extent,
+                                                        raster=raster).image(0))  # evaluation: the original only

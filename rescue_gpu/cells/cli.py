@@ -81,6 +81,10 @@ def train(
                                                                              "whose features the MIL model reads.")] = None,
     folds: Annotated[int, typer.Option("--folds", help="--level patient: cross-validation folds (1: none).")] = 5,
     bag_size: Annotated[int, typer.Option("--bag-size", help="--level patient: cells per training bag.")] = 32,
+    pooling: Annotated[Optional[str], typer.Option("--pooling", help="--level patient: attention | attention+mean "
+                                                   "(default attention+mean).")] = None,
+    members: Annotated[Optional[int], typer.Option("--members", help="--level patient: ensemble members, each "
+                                                   "trained from its own seed (default 1).")] = None,
 ) -> None:
     """Train a cell classifier (patient-level splits, class balancing, flips/rotations/shifts, early stopping).
 
@@ -96,7 +100,7 @@ def train(
         raise typer.BadParameter(f"--level must be 'cell' or 'patient' (got {level!r})")
     if level == "patient":
         _train_patient(train_data, out, load_cell_pipeline(pipeline), cell_model, folds=folds, bag_size=bag_size,
-                       epochs=epochs, device=device)
+                       epochs=epochs, device=device, pooling=pooling, members=members)
         return
     pipe = with_overrides(load_cell_pipeline(pipeline), architecture=architecture, epochs=epochs, batch_size=batch_size)
     record, report = train_cell_model(
@@ -113,14 +117,15 @@ def train(
 
 
 def _train_patient(train_data: Path, out: Path, pipe, cell_model: Optional[Path], *, folds: int,  # noqa: ANN001
-                   bag_size: int, epochs: Optional[int], device: str) -> None:
+                   bag_size: int, epochs: Optional[int], device: str, pooling: Optional[str] = None,
+                   members: Optional[int] = None) -> None:
     from .mil import MilTrainSpec
     from .patient import spec_with, train_patient_model
 
     if cell_model is None:
         raise typer.BadParameter("--level patient needs --cell-model CELL_MODEL_DIR (the cell network whose "
                                  "features the MIL model reads)")
-    spec = spec_with(MilTrainSpec(), bag_size=bag_size, max_epochs=epochs)
+    spec = spec_with(MilTrainSpec(), bag_size=bag_size, max_epochs=epochs, pooling=pooling, members=members)
     record, summary = train_patient_model(train_data, pipeline=pipe, cell_model=cell_model, out=out, spec=spec,
                                           folds=folds, device="cpu" if device == "auto" else device,
                                           say=lambda s: console.print(s, markup=False, highlight=False))

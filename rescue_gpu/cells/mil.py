@@ -12,7 +12,9 @@ RUNX1::RUNX1T1). The attention weight of each cell says how much it shaped the c
   cross-entropy weighted by inverse class frequency over patients (class balancing), a
   stratified share of patients is held out for early stopping on the validation loss
   (all their cells, no sampling), and a temperature is fitted on the held-out logits
-  (within :data:`TEMPERATURE_BOUNDS`).
+  (within :data:`TEMPERATURE_BOUNDS`). Defaults: the classifier reads the attention-pooled
+  vector beside the bag mean, and a quarter of each training bag's cells are masked out
+  (see :class:`~rescue_gpu.nn.mil.MilLayout`); ``members`` > 1 averages an ensemble.
 - :func:`cross_validate_mil`: patient-level stratified k-fold; out-of-fold calibrated
   probabilities and attention for every patient (each fold trains with :func:`train_mil`).
 - :class:`MilModelRecord`: the model as a checksummed ``rescue-cell-mil-model`` directory
@@ -25,6 +27,7 @@ RUNX1::RUNX1T1). The attention weight of each cell says how much it shaped the c
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +42,7 @@ from ..device import torch_device
 from ..errors import CellDataError, ConfigError, ModelError
 from ..nn.calibration import fit_temperature
 from ..nn.metrics import per_class_metrics
-from ..nn.mil import GatedAttentionMIL, MilLayout, pad_bags, sample_bags
+from ..nn.mil import POOLINGS, GatedAttentionMIL, MilLayout, pad_bags, sample_bags
 from ..nn.record import WeightsRecord
 from ..nn.splits import patient_folds
 from ..nn.train import batch_slices, fit, make_trainer, provenance, seeded, train_step
@@ -54,6 +57,10 @@ MIL_FORMAT = "rescue-cell-mil-model"
 #: The held-out patients are few and often perfectly separated, which drives a fitted temperature
 #: to its lower bound (over-confident probabilities); the MIL temperature is kept in this range.
 TEMPERATURE_BOUNDS = (0.5, 20.0)
+#: Layout settings of records written before they existed (plain attention pooling, no instance dropout).
+LEGACY_LAYOUT = {"pooling": "attention", "instance_dropout": 0.0}
+#: Seed distance between the members of an ensemble (:attr:`MilTrainSpec.members`).
+MEMBER_SEED_STEP = 1000
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,10 @@ class MilTrainSpec:
     ``bag_size`` cells are drawn per bag, ``repeats`` bags per training patient and epoch,
     ``batch_size`` bags per optimiser step. ``val_fraction`` of the patients (stratified
     by class, at least one per class where a class has two or more) stop the training
-    early after ``patience`` epochs without a lower validation loss.
+    early after ``patience`` epochs without a lower validation loss. ``pooling`` and
+    ``instance_dropout``: see :class:`~rescue_gpu.nn.mil.MilLayout`. ``members`` > 1 trains
+    an ensemble of that many networks (own seeds and hold-outs) whose calibrated
+    probabilities and attention are averaged.
     """
 
     bag_size: int = 32
@@ -76,11 +86,14 @@ class MilTrainSpec:
     hidden: int = 64
     attention: int = 64
     dropout: float = 0.5
+    pooling: str = "attention+mean"
+    instance_dropout: float = 0.25
+    members: int = 1
     val_fraction: float = 0.2
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("bag_size", "repeats", "batch_size", "max_epochs", "patience", "hidden", "attention"):
+        for name in ("bag_size", "repeats", "batch_size", "max_epochs", "patience", "hidden", "attention", "members"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"mil.{name} must be >= 1 (got {getattr(self, name)})")
         if not 0.0 < self.val_fraction < 1.0:
@@ -89,6 +102,10 @@ class MilTrainSpec:
             raise ConfigError(f"mil.dropout must be in [0, 1) (got {self.dropout})")
         if not self.learning_rate > 0:
             raise ConfigError(f"mil.learning_rate must be > 0 (got {self.learning_rate})")
+        if not 0.0 <= self.instance_dropout < 1.0:
+            raise ConfigError(f"mil.instance_dropout must be in [0, 1) (got {self.instance_dropout})")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"mil.pooling must be one of {list(POOLINGS)} (got {self.pooling!r})")
 
 
 class _Standardised(nn.Module):
@@ -111,8 +128,51 @@ class _Standardised(nn.Module):
         return self.forward_with_attention(x, mask)[0]
 
 
-def _build(layout: MilLayout) -> _Standardised:
-    return _Standardised(GatedAttentionMIL(layout), torch.zeros(layout.in_features), torch.ones(layout.in_features))
+class _Ensemble(nn.Module):
+    """Members whose calibrated probabilities (``softmax(z_m / T_m)``) and attention are averaged.
+
+    ``forward`` gives the log of the averaged probabilities: logits at temperature 1.
+    """
+
+    def __init__(self, members: Sequence[_Standardised], temperatures: Sequence[float]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.register_buffer("temperatures", torch.tensor([float(t) for t in temperatures], dtype=torch.float32))
+
+    @property
+    def n_outputs(self) -> int:
+        return self.members[0].n_outputs
+
+    def forward_with_attention(self, x: torch.Tensor, mask: torch.Tensor | None = None):
+        logp, att = [], []
+        for member, temp in zip(self.members, self.temperatures):
+            z, a = member.forward_with_attention(x, mask)
+            logp.append(torch.log_softmax(z / temp, dim=-1))
+            att.append(a)
+        mean_p = torch.logsumexp(torch.stack(logp), dim=0) - math.log(len(logp))
+        return mean_p, torch.stack(att).mean(0)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_with_attention(x, mask)[0]
+
+
+def _build(layout: MilLayout, members: int = 1) -> nn.Module:
+    def one() -> _Standardised:
+        return _Standardised(GatedAttentionMIL(layout), torch.zeros(layout.in_features),
+                             torch.ones(layout.in_features))
+
+    return one() if members == 1 else _Ensemble([one() for _ in range(members)], [1.0] * members)
+
+
+def _layout(spec: MilTrainSpec, dim: int, k: int) -> MilLayout:
+    return MilLayout(in_features=dim, n_classes=k, hidden=spec.hidden, attention=spec.attention,
+                     dropout=spec.dropout, pooling=spec.pooling, instance_dropout=spec.instance_dropout)
+
+
+def _layout_fields(layout: MilLayout) -> dict[str, Any]:
+    """The layout as stored: settings at their :data:`LEGACY_LAYOUT` value are left out (older checksums hold)."""
+    return {k: v for k, v in dataclasses.asdict(layout).items()
+            if not (k in LEGACY_LAYOUT and v == LEGACY_LAYOUT[k])}
 
 
 @dataclass(kw_only=True)
@@ -145,6 +205,7 @@ class MilModelRecord(WeightsRecord):
     bag_size: int
     cell_model_sha256: str
     cell_model_checksum: str = ""
+    members: int = 1
 
     def __post_init__(self) -> None:
         self.classes = tuple(self.classes)
@@ -156,9 +217,10 @@ class MilModelRecord(WeightsRecord):
 
     def checksum_fields(self) -> dict[str, Any]:
         """Everything besides the weights that changes a call, and the cell network it needs."""
-        return {"classes": list(self.classes), "layout": dataclasses.asdict(self.layout),
-                "bag_size": int(self.bag_size), "temperature": float(self.temperature),
-                "cell_model_sha256": self.cell_model_sha256, "cell_model_checksum": self.cell_model_checksum}
+        fields = {"classes": list(self.classes), "layout": _layout_fields(self.layout),
+                  "bag_size": int(self.bag_size), "temperature": float(self.temperature),
+                  "cell_model_sha256": self.cell_model_sha256, "cell_model_checksum": self.cell_model_checksum}
+        return fields if self.members == 1 else {**fields, "members": int(self.members)}
 
     def covers(self) -> str:
         return (f"its settings (temperature {self.temperature:g}, classes, network sizes, bag size, "
@@ -169,10 +231,11 @@ class MilModelRecord(WeightsRecord):
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any], sd: dict[str, torch.Tensor], map_location: str) -> MilModelRecord:
-        layout = MilLayout(**meta["layout"])
-        model = _build(layout)
+        layout = MilLayout(**{**LEGACY_LAYOUT, **meta["layout"]})
+        members = int(meta.get("members", 1))
+        model = _build(layout, members)
         model.load_state_dict(sd, strict=True)
-        return cls(model=model.to(map_location).eval(), classes=tuple(meta["classes"]), layout=layout,
+        return cls(model=model.to(map_location).eval(), classes=tuple(meta["classes"]), layout=layout, members=members,
                    bag_size=int(meta["bag_size"]), cell_model_sha256=str(meta["cell_model_sha256"]),
                    cell_model_checksum=str(meta.get("cell_model_checksum", "")),
                    temperature=float(meta["temperature"]), metrics=meta.get("metrics", {}),
@@ -269,6 +332,7 @@ class MilTrainReport:
     n_val: int
     seconds: float
     val: dict[str, Any] = field(default_factory=dict)
+    members: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _logits_attention(model: nn.Module, bags: Sequence[np.ndarray], device: torch.device,
@@ -287,53 +351,23 @@ def _logits_attention(model: nn.Module, bags: Sequence[np.ndarray], device: torc
     return np.concatenate(logits), att
 
 
-def train_mil(bags: Sequence[np.ndarray], y: np.ndarray, *, classes: Sequence[str], cell_model_sha256: str,
-              cell_model_checksum: str = "", spec: MilTrainSpec = MilTrainSpec(), device: str = "cpu",
-              on_epoch: Callable[[dict], None] | None = None) -> tuple[MilModelRecord, MilTrainReport]:
-    """Train a gated-attention MIL model on patient bags of cell features.
+def _train_member(bags: Sequence[np.ndarray], y: np.ndarray, *, k: int, dim: int, spec: MilTrainSpec,
+                  dev: torch.device, on_epoch: Callable[[dict], None] | None
+                  ) -> tuple[_Standardised, float, dict[str, Any]]:
+    """One MIL network: its own stratified hold-out (``spec.seed``), early stopping, temperature.
 
-    Parameters
-    ----------
-    bags
-        One ``(n_cells, F)`` feature array per patient.
-    y
-        Class index per patient (``0..K-1`` in ``classes`` order).
-    classes
-        Patient class names.
-    cell_model_sha256, cell_model_checksum
-        The cell network the features come from (stored in the record, checked at scoring).
-    spec
-        Training settings.
-    device
-        ``"cpu"``, ``"cuda"``, ...
-
-    Returns
-    -------
-    tuple
-        The :class:`MilModelRecord` (model on the CPU, eval mode, not saved) and a :class:`MilTrainReport`.
-
-    Raises
-    ------
-    CellDataError
-        Bags and labels that do not fit, or fewer than two classes among the training patients.
-    ModelError
-        Training diverged (no finite validation loss).
+    Returns the network (CPU, eval mode), its temperature and what happened (epochs, best epoch,
+    history, the held-out patients' indices and calls).
     """
-    began = time.perf_counter()
-    y = np.asarray(y, dtype=np.int64)
-    dim = _check_bags(bags, y, classes)
-    k = len(classes)
     rng = np.random.default_rng(spec.seed)
     tr, va = stratified_holdout(y, spec.val_fraction, rng)
     if np.unique(y[tr]).size < 2 or va.size == 0:
         raise CellDataError(f"MIL training needs at least two classes among the training patients and some held-out "
                             f"patients (have {tr.size} training, {va.size} held out); add patients")
-    dev = torch_device(device)
     train_bags, val_bags = [bags[i] for i in tr], [bags[i] for i in va]
     stacked = np.concatenate(train_bags)
     mean, std = stacked.mean(0), stacked.std(0) + 1e-3
-    layout = MilLayout(in_features=dim, n_classes=k, hidden=spec.hidden, attention=spec.attention,
-                       dropout=spec.dropout)
+    layout = _layout(spec, dim, k)
     w = torch.tensor(class_weights(y[tr], k), dtype=torch.float32)
     val_w = torch.where(w > 0, w, torch.ones_like(w))
     n_steps = len(batch_slices(tr.size * spec.repeats, spec.batch_size))
@@ -376,19 +410,82 @@ def train_mil(bags: Sequence[np.ndarray], y: np.ndarray, *, classes: Sequence[st
         raise ModelError("MIL training diverged: no epoch gave a finite validation loss; lower mil.learning_rate")
     result.stop.restore(t.model)
     temperature = fit_temperature(result.best_logits, y[va], bounds=TEMPERATURE_BOUNDS)
-    model = t.model.cpu().eval()
+    info = {"epochs": len(result.history), "best_epoch": result.stop.best_epoch, "history": result.history,
+            "temperature": temperature, "n_train": int(tr.size), "held_out": va,
+            "val_calls": result.best_logits.argmax(1)}
+    return t.model.cpu().eval(), temperature, info
+
+
+def train_mil(bags: Sequence[np.ndarray], y: np.ndarray, *, classes: Sequence[str], cell_model_sha256: str,
+              cell_model_checksum: str = "", spec: MilTrainSpec = MilTrainSpec(), device: str = "cpu",
+              on_epoch: Callable[[dict], None] | None = None) -> tuple[MilModelRecord, MilTrainReport]:
+    """Train a gated-attention MIL model on patient bags of cell features.
+
+    With ``spec.members > 1`` the model is an ensemble: member ``m`` is trained with seed
+    ``spec.seed + MEMBER_SEED_STEP * m`` (its own early-stopping hold-out, initialisation and
+    bag draws) and temperature; the record averages the members' calibrated probabilities
+    and their attention (record temperature 1).
+
+    Parameters
+    ----------
+    bags
+        One ``(n_cells, F)`` feature array per patient.
+    y
+        Class index per patient (``0..K-1`` in ``classes`` order).
+    classes
+        Patient class names.
+    cell_model_sha256, cell_model_checksum
+        The cell network the features come from (stored in the record, checked at scoring).
+    spec
+        Training settings.
+    device
+        ``"cpu"``, ``"cuda"``, ...
+
+    Returns
+    -------
+    tuple
+        The :class:`MilModelRecord` (model on the CPU, eval mode, not saved) and a :class:`MilTrainReport`
+        (epochs, history and temperature of the first member; every member in ``members``).
+
+    Raises
+    ------
+    CellDataError
+        Bags and labels that do not fit, or fewer than two classes among the training patients.
+    ModelError
+        Training diverged (no finite validation loss).
+    """
+    began = time.perf_counter()
+    y = np.asarray(y, dtype=np.int64)
+    dim = _check_bags(bags, y, classes)
+    k = len(classes)
+    dev = torch_device(device)
+    nets, temps, infos = [], [], []
+    for m in range(spec.members):
+        net, temp, info = _train_member(bags, y, k=k, dim=dim, dev=dev, on_epoch=on_epoch,
+                                        spec=dataclasses.replace(spec, seed=spec.seed + MEMBER_SEED_STEP * m))
+        nets.append(net)
+        temps.append(temp)
+        infos.append(info)
+    model: nn.Module = nets[0] if spec.members == 1 else _Ensemble(nets, temps)
+    temperature = temps[0] if spec.members == 1 else 1.0
+    layout = _layout(spec, dim, k)
     record = MilModelRecord(model=model, classes=tuple(classes), layout=layout, bag_size=spec.bag_size,
                             cell_model_sha256=cell_model_sha256, cell_model_checksum=cell_model_checksum,
-                            temperature=temperature)
-    val_calls = result.best_logits.argmax(1)
-    report = MilTrainReport(epochs=len(result.history), best_epoch=result.stop.best_epoch, history=result.history,
-                            temperature=temperature, n_train=int(tr.size), n_val=int(va.size),
+                            temperature=temperature, members=spec.members)
+    held = np.concatenate([i["held_out"] for i in infos])
+    first = infos[0]
+    report = MilTrainReport(epochs=first["epochs"], best_epoch=first["best_epoch"], history=first["history"],
+                            temperature=temperature, n_train=first["n_train"], n_val=int(first["held_out"].size),
                             seconds=time.perf_counter() - began,
-                            val=per_class_metrics(y[va], val_calls, classes=list(classes)))
+                            val=per_class_metrics(y[held], np.concatenate([i["val_calls"] for i in infos]),
+                                                  classes=list(classes)),
+                            members=[{"epochs": i["epochs"], "best_epoch": i["best_epoch"],
+                                      "temperature": i["temperature"], "n_val": int(i["held_out"].size)}
+                                     for i in infos])
     record.metrics = {"val": report.val}
     record.provenance = provenance(device=dev, seconds=report.seconds, train=dataclasses.asdict(spec),
                                    n_train_patients=report.n_train, n_val_patients=report.n_val,
-                                   epochs=report.epochs, best_epoch=report.best_epoch)
+                                   epochs=report.epochs, best_epoch=report.best_epoch, members=report.members)
     return record, report
 
 

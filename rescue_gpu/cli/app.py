@@ -2,7 +2,7 @@
 
 This module holds the commands that belong to no assay (``fcs inspect``, ``simulate``,
 ``preprocess``, ``demo``, ``reference ...``, ``project``, ``config``) and adds each
-assay's and the model's commands (``score``, ``cells ...``, ``train``, ``model ...``)
+assay's and the model's commands (``score``, ``cells ...``, ``train``, ``model ...``, ``mrd ...``)
 from the modules that define them next to their code. Exit codes: see
 :mod:`rescue_gpu.cliutil`.
 """
@@ -124,6 +124,40 @@ def reference_build(
             err_console.print(f"warning: {sid}: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
+@ref_app.command("landmarks")
+def reference_landmarks_cmd(
+    manifest: Annotated[Path, typer.Argument(help="Manifest CSV or folder of FCS files: the reference cohort.")],
+    pipeline: PipelineOpt = "aml-mrd",
+    quantiles: Annotated[str, typer.Option("--quantiles", help="Comma-separated landmark quantiles in (0, 1).")] = "0.1,0.5,0.9",
+    channels: Annotated[str, typer.Option("--channels", help="Comma-separated channels to register (default: all).")] = "",
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the table to this file instead of printing it.")] = None,
+) -> None:
+    """Compute the reference's landmarks and print the [preprocess.normalize] table for the pipeline file."""
+    from ..config import NormalizeSpec, load_pipeline
+    from ..errors import ConfigError
+    from ..flow.stages import reference_landmarks
+    from ..preprocess import normalize_toml
+
+    pipe = load_pipeline(pipeline)
+    try:
+        q = tuple(float(v) for v in quantiles.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--quantiles must be comma-separated numbers, got {quantiles!r}") from None
+    NormalizeSpec(quantiles=q)  # validates the quantiles before any file is read
+    rows = _rows_for(manifest)
+    with progress("preprocessing", len(rows)) as advance:
+        targets, failed = reference_landmarks(rows, pipe, quantiles=q, on_sample=advance,
+                                              channels=[c.strip() for c in channels.split(",") if c.strip()])
+    text = normalize_toml(q, targets)
+    if out is None:
+        console.print(text, markup=False, highlight=False, end="")
+    else:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"landmarks of {len(rows) - len(failed)} samples -> {out}")
+    for sid, err in failed.items():
+        err_console.print(f"skipped {sid}: {err}", markup=False, highlight=False)
+
+
 @ref_app.command("import-umap")
 def reference_import_umap(
     model: Annotated[Path, typer.Argument(help="A pickled, fitted umap.UMAP (the published pipeline's format).")],
@@ -208,10 +242,12 @@ def _register_subsystems() -> None:
     from ..flow.bench import register as register_bench
     from ..flow.cli import register as register_score
     from ..flow.model_cli import register as register_model
+    from ..flow.mrd_cli import register as register_mrd
     from ..flow.train_cli import register as register_train
 
     register_score(app)
     register_model(app)
+    register_mrd(app)
     register_train(app)
     register_cells(app)
     register_bench(app)

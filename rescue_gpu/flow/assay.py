@@ -7,7 +7,9 @@ Per sample, on a worker (events stay on the GPU until the image exists)::
     for a positive sample, optionally the flagged FCS (Grad-CAM's driving events)
 
 Stored per sample: the record (p_mrd, call, QC counts, warnings, provenance) and the
-``image`` (C, H, W) float32 (plus ``coords`` (n, 2) with ``keep_coords``).
+``image`` (C, H, W) float32 (plus ``coords`` (n, 2) with ``keep_coords``; with an MRD model
+the packed bits ``mrd_dfn``/``mrd_laip`` and, for samples the report may show, ``mrd_view``,
+see :mod:`.mrd_view`).
 """
 
 from __future__ import annotations
@@ -289,7 +291,7 @@ def _prepare(task: SampleTask, job: WorkerJob, state: FlowState) -> tuple[Sample
         image, outside = rasterise(state.reference, coords, events)
         image = to_numpy(image)
         t3 = time.perf_counter()
-        mrd_rec, mrd_arrays = _mrd(events, task, job, state)
+        mrd_rec, mrd_arrays = _mrd(events, coords, task, job, state)
         t_mrd = time.perf_counter() - t3
         if job.keep_identifiers:
             rec["provenance"]["identifiers"] = _identifiers(task.path)
@@ -312,9 +314,16 @@ def _prepare(task: SampleTask, job: WorkerJob, state: FlowState) -> tuple[Sample
     return SampleResult(record=rec, arrays=arrays), coords
 
 
-def _mrd(events: Any, task: SampleTask, job: WorkerJob, state: FlowState) -> tuple[dict[str, Any] | None, dict]:
-    """The sample's MRD numbers and per-event bits (``mrd_dfn``, ``mrd_laip``), or (None, {}) without a model."""
-    from .mrd import LaipModel, count_within, dfn_flags, laip_flags, mrd_numbers, pack_flags
+def _mrd(events: Any, coords: Any, task: SampleTask, job: WorkerJob,
+         state: FlowState) -> tuple[dict[str, Any] | None, dict]:
+    """The sample's MRD numbers and per-event bits (``mrd_dfn``, ``mrd_laip``), or (None, {}) without a model.
+
+    A sample the report may show (:func:`rescue_gpu.flow.mrd_view.needs_view`) also gets
+    ``mrd_view``, a subsample of its aberrant and other CD45+ events with their UMAP
+    coordinates and markers (record key ``view_markers``).
+    """
+    from .mrd import LaipModel, dfn_flags, laip_flags, leukocytes, mrd_numbers, pack_flags
+    from .mrd_view import needs_view, view_sample
 
     model = state.mrd
     if model is None:
@@ -322,22 +331,23 @@ def _mrd(events: Any, task: SampleTask, job: WorkerJob, state: FlowState) -> tup
     model.check_markers(events.markers)
     values = events.values
     xp = state.xp
-    points = xp.asarray(model.points)
-    dfn, gate = dfn_flags(model, values, counts=count_within(values, points, model.threshold))
+    dfn, gate = dfn_flags(model, values)
     laip_rec = (job.laips or {}).get(task.patient_id) if task.timepoint != "diagnosis" else None
     if laip_rec is not None:
-        laip = laip_flags(model, LaipModel.from_record(laip_rec), values,
-                          loose_counts=count_within(values, points, model.loose_threshold))
+        laip = laip_flags(model, LaipModel.from_record(laip_rec), values)
         aberrant, method = dfn | laip, "both"
     else:
         laip, aberrant, method = None, dfn, "dfn"
-    n_cd45 = _count(gate, xp)
+    n_cd45 = _count(leukocytes(gate, aberrant), xp)  # CD45-dim aberrant events are leukocytes too
     numbers = mrd_numbers(int(_count(aberrant, xp)), n_cd45, method)
     rec = {**numbers.record(), "dfn_events": int(_count(dfn, xp)),
            "laip_events": None if laip is None else int(_count(laip, xp)), "n_flag_events": int(values.shape[0])}
     arrays = {"mrd_dfn": pack_flags(dfn)}
     if laip is not None:
         arrays["mrd_laip"] = pack_flags(laip)
+    if needs_view(numbers.mrd_status, numbers.mrd_events):
+        arrays["mrd_view"] = view_sample(values, coords, aberrant, gate)
+        rec["view_markers"] = list(events.markers)
     return rec, arrays
 
 
@@ -537,7 +547,8 @@ class FlowAssay(OptionsAssay):
                               provenance={**provenance,
                                           "reference": str(self.reference_path) if keep else self.reference_path.name,
                                           "model": str(self.model_path) if keep else self.model_path.name,
-                                          "model_metrics": self.record.metrics})
+                                          "model_metrics": self.record.metrics},
+                              extent=self.reference.extent)
         return table, paths
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -66,6 +67,9 @@ BENCH_SCHEMA: dict[str, Any] = {
     "project_steps": "null or {check, knn, fuzzy, init, sgd: float} (seconds, one extra CPU projection of sample 1)",
     "reference_sizes": "null or [{reference_events: int, build_s: float, transform_s: float, events: int, "
                        "events_per_s: float}]",
+    "mrd": "null or {median_s, min_s, max_s: float, runs: [float] (event-level MRD step, seconds per sample), "
+           "without_mrd_s: float (median end-to-end seconds per sample less the MRD step), overhead: float "
+           "(median_s / without_mrd_s), model_points: int, laip: bool} (with --mrd)",
 }
 
 
@@ -89,6 +93,8 @@ class BenchOptions:
     manifest: Path | None = None
     reference: Path | None = None
     model: Path | None = None
+    mrd: bool = False
+    mrd_points: int = 20_000
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
@@ -212,7 +218,10 @@ def _assets(opts: BenchOptions, work: Path, say: Callable[[str], None]) -> _Asse
             raise ConfigError("--manifest needs --reference and --model too (the files to benchmark on)")
         rows = read_manifest(opts.manifest)[: opts.samples]
         ref = Reference.load(opts.reference)
-        pipe = resolve_pipeline(ref)
+        resolved = resolve_pipeline(opts.reference)  # the reference's own pipeline, as `rescue score` takes it
+        if resolved.note:
+            say(resolved.note)
+        pipe = resolved.pipeline
         return _Assets(rows, pipe, ref, ModelRecord.load(opts.model), Path(opts.reference), Path(opts.model),
                        Path(opts.manifest), "user files", rows[0].path)
     from ..simulate import simulate_cohort
@@ -243,9 +252,36 @@ def _assets(opts: BenchOptions, work: Path, say: Callable[[str], None]) -> _Asse
 # ----------------------------------------------------------------------------- stage timing
 
 
+def _mrd_models(assets: _Assets, opts: BenchOptions) -> tuple[Any, Any]:
+    """The DfN model (from the samples labelled negative, or all of them when none is) and a diagnosis LAIP or None."""
+    from .mrd import fit_laip, fit_normal_model
+    from .stages import load_events
+
+    events = [(row, load_events(row.path, assets.pipeline)) for row in assets.rows]
+    normal = [np.asarray(e.values) for row, e in events if row.label == "negative"] or \
+        [np.asarray(e.values) for _, e in events]
+    model = fit_normal_model(normal, events[0][1].markers, max_points=opts.mrd_points, seed=opts.seed)
+    diag = [e for row, e in events if row.timepoint == "diagnosis"]
+    return model, (fit_laip(model, np.asarray(diag[0].values)) if diag else None)
+
+
+def _mrd_step(models: tuple[Any, Any], values: Any) -> tuple[int, int]:
+    """The event-level MRD step of ``rescue score``: DfN and (with a LAIP) LAIP flags; (aberrant, leukocyte) counts."""
+    from .mrd import dfn_flags, laip_flags, leukocytes
+
+    model, laip = models
+    dfn, gate = dfn_flags(model, values)
+    aberrant = dfn | laip_flags(model, laip, values) if laip is not None else dfn
+    return int(aberrant.sum()), int(leukocytes(gate, aberrant).sum())
+
+
 def _chain(path: str, assets: _Assets, engine: Any, store: Any, sid: str, stages: tuple[str, ...],
-           backend: str, seed: int) -> tuple[dict[str, float], float, int]:
-    """Run one sample through the stages up to the last one asked for; return (stage seconds, wall, events)."""
+           backend: str, seed: int, mrd: tuple[Any, Any] | None = None) -> tuple[dict[str, float], float, int]:
+    """Run one sample through the stages up to the last one asked for; return (stage seconds, wall, events).
+
+    With ``mrd`` (:func:`_mrd_models`) the event-level MRD step runs after preprocessing,
+    timed as ``"mrd"`` (it is part of the wall time).
+    """
     from ..device import get_xp, to_numpy
     from ..fcs import read_fcs
     from ..preprocess import preprocess
@@ -271,6 +307,8 @@ def _chain(path: str, assets: _Assets, engine: Any, store: Any, sid: str, stages
         events = timed("preprocess", lambda: preprocess(fcs, panel=assets.pipeline.panel,
                                                         spec=assets.pipeline.preprocess, xp=xp))
         n = int(events.n_events)
+        if mrd is not None:
+            timed("mrd", lambda: _mrd_step(mrd, events.values))
     if "project" in need:
         coords = timed("project", lambda: project(assets.reference, events, seed=seed, backend=backend))
     if "raster" in need:
@@ -283,7 +321,7 @@ def _chain(path: str, assets: _Assets, engine: Any, store: Any, sid: str, stages
                "call": "", "n_events": n, "n_events_used": n, "qc": {}, "provenance": {}}
         timed("store", lambda: store.write(rec, {"image": image}))
     wall = time.perf_counter() - start
-    return {k: v for k, v in t.items() if k in stages}, wall, n
+    return {k: v for k, v in t.items() if k in stages or k == "mrd"}, wall, n
 
 
 def _sync() -> None:
@@ -455,19 +493,22 @@ def run_bench(opts: BenchOptions, *, say: Callable[[str], None] = lambda s: None
         assets = _assets(opts, tmp, say)
         engine = make_engine(assets.record, kind="torch", device=opts.backend, batch_size=1)
         store = RunStore(tmp / "store")
+        mrd = _mrd_models(assets, opts) if opts.mrd else None
         say("warm-up (numba compilation, torch start-up)")
-        _chain(assets.warmup_path, assets, engine, store, "warmup", STAGES, opts.backend, opts.seed)
+        _chain(assets.warmup_path, assets, engine, store, "warmup", STAGES, opts.backend, opts.seed, mrd)
         per_stage: dict[str, list[float]] = {s: [] for s in opts.stages}
+        mrd_runs: list[float] = []
         e2e: list[float] = []
         n_events: list[int] = []
         for rep in range(opts.repeats):
             stage_tot = {s: 0.0 for s in opts.stages}
-            wall_tot = 0.0
+            wall_tot = mrd_tot = 0.0
             for i, row in enumerate(assets.rows):
                 t, wall, n = _chain(row.path, assets, engine, store, f"r{rep}-{row.sample_id}", opts.stages,
-                                    opts.backend, opts.seed)
+                                    opts.backend, opts.seed, mrd)
                 for s in opts.stages:
                     stage_tot[s] += t[s]
+                mrd_tot += t.get("mrd", 0.0)
                 wall_tot += wall
                 n_events.append(n)
                 if advance is not None:
@@ -476,6 +517,7 @@ def run_bench(opts: BenchOptions, *, say: Callable[[str], None] = lambda s: None
             for s in opts.stages:
                 per_stage[s].append(stage_tot[s] / k)
             e2e.append(wall_tot / k)
+            mrd_runs.append(mrd_tot / k)
         ev = float(np.mean(n_events))
         med = float(statistics.median(e2e))
         steps = _project_steps(assets, opts) if "project" in opts.stages and opts.backend == "cpu" else None
@@ -521,10 +563,21 @@ def run_bench(opts: BenchOptions, *, say: Callable[[str], None] = lambda s: None
             "peer": peer,
             "project_steps": steps,
             "reference_sizes": ref_sizes,
+            "mrd": _mrd_record(mrd, mrd_runs, e2e),
         }
         return record
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _mrd_record(mrd: tuple[Any, Any] | None, runs: list[float], e2e: list[float]) -> dict[str, Any] | None:
+    """The ``mrd`` entry of the record: the MRD step per sample and its share of the rest of the sample's time."""
+    if mrd is None:
+        return None
+    without = float(statistics.median([w - m for w, m in zip(e2e, runs)]))
+    med = float(statistics.median(runs))
+    return {**_summary(runs), "without_mrd_s": without, "overhead": med / without if without > 0 else math.nan,
+            "model_points": int(mrd[0].points.shape[0]), "laip": mrd[1] is not None}
 
 
 def check_bench_record(rec: dict[str, Any]) -> list[str]:
@@ -581,6 +634,11 @@ def format_table(rec: dict[str, Any]) -> str:
                      f"{p['umap_seed_vs_seed']['median']:.4f}, ratio {p['fidelity_ratio']['median']:.2f}), "
                      f"p95 {p['ours_vs_umap']['p95']:.4f} ({p['umap_seed_vs_seed']['p95']:.4f}, "
                      f"ratio {p['fidelity_ratio']['p95']:.2f})")
+    if rec.get("mrd"):
+        m = rec["mrd"]
+        lines.append(f"MRD step: {m['median_s']:.4f} s/sample (DfN, {m['model_points']:,} model points"
+                     f"{', LAIP' if m['laip'] else ''}) against {m['without_mrd_s']:.4f} s for the rest: "
+                     f"overhead {100 * m['overhead']:.1f}%")
     if rec.get("project_steps"):
         lines.append("project steps (one run): " + ", ".join(f"{k} {v:.3f} s" for k, v in rec["project_steps"].items()))
     for r in rec.get("reference_sizes") or []:
@@ -638,6 +696,9 @@ def bench(
     model: Annotated[Optional[Path], typer.Option("--model", help="Model directory (with --manifest).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the record as JSON here.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG bar chart of the stages here.")] = None,
+    mrd: Annotated[bool, typer.Option("--mrd", help="Also time the event-level MRD step (DfN, LAIP) and its "
+                                                     "overhead on the per-sample time.")] = False,
+    mrd_points: Annotated[int, typer.Option("--mrd-points", help="DfN model points with --mrd.")] = 20_000,
 ) -> None:
     """Time each stage of the flow path per sample; events/s, memory, library extrapolation, umap-learn peer."""
     from ..cliutil import console, progress
@@ -651,7 +712,8 @@ def bench(
     opts = BenchOptions(samples=samples, events=events, reference_events=reference_events, stages=parse_stages(stages),
                         backend=backend, workers=workers, repeats=repeats, seed=seed, peer=peer,
                         peer_events=peer_events, library=parse_library(library), image_size=image_size,
-                        reference_sizes=sizes, manifest=manifest, reference=reference, model=model)
+                        reference_sizes=sizes, manifest=manifest, reference=reference, model=model, mrd=mrd,
+                        mrd_points=mrd_points)
     total = opts.samples * opts.repeats
     done = [0]
     with progress("timing samples", total) as advance:

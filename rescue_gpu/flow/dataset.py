@@ -17,10 +17,19 @@ Images are rendered on the fly from the cached events. For training, the augment
 re-renders a bootstrap subsample of the sample's events (drawn with replacement, seeded
 by ``(seed, epoch, index)``) and multiplies each channel by ``1 + jitter * N(0, 1)``.
 There are deliberately no flips or rotations: UMAP coordinates carry meaning.
+
+Instrument-shift augmentation (``train.shift_copies`` > 0): each training sample also
+gets ``shift_copies`` copies of its preprocessed events with a random per-channel gain
+and offset (:func:`instrument_shift`, imitating another cytometer's voltages and
+settings), each projected once and cached next to the sample under
+``<sample key>@shift-<settings hash>-<j>``; an augmented image is rendered from the
+original or one of the copies, drawn with the bootstrap's generator. Validation and
+scoring always use the original events.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -42,7 +51,7 @@ from ..raster import render
 from ..reference import Reference
 
 __all__ = ["CACHE_NAME", "CachedSample", "SampleCache", "cache_settings_hash", "build_cache",
-           "label_value", "bootstrap_events", "MrdImageDataset"]
+           "label_value", "bootstrap_events", "InstrumentShift", "instrument_shift", "MrdImageDataset"]
 
 CACHE_NAME = "cache.zarr"
 CACHE_FORMAT = "rescue-train-cache"
@@ -65,6 +74,7 @@ class CachedSample:
     label: int | None
     patient_id: str
     timepoint: str
+    shifted: tuple[tuple[np.ndarray, np.ndarray | None], ...] = ()  # (coords, values) of instrument-shifted copies
 
     @property
     def n_events(self) -> int:
@@ -80,8 +90,62 @@ def cache_settings_hash(reference: Reference, pipeline: Pipeline, *, seed: int =
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def _key(sample_id: str) -> str:
-    return "s_" + quote(sample_id, safe="")
+def _key(sample_id: str, variant: str = "") -> str:
+    return "s_" + quote(sample_id, safe="") + (f"@{variant}" if variant else "")
+
+
+@dataclass(frozen=True)
+class InstrumentShift:
+    """Settings of the instrument-shift augmentation (``train.shift_*``; see :func:`instrument_shift`)."""
+
+    copies: int
+    gain: float
+    offset: float
+    seed: int = 0
+
+    def tag(self) -> str:
+        """Short hash of the settings: cached copies made with other settings are not reused."""
+        record = json.dumps({"gain": self.gain, "offset": self.offset, "seed": self.seed}, sort_keys=True)
+        return "shift-" + hashlib.sha256(record.encode()).hexdigest()[:12]
+
+    def rng(self, sample_id: str, copy: int) -> np.random.Generator:
+        """The generator of copy ``copy`` of ``sample_id`` (depends on nothing else)."""
+        digest = int.from_bytes(hashlib.sha256(sample_id.encode()).digest()[:8], "little")
+        return np.random.default_rng([self.seed, digest, copy])
+
+
+def instrument_shift(values: np.ndarray, rng: np.random.Generator, *, gain: float, offset: float
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One instrument-shifted copy of a sample's preprocessed events (a new array; ``values`` is untouched).
+
+    Per channel ``c``: ``g_c = exp(gain * N(0, 1))``, ``o_c = offset * N(0, 1)`` and
+    ``v' = m_c + g_c * (v - m_c) + o_c`` with ``m_c`` the channel's median in this sample,
+    in the transformed (logicle / linear) space the projection reads. So the channel's
+    median moves by ``o_c`` and its spread (any quantile gap) scales by ``g_c``: a changed
+    detector voltage or amplification moves the populations of a logicle channel and
+    spreads them, which the network otherwise never sees within one instrument.
+
+    Parameters
+    ----------
+    values
+        ``(n_events, n_channels)`` preprocessed events.
+    rng
+        Source of the draws (one ``gain`` and one ``offset`` normal per channel, in that order).
+    gain, offset
+        Standard deviations of the log gain and of the offset (>= 0).
+
+    Returns
+    -------
+    (shifted, gains, offsets)
+        The float32 copy and the per-channel ``g_c`` and ``o_c`` drawn.
+    """
+    v = np.asarray(values, dtype=np.float32)
+    n = v.shape[1]
+    gains = np.exp(gain * rng.standard_normal(n))
+    offsets = offset * rng.standard_normal(n)
+    centre = np.median(v, axis=0) if v.shape[0] else np.zeros(n)
+    shifted = (centre + gains * (v - centre) + offsets).astype(np.float32)
+    return shifted, gains, offsets
 
 
 class SampleCache:
@@ -106,12 +170,20 @@ class SampleCache:
         self._root.attrs.update({"format": CACHE_FORMAT, "version": CACHE_VERSION, "settings_hash": settings_hash})
 
     def __contains__(self, sample_id: str) -> bool:
-        key = _key(sample_id)
+        return self.has(sample_id)
+
+    def has(self, sample_id: str, variant: str = "") -> bool:
+        """Whether ``sample_id`` (or its copy ``variant``, e.g. an instrument shift) is cached and complete."""
+        key = _key(sample_id, variant)
         return key in self._root and self._root[key].attrs.get("complete", False)
 
-    def put(self, row: ManifestRow, coords: Any, values: Any = None) -> None:
-        """Store one sample's projected events (and marker values) with its manifest attributes."""
-        key = _key(row.sample_id)
+    def put(self, row: ManifestRow, coords: Any, values: Any = None, *, variant: str = "") -> None:
+        """Store one sample's projected events (and marker values) with its manifest attributes.
+
+        ``variant`` names an augmented copy of the sample (stored beside it, never listed by
+        :meth:`sample_ids`).
+        """
+        key = _key(row.sample_id, variant)
         if key in self._root:
             del self._root[key]
         g = self._root.create_group(key)
@@ -121,19 +193,25 @@ class SampleCache:
             v = np.ascontiguousarray(to_numpy(values), dtype=np.float32)
             g.create_array("values", data=v, chunks=(max(v.shape[0], 1), v.shape[1]))
         g.attrs.update({"sample_id": row.sample_id, "label": row.label, "patient_id": row.patient_id,
-                        "timepoint": row.timepoint, "n_events": int(c.shape[0]), "complete": True})
+                        "timepoint": row.timepoint, "n_events": int(c.shape[0]), "complete": True,
+                        "variant": variant})
 
-    def get(self, sample_id: str) -> CachedSample:
-        """Read one sample back (raises ``KeyError`` if it is not cached)."""
-        g = self._root[_key(sample_id)]
-        a = dict(g.attrs)
-        values = np.asarray(g["values"][:]) if "values" in g else None
-        return CachedSample(a["sample_id"], np.asarray(g["coords"][:]), values, label_value(a["label"]),
-                            a["patient_id"], a["timepoint"])
+    def _arrays(self, sample_id: str, variant: str = "") -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+        g = self._root[_key(sample_id, variant)]
+        return np.asarray(g["coords"][:]), (np.asarray(g["values"][:]) if "values" in g else None), dict(g.attrs)
+
+    def get(self, sample_id: str, shift: InstrumentShift | None = None) -> CachedSample:
+        """Read one sample back, with its ``shift`` copies (raises ``KeyError`` if one is not cached)."""
+        coords, values, a = self._arrays(sample_id)
+        shifted = () if shift is None else tuple(self._arrays(sample_id, f"{shift.tag()}-{j}")[:2]
+                                                 for j in range(shift.copies))
+        return CachedSample(a["sample_id"], coords, values, label_value(a["label"]), a["patient_id"], a["timepoint"],
+                            shifted=shifted)
 
     def sample_ids(self) -> list[str]:
-        """Ids of every complete sample in the cache."""
-        return sorted(str(g.attrs["sample_id"]) for _, g in self._root.groups() if g.attrs.get("complete", False))
+        """Ids of every complete sample in the cache (not their augmented copies)."""
+        return sorted(str(g.attrs["sample_id"]) for _, g in self._root.groups()
+                      if g.attrs.get("complete", False) and not g.attrs.get("variant", ""))
 
 
 def build_cache(
@@ -144,6 +222,7 @@ def build_cache(
     cache_dir: str | Path,
     seed: int = 0,
     backend: str = "cpu",
+    shift: InstrumentShift | None = None,
     on_sample: Callable[..., None] | None = None,
 ) -> tuple[SampleCache, dict[str, str]]:
     """Preprocess and project every sample not yet cached; return the cache and the failures.
@@ -162,6 +241,9 @@ def build_cache(
         Projection seed.
     backend
         ``"cpu" | "gpu" | "auto"`` for the projection.
+    shift
+        Also cache ``shift.copies`` instrument-shifted copies of every sample
+        (:func:`instrument_shift` of its preprocessed events, then projected); None: none.
     on_sample
         Called as ``on_sample(i, n, failed=k)`` after each sample.
 
@@ -175,12 +257,22 @@ def build_cache(
     cache = SampleCache(cache_dir, cache_settings_hash(reference, pipeline, seed=seed))
     with_values = "markers" in reference.raster.channels
     failed: dict[str, str] = {}
+    variants = [] if shift is None or shift.copies == 0 else [f"{shift.tag()}-{j}" for j in range(shift.copies)]
     for i, row in enumerate(rows):
-        if row.sample_id not in cache:
+        missing = [v for v in ["", *variants] if not cache.has(row.sample_id, v)]
+        if missing:
             try:
-                events = load_events(row.path, pipeline)
-                coords = project(reference, events, seed=seed, backend=backend)
-                cache.put(row, coords, events.values if with_values else None)
+                events = load_events(row.path, pipeline).to_numpy()
+                for variant in missing:
+                    if variant:
+                        j = int(variant.rsplit("-", 1)[1])
+                        values = instrument_shift(events.values, shift.rng(row.sample_id, j), gain=shift.gain,
+                                                  offset=shift.offset)[0]
+                        ev = dataclasses.replace(events, values=values)
+                    else:
+                        ev = events
+                    coords = project(reference, ev, seed=seed, backend=backend)
+                    cache.put(row, coords, ev.values if with_values else None, variant=variant)
             except (RescueError, OSError) as exc:
                 failed[row.sample_id] = str(exc)
         if on_sample is not None:
@@ -206,8 +298,9 @@ class MrdImageDataset(torch.utils.data.Dataset):
         The reference's canvas and raster settings.
     train
         ``False``: the full-sample image, deterministic (cached after the first render).
-        ``True``: a bootstrap re-render with intensity jitter, seeded by
-        ``(seed, epoch, index)``; call :meth:`set_epoch` before each epoch.
+        ``True``: a bootstrap re-render (of the sample or, where it has
+        ``shifted`` copies, of one drawn among the original and the copies) with intensity
+        jitter, seeded by ``(seed, epoch, index)``; call :meth:`set_epoch` before each epoch.
     copies
         Training only: re-renders of each sample per epoch (the dataset length is
         ``copies * len(samples)``).
@@ -254,7 +347,12 @@ class MrdImageDataset(torch.utils.data.Dataset):
                 self._full[index] = self.render(s.coords, s.values)
             return self._full[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        img = self.render(*bootstrap_events(s.coords, s.values, rng))
+        coords, values = s.coords, s.values
+        if s.shifted:  # the original or one of its instrument-shifted copies
+            pick = int(rng.integers(0, len(s.shifted) + 1))
+            if pick:
+                coords, values = s.shifted[pick - 1]
+        img = self.render(*bootstrap_events(coords, values, rng))
         if self.jitter > 0:
             scale = 1.0 + self.jitter * rng.standard_normal(img.shape[0])
             img = img * np.clip(scale, 0.0, None).astype(np.float32)[:, None, None]

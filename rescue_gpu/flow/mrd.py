@@ -4,22 +4,43 @@ Everything works in the *preprocessed* marker space (the columns of
 :class:`rescue_gpu.preprocess.Events`), not in the 2-D UMAP.
 
 DfN ("different from normal")
-    :func:`fit_normal_model` pools the CD45+ events of normal samples (the reference's
-    MRD-negative and control samples). Half of the samples (alternating) give the model
-    events, the other half calibrate it: the distance of every calibration event to its
-    ``k``-th nearest model event is computed and the threshold is the ``1 - false_flag_rate``
-    quantile of those distances, so that an event of an unseen normal marrow is flagged
-    with probability about ``false_flag_rate``. :func:`dfn_flags` flags a sample's CD45+
-    events whose ``k``-NN distance exceeds the threshold (events that normal marrow has
-    no counterpart for). The CD45+ gate is an Otsu split of the normal events' CD45.
+    :func:`fit_normal_model` pools the QC-kept events of normal samples (the reference's
+    MRD-negative and control samples), *all* of them: CD45-negative erythroid cells and
+    debris are part of normal marrow, and a model without them would call them aberrant
+    once the CD45 gate no longer hides them. Half of the samples (alternating) give the
+    model events, the other half calibrate it. An event is a *candidate* when its distance
+    to its ``k``-th nearest model event exceeds the ``1 - candidate_rate`` quantile of the
+    calibration events' distances (it lies where normal marrow is sparse). A candidate is
+    flagged when its :func:`cluster_score` exceeds the model's ``cluster_threshold``: the
+    sample's other candidates within ``cluster_radius``, against the sample's non-candidate
+    events there plus the candidates a normal marrow of the sample's size would have there
+    (from the model's own sparse points). The threshold is set on the calibration samples,
+    each scored whole, so that a share ``false_flag_rate`` of their events is flagged.
+    Isolated far events (doublets surviving QC, the sparse tail of normal marrow), which
+    set the first rule's distance threshold (the ``1 - false_flag_rate`` distance quantile,
+    still stored as ``threshold``) so high that blasts two markers away from the normal
+    progenitors fell within it, score about 1; so do the edges of a normal population that
+    sits a little off the model. ELN counts clustered events.
+CD45 and the denominator
+    ELN counts MRD among CD45-expressing leukocytes, and leukaemic blasts are CD45-*dim*
+    (often below the CD45 level of maturing myeloid cells). The CD45+ gate (an Otsu split
+    of the normal events' CD45) therefore only defines the normal leukocytes of the
+    denominator; aberrant events are counted whatever their CD45, and are leukocytes
+    themselves: denominator = CD45+ gate OR aberrant (:func:`leukocytes`). Gating the
+    aberrant events by the Otsu split (the first implementation) lost most CD45-dim blasts.
 LAIP (leukaemia-associated immunophenotype)
-    :func:`fit_laip` takes a patient's diagnosis sample, keeps its CD45+ events beyond
-    normal's loose threshold (at diagnosis, where blasts dominate, those are the
-    leukaemic population; the strict DfN threshold keeps too few of them) and models them as a Gaussian (mean,
-    regularised covariance). :func:`laip_flags` flags a follow-up sample's CD45+ events
-    inside the ``laip_quantile`` Mahalanobis ellipsoid of that Gaussian that are also
-    outside the bulk of normal marrow (``k``-NN distance above the model's loose
-    threshold, the ``1 - loose_rate`` quantile).
+    :func:`fit_laip` takes a patient's diagnosis sample, starts from its events beyond
+    normal's loose threshold (at diagnosis, where blasts dominate, those are mostly the
+    leukaemic population) and refines a Gaussian (mean, regularised covariance) by trimmed
+    maximum likelihood over *all* the diagnosis events: repeatedly the events inside the
+    ``fit_quantile`` Mahalanobis ellipsoid are refitted, with the covariance corrected for
+    the trimming (the consistency factor of a chi-square-truncated normal). The starting
+    set alone is truncated where the leukaemic cloud meets normal marrow, which biased the
+    mean away from normal and shrank the covariance. :func:`laip_flags` flags a follow-up
+    sample's events inside the ``laip_quantile`` Mahalanobis ellipsoid of that Gaussian
+    that are also outside the bulk of normal marrow (``k``-NN distance above the model's
+    loose threshold, the ``1 - loose_rate`` quantile); the neighbour count is computed for
+    the events inside the ellipsoid only.
 
 The array code (distances, partitions, Mahalanobis) is written once for numpy and cupy
 (``xp`` from :func:`rescue_gpu.xp.namespace`); the model's small statistics are host
@@ -34,6 +55,7 @@ percentages they depend on the events actually analysed (:func:`mrd_numbers`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -47,7 +69,7 @@ from ..errors import ConfigError, ReferenceDataError
 from ..xp import astype as _astype
 from ..xp import namespace
 
-__all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cd45_gate", "dfn_flags", "fit_laip",
+__all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cluster_score", "fewer_within", "mahalanobis2", "cd45_gate", "leukocytes", "dfn_flags", "fit_laip",
            "laip_flags", "pack_flags", "unpack_flags", "MrdNumbers", "mrd_numbers", "mrd_status", "combined_call",
            "clopper_pearson", "otsu_threshold", "normal_model_from_rows", "mrd_agreement", "LOD_EVENTS", "LLOQ_EVENTS", "MIN_CD45_EVENTS", "THRESHOLD_PCT",
            "STATUSES", "METHODS"]
@@ -61,7 +83,11 @@ LOD_EVENTS = 20
 LLOQ_EVENTS = 50
 STATUSES = ("positive", "negative", "below-lloq", "insufficient-events")
 METHODS = ("dfn", "laip", "both")
-_FORMAT = "rescue-mrd-normal/1"
+#: /2: all normal events are modelled (a /1 model holds CD45+ events only and must be rebuilt).
+#: /3: DfN flags clusters (the cluster score's sparse points and thresholds are stored; /2 must be rebuilt).
+_FORMAT = "rescue-mrd-normal/3"
+#: Non-candidate events of a sample the cluster score counts (a strided subsample beyond this).
+_OTHERS = 8192
 
 
 # ----------------------------------------------------------------------------- kernels (numpy / cupy)
@@ -116,6 +142,85 @@ def cd45_gate(values: Any, column: int, low: float) -> Any:
     return values[:, column] >= low
 
 
+def leukocytes(gate: Any, *aberrant: Any) -> Any:
+    """The denominator's events: the CD45+ ``gate`` OR any of the ``aberrant`` masks.
+
+    Aberrant (leukaemic) events are leukocytes whatever their CD45 level: CD45-dim blasts
+    below the CD45+ split still count, in the numerator and in the denominator.
+    """
+    out = gate
+    for a in aberrant:
+        out = out | a
+    return out
+
+
+def _filled(n: int, value: bool, xp: Any) -> Any:
+    """A boolean vector of ``n`` copies of ``value`` (by comparison: older cupy has no ``xp.bool``)."""
+    zeros = xp.zeros((n,), dtype=xp.int32)
+    return zeros == 0 if value else zeros != 0
+
+
+def fewer_within(queries: Any, points: Any, radius: float, k: int, *, screen: int = 16, chunk: int = 4096) -> Any:
+    """Boolean per query: fewer than ``k`` rows of ``points`` within Euclidean ``radius``.
+
+    Exactly ``count_within(queries, points, radius) < k``, computed in passes: every query
+    is counted against every ``screen``-th point (a subset can only have fewer neighbours,
+    so a query with ``k`` of them is settled as not sparse), the queries left against
+    every ``screen / 4``-th point, and so on down to all points. Events in dense normal
+    regions, nearly all of them, cost ``1 / screen`` of the full count; those near the
+    edge of normal (a small radius) are mostly settled by the intermediate passes.
+    """
+    xp = namespace(queries, points)
+    q = xp.asarray(queries, dtype=xp.float32)
+    p = xp.asarray(points, dtype=xp.float32)
+    if not (screen > 1 and p.shape[0] >= screen * k):
+        return count_within(q, p, radius, chunk=chunk) < k
+    sparse = count_within(q, p[::screen, :], radius, chunk=chunk) < k
+    idx = xp.nonzero(sparse)[0]
+    if int(idx.shape[0]) == 0:
+        return sparse
+    out = _filled(q.shape[0], False, xp)
+    out[sparse] = fewer_within(xp.take(q, idx, axis=0), p, radius, k, screen=screen // 4, chunk=chunk)
+    return out
+
+
+def cluster_score(candidates: Any, others: Any, sparse_points: Any, radius: float, *, n_events: int,
+                  n_points: int, others_weight: float = 1.0, chunk: int = 4096) -> Any:
+    """Density ratio of a sample's candidate events against what normal marrow puts there, per candidate (float32).
+
+    ``a`` = other ``candidates`` (the sample's events in sparse normal regions) within
+    Euclidean ``radius``; ``c`` = the sample's non-candidate events within ``radius``
+    (``others``, a subsample of them standing for ``others_weight`` events each); ``lam``
+    = ``sparse_points`` (the model events that are themselves in sparse normal regions)
+    within ``radius``, times ``n_events / n_points``: the candidates a normal marrow of the
+    sample's size would have there. The score is ``(a + 1) / (others_weight * c + lam + 1)``:
+    large only for a cluster of candidates that neither normal marrow nor the sample's own
+    normal populations reach (leukaemic blasts); about 1 or less for isolated events
+    (doublets, the normal tail) and for the edges of a normal population that sits a little
+    off the model (instrument, patient), whose candidates are surrounded by the
+    population's other events.
+    """
+    xp = namespace(candidates)
+    c = xp.asarray(candidates, dtype=xp.float32)
+
+    def count(points: Any) -> Any:
+        if int(points.shape[0]) == 0:
+            return xp.zeros((c.shape[0],), dtype=xp.float32)
+        return _astype(count_within(c, xp.asarray(points, dtype=xp.float32), radius, chunk=chunk), xp.float32, xp)
+
+    a = count(c) - 1.0  # each candidate counts itself
+    lam = count(sparse_points) * (float(n_events) / float(n_points))
+    return (a + 1.0) / (count(others) * float(others_weight) + lam + 1.0)
+
+
+def mahalanobis2(values: Any, mean: np.ndarray, precision: np.ndarray) -> Any:
+    """Squared Mahalanobis distance of each row of ``values`` (float32, same array module)."""
+    xp = namespace(values)
+    v = xp.asarray(values, dtype=xp.float32)
+    diff = v - xp.asarray(np.asarray(mean, dtype=np.float32))[None, :]
+    return xp.sum((diff @ xp.asarray(np.asarray(precision, dtype=np.float32))) * diff, axis=1)
+
+
 def otsu_threshold(x: np.ndarray, bins: int = 256) -> float:
     """Otsu's split of a 1-D sample (host numpy): the cut maximising the between-class variance."""
     x = np.asarray(x, dtype=np.float64)
@@ -141,15 +246,27 @@ class NormalModel:
     Attributes
     ----------
     points
-        ``(m, d)`` float32 CD45+ normal events the distances are measured to.
+        ``(m, d)`` float32 normal events the distances are measured to (all CD45 levels).
+    sparse_points
+        The rows of ``points`` in sparse normal regions: fewer than ``k`` *other* model
+        points within ``candidate_threshold`` (the cluster score's normal counterpart).
     markers
         Column names (must equal the sample's preprocessed markers).
     cd45_column, cd45_min
         Column of CD45 and the CD45+ gate's lower bound.
     k
-        Neighbour rank of the distance.
-    threshold, false_flag_rate
-        DfN flag threshold and the share of calibration normal events above it.
+        Neighbour rank of the distances.
+    threshold
+        The ``1 - false_flag_rate`` quantile of calibration events' ``k``-NN distance (the
+        first DfN rule's threshold; reported, no longer used to flag).
+    candidate_threshold, candidate_rate
+        An event is a DfN candidate when its ``k``-NN distance exceeds ``candidate_threshold``,
+        the ``1 - candidate_rate`` quantile of the calibration events' distances.
+    cluster_radius
+        Radius of the cluster score (:func:`cluster_score`).
+    cluster_threshold, false_flag_rate
+        A candidate is DfN-aberrant when its cluster score exceeds ``cluster_threshold``,
+        chosen so that a share ``false_flag_rate`` of the calibration samples' events is.
     loose_threshold, loose_rate
         The LAIP tracking's lower threshold and its share of calibration events.
     n_samples, n_calibration
@@ -157,11 +274,16 @@ class NormalModel:
     """
 
     points: np.ndarray
+    sparse_points: np.ndarray
     markers: tuple[str, ...]
     cd45_column: int
     cd45_min: float
     k: int
     threshold: float
+    candidate_threshold: float
+    candidate_rate: float
+    cluster_radius: float
+    cluster_threshold: float
     false_flag_rate: float
     loose_threshold: float
     loose_rate: float
@@ -172,6 +294,8 @@ class NormalModel:
         """The JSON-ready settings (without the points)."""
         return {"format": _FORMAT, "markers": list(self.markers), "cd45_column": self.cd45_column,
                 "cd45_min": self.cd45_min, "k": self.k, "threshold": self.threshold,
+                "candidate_threshold": self.candidate_threshold, "candidate_rate": self.candidate_rate,
+                "cluster_radius": self.cluster_radius, "cluster_threshold": self.cluster_threshold,
                 "false_flag_rate": self.false_flag_rate, "loose_threshold": self.loose_threshold,
                 "loose_rate": self.loose_rate, "n_samples": self.n_samples, "n_calibration": self.n_calibration}
 
@@ -181,7 +305,8 @@ class NormalModel:
         d.mkdir(parents=True, exist_ok=True)
         npz = d / "normal.npz"
         with open(npz, "wb") as fh:
-            np.savez(fh, points=np.ascontiguousarray(self.points, dtype=np.float32))
+            np.savez(fh, points=np.ascontiguousarray(self.points, dtype=np.float32),
+                     sparse_points=np.ascontiguousarray(self.sparse_points, dtype=np.float32))
         meta = {**self.meta(), "sha256": hashlib.sha256(npz.read_bytes()).hexdigest()}
         (d / "normal.json").write_text(json.dumps(meta, indent=2))
         return d
@@ -193,32 +318,78 @@ class NormalModel:
         Raises
         ------
         ReferenceDataError
-            Missing files, another format, or a points file whose sha256 differs.
+            Missing files, another format (an older version: rebuild it with
+            ``rescue mrd build-normal``), or a points file whose sha256 differs.
         """
         d = Path(directory)
         try:
             meta = json.loads((d / "normal.json").read_text())
             raw = (d / "normal.npz").read_bytes()
         except (OSError, ValueError) as exc:
-            raise ReferenceDataError(f"{d}: no readable DfN normal model ({exc}); build it with fit_normal_model") from exc
+            raise ReferenceDataError(f"{d}: no readable DfN normal model ({exc}); build it with "
+                                     "rescue mrd build-normal") from exc
         if meta.get("format") != _FORMAT:
-            raise ReferenceDataError(f"{d}: not a DfN normal model (format {meta.get('format')!r})")
+            raise ReferenceDataError(f"{d}: not a current DfN normal model (format {meta.get('format')!r}, "
+                                     f"expected {_FORMAT!r}); rebuild it with rescue mrd build-normal")
         if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
             raise ReferenceDataError(f"{d}/normal.npz: checksum differs from normal.json; the model is damaged, "
-                                     "rebuild it")
+                                     "rebuild it with rescue mrd build-normal")
         with np.load(d / "normal.npz") as z:
             points = np.asarray(z["points"], dtype=np.float32)
-        return cls(points=points, markers=tuple(meta["markers"]), cd45_column=int(meta["cd45_column"]),
-                   cd45_min=float(meta["cd45_min"]), k=int(meta["k"]), threshold=float(meta["threshold"]),
-                   false_flag_rate=float(meta["false_flag_rate"]), loose_threshold=float(meta["loose_threshold"]),
-                   loose_rate=float(meta["loose_rate"]), n_samples=int(meta["n_samples"]),
-                   n_calibration=int(meta["n_calibration"]))
+            sparse = np.asarray(z["sparse_points"], dtype=np.float32)
+        floats = ("cd45_min", "threshold", "candidate_threshold", "candidate_rate", "cluster_radius",
+                  "cluster_threshold", "false_flag_rate", "loose_threshold", "loose_rate")
+        return cls(points=points, sparse_points=sparse, markers=tuple(meta["markers"]),
+                   cd45_column=int(meta["cd45_column"]), k=int(meta["k"]), n_samples=int(meta["n_samples"]),
+                   n_calibration=int(meta["n_calibration"]), **{f: float(meta[f]) for f in floats})
 
     def check_markers(self, markers: Sequence[str]) -> None:
         """Raise :class:`ConfigError` unless ``markers`` are the model's columns."""
         if tuple(markers) != self.markers:
             raise ConfigError(f"the sample's markers {tuple(markers)} differ from the DfN model's {self.markers}; "
                               "preprocess with the pipeline the model was built with")
+
+
+def _split(arrays: list[np.ndarray], rng: np.random.Generator,
+           kinds: Sequence[str] | None = None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Model and calibration samples, alternating within each kind; one sample is split by events.
+
+    The samples are grouped by kind (in order of first appearance, each group in the given
+    order) and the grouped sequence alternates model, calibration, model, ...; the
+    alternation carries over from one group to the next, so each kind with at least two
+    samples lands on both sides and the halves differ by at most one sample. Without
+    ``kinds`` (one kind) this is even-indexed samples to the model, odd-indexed ones to the
+    calibration.
+    """
+    if len(arrays) >= 2:
+        order = list(range(len(arrays)))
+        if kinds is not None:
+            first = {kind: i for i, kind in reversed(list(enumerate(kinds)))}
+            order.sort(key=lambda i: first[kinds[i]])  # stable: each kind keeps its order
+        return [arrays[i] for i in order[0::2]], [arrays[i] for i in order[1::2]]
+    perm = rng.permutation(len(arrays[0]))
+    half = len(perm) // 2
+    return [arrays[0][perm[:half]]], [arrays[0][perm[half:]]]
+
+
+def _sparse_points(points: np.ndarray, radius: float, k: int) -> np.ndarray:
+    """The model points with fewer than ``k`` other model points within ``radius`` (leave-one-out)."""
+    return points[np.asarray(fewer_within(points, points, radius, k + 1), dtype=bool)]
+
+
+def _cluster_threshold(model: NormalModel, calibration: Sequence[np.ndarray]) -> float:
+    """The cluster-score threshold flagging a share ``model.false_flag_rate`` of the calibration samples' events.
+
+    Each calibration sample is scored as a whole (the score depends on the sample's own
+    density); events that are not candidates score 0.
+    """
+    scores = [np.asarray(_dfn_scores(model, c)[1], dtype=np.float64) for c in calibration]
+    total = int(sum(len(c) for c in calibration))
+    cand = np.sort(np.concatenate(scores))[::-1] if scores else np.zeros(0)
+    allowed = int(math.floor(model.false_flag_rate * total))
+    if cand.size <= allowed:
+        return 0.0  # fewer candidates than the rate allows: flagging every candidate stays within it
+    return float(cand[allowed])
 
 
 def fit_normal_model(
@@ -228,65 +399,114 @@ def fit_normal_model(
     cd45: str = "CD45",
     k: int = 5,
     max_points: int = 20000,
+    max_calibration: int = 200_000,
     false_flag_rate: float = 1e-4,
+    candidate_rate: float = 0.005,
+    cluster_radius: float = 0.2,
     loose_rate: float = 0.003,
     seed: int = 0,
+    kinds: Sequence[str] | None = None,
 ) -> NormalModel:
     """Fit the DfN model from normal samples' preprocessed events (host arrays).
 
-    Even-indexed samples give up to ``max_points`` model events, odd-indexed ones the
-    calibration events (a single sample is split by events instead).
+    All QC-kept events are modelled (CD45-negative ones included); ``cd45_min`` (Otsu
+    split of CD45) only defines the denominator's CD45+ gate. Half the samples give up to
+    ``max_points`` model events, the other half the calibration (a single sample is split
+    by events instead). ``kinds`` (one per sample, e.g. the manifest's timepoint: control
+    vs MRD-negative follow-up) stratifies that split: the samples alternate model /
+    calibration within each kind, so that a regenerating follow-up marrow, say, is on both
+    sides whatever the samples' order; without it even-indexed samples are the model and
+    odd-indexed ones the calibration. The distance thresholds are quantiles of the ``k``-NN
+    distance of at most ``max_calibration`` calibration events drawn at random; the
+    cluster threshold is set on the calibration samples scored whole, each as a sample
+    would be (:func:`dfn_flags`), so that a share ``false_flag_rate`` of their events is
+    flagged.
 
     Raises
     ------
     ConfigError
-        No CD45 column, fewer than 2 samples' worth of events, or rates outside (0, 1).
+        No CD45 column, too few events, rates outside (0, 1), a radius <= 0, or ``kinds``
+        not one per sample.
     """
     markers = tuple(markers)
     if cd45 not in markers:
         raise ConfigError(f"the DfN model needs a {cd45!r} column; markers are {markers}")
-    if not (0 < false_flag_rate < 1 and 0 < loose_rate < 1):
-        raise ConfigError("false_flag_rate and loose_rate must be in (0, 1)")
+    if not all(0 < r < 1 for r in (false_flag_rate, loose_rate, candidate_rate)):
+        raise ConfigError("false_flag_rate, candidate_rate and loose_rate must be in (0, 1)")
+    if not cluster_radius > 0:
+        raise ConfigError(f"cluster_radius must be > 0, got {cluster_radius}")
+    if kinds is not None:
+        kinds = [str(kind) for kind in kinds]
+        if len(kinds) != len(samples):
+            raise ConfigError(f"kinds must give one kind per normal sample: {len(kinds)} kinds, "
+                              f"{len(samples)} samples")
+        kinds = [kind for kind, s in zip(kinds, samples) if len(s)]
     arrays = [np.asarray(s, dtype=np.float32) for s in samples if len(s)]
     if not arrays:
         raise ConfigError("no normal events to fit the DfN model")
     col = markers.index(cd45)
     cd45_min = otsu_threshold(np.concatenate([a[:, col] for a in arrays]))
-    gated = [a[a[:, col] >= cd45_min] for a in arrays]
     rng = np.random.default_rng(seed)
-    if len(gated) >= 2:
-        fit, cal = np.concatenate(gated[0::2]), np.concatenate(gated[1::2])
-    else:
-        perm = rng.permutation(len(gated[0]))
-        half = len(perm) // 2
-        fit, cal = gated[0][perm[:half]], gated[0][perm[half:]]
+    fit_parts, cal_parts = _split(arrays, rng, kinds)
+    fit, cal = np.concatenate(fit_parts), np.concatenate(cal_parts)
     if len(fit) > max_points:
         fit = fit[rng.choice(len(fit), max_points, replace=False)]
-    if len(fit) < k or len(cal) == 0:
-        raise ConfigError(f"too few CD45+ normal events for the DfN model ({len(fit)} model, {len(cal)} calibration)")
+    if len(cal) > max_calibration:
+        cal = cal[rng.choice(len(cal), max_calibration, replace=False)]
+    if len(fit) <= k or len(cal) == 0:
+        raise ConfigError(f"too few normal events for the DfN model ({len(fit)} model, {len(cal)} calibration)")
     dist = np.asarray(knn_distance(cal, fit, k), dtype=np.float64)
-    return NormalModel(points=fit, markers=markers, cd45_column=col, cd45_min=cd45_min, k=k,
-                       threshold=float(np.quantile(dist, 1.0 - false_flag_rate)), false_flag_rate=false_flag_rate,
-                       loose_threshold=float(np.quantile(dist, 1.0 - loose_rate)), loose_rate=loose_rate,
-                       n_samples=len(arrays), n_calibration=int(len(cal)))
+    candidate = float(np.quantile(dist, 1.0 - candidate_rate))
+    model = NormalModel(points=fit, sparse_points=_sparse_points(fit, candidate, k), markers=markers,
+                        cd45_column=col, cd45_min=cd45_min, k=k,
+                        threshold=float(np.quantile(dist, 1.0 - false_flag_rate)), candidate_threshold=candidate,
+                        candidate_rate=candidate_rate, cluster_radius=float(cluster_radius), cluster_threshold=0.0,
+                        false_flag_rate=false_flag_rate, loose_threshold=float(np.quantile(dist, 1.0 - loose_rate)),
+                        loose_rate=loose_rate, n_samples=len(arrays), n_calibration=int(len(cal)))
+    return dataclasses.replace(model, cluster_threshold=_cluster_threshold(model, cal_parts))
 
 
 def _model_points(model: NormalModel, xp: Any) -> Any:
     return xp.asarray(model.points)
 
 
-def dfn_flags(model: NormalModel, values: Any, *, counts: Any = None) -> tuple[Any, Any]:
-    """``(flags, cd45)`` boolean per event: DfN-aberrant CD45+ events, and the CD45+ gate.
+def _dfn_scores(model: NormalModel, values: Any) -> tuple[Any, Any]:
+    """``(candidates, scores)``: the candidate mask (``k``-NN distance beyond ``candidate_threshold``)
+    and the candidates' :func:`cluster_score` (in the order of the candidates)."""
+    xp = namespace(values)
+    v = xp.asarray(values, dtype=xp.float32)
+    cand = fewer_within(v, _model_points(model, xp), model.candidate_threshold, model.k)
+    idx = xp.nonzero(cand)[0]
+    if int(idx.shape[0]) == 0:
+        return cand, xp.zeros((0,), dtype=xp.float32)
+    rest = xp.nonzero(~cand)[0]
+    n_rest = int(rest.shape[0])
+    stride = max(1, -(-n_rest // _OTHERS))  # ceil: at most _OTHERS non-candidates stand for all of them
+    sub = rest[::stride]
+    weight = n_rest / max(int(sub.shape[0]), 1)
+    scores = cluster_score(xp.take(v, idx, axis=0), xp.take(v, sub, axis=0), xp.asarray(model.sparse_points),
+                           model.cluster_radius, n_events=int(v.shape[0]), n_points=int(model.points.shape[0]),
+                           others_weight=weight)
+    return cand, scores
 
-    ``counts`` (each event's number of model points within ``model.threshold``, from
-    :func:`count_within`) is computed when not given; an event is DfN-aberrant when
-    fewer than ``k`` normal points lie that close (its ``k``-NN distance exceeds the threshold).
+
+def dfn_flags(model: NormalModel, values: Any) -> tuple[Any, Any]:
+    """``(flags, cd45)`` boolean per event: DfN-aberrant events (any CD45), and the CD45+ gate.
+
+    An event is DfN-aberrant when it is a candidate (fewer than ``k`` normal points within
+    ``model.candidate_threshold``) and its :func:`cluster_score` among the sample's
+    candidates exceeds ``model.cluster_threshold``: it lies in a cluster of the sample
+    that normal marrow is much sparser at. Isolated far events (doublets surviving QC, the
+    sparse tail of normal marrow) are not flagged; ELN counts clustered events. The MRD
+    denominator is :func:`leukocytes` of the gate and the aberrant masks.
     """
     xp = namespace(values)
     gate = cd45_gate(values, model.cd45_column, model.cd45_min)
-    if counts is None:
-        counts = count_within(values, _model_points(model, xp), model.threshold)
-    return gate & (counts < model.k), gate
+    cand, scores = _dfn_scores(model, values)
+    flags = _filled(int(values.shape[0]), False, xp)
+    if int(scores.shape[0]):
+        flags[cand] = scores > model.cluster_threshold
+    return flags, gate
 
 
 # ----------------------------------------------------------------------------- LAIP
@@ -317,38 +537,67 @@ class LaipModel:
                    float(rec["cutoff"]), int(rec["n_events"]))
 
 
+def _gaussian(ev: np.ndarray, ridge: float, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and precision of host events; the covariance is divided by ``scale`` (trimming correction)."""
+    cov = np.cov(ev, rowvar=False) / scale + ridge * np.eye(ev.shape[1])
+    return ev.mean(axis=0), np.linalg.inv(cov)
+
+
 def fit_laip(model: NormalModel, diagnosis_values: Any, *, min_events: int = LLOQ_EVENTS,
-             laip_quantile: float = 0.999, ridge: float = 1e-3) -> LaipModel | None:
-    """The LAIP of a diagnosis sample (its CD45+ events beyond the loose threshold), or None with fewer than ``min_events``."""
+             laip_quantile: float = 0.999, ridge: float = 1e-3, fit_quantile: float = 0.99,
+             iterations: int = 10) -> LaipModel | None:
+    """The LAIP Gaussian of a diagnosis sample, or None with fewer than ``min_events`` aberrant events.
+
+    Starts from the events beyond normal's loose threshold, then ``iterations`` trimmed
+    refits over all the diagnosis events: the events with squared Mahalanobis distance
+    below ``chi2.ppf(fit_quantile, d)`` give the new mean and covariance, the covariance
+    divided by ``P(chi2_{d+2} <= c) / P(chi2_d <= c)`` (the variance a normal keeps
+    inside that ellipsoid), until the selection no longer changes.
+    """
     from scipy.stats import chi2
 
     from ..device import to_numpy
 
     xp = namespace(diagnosis_values)
-    gate = cd45_gate(diagnosis_values, model.cd45_column, model.cd45_min)
-    loose = count_within(diagnosis_values, _model_points(model, xp), model.loose_threshold) < model.k
-    flags = gate & loose
-    ev = np.asarray(to_numpy(diagnosis_values), dtype=np.float64)[np.asarray(to_numpy(flags), dtype=bool)]
-    if len(ev) < max(min_events, ev.shape[1] + 1):
+    v = xp.asarray(diagnosis_values, dtype=xp.float32)
+    loose = fewer_within(v, _model_points(model, xp), model.loose_threshold, model.k)
+    host = np.asarray(to_numpy(v), dtype=np.float64)
+    sel = np.asarray(to_numpy(loose), dtype=bool)
+    d = host.shape[1]
+    if int(sel.sum()) < max(min_events, d + 1):
         return None
-    cov = np.cov(ev, rowvar=False) + ridge * np.eye(ev.shape[1])
-    return LaipModel(mean=ev.mean(axis=0), precision=np.linalg.inv(cov),
-                     cutoff=float(chi2.ppf(laip_quantile, ev.shape[1])), n_events=int(len(ev)))
+    mean, precision = _gaussian(host[sel], ridge)
+    c = float(chi2.ppf(fit_quantile, d))
+    consistency = float(chi2.cdf(c, d + 2) / fit_quantile)
+    for _ in range(iterations):
+        new = np.asarray(to_numpy(mahalanobis2(v, mean, precision)), dtype=np.float64) <= c
+        if int(new.sum()) < max(min_events, d + 1):
+            break
+        same = bool(np.array_equal(new, sel))
+        sel = new
+        mean, precision = _gaussian(host[sel], ridge, consistency)
+        if same:
+            break
+    return LaipModel(mean=mean, precision=precision, cutoff=float(chi2.ppf(laip_quantile, d)),
+                     n_events=int(sel.sum()))
 
 
 def laip_flags(model: NormalModel, laip: LaipModel, values: Any, *, loose_counts: Any = None) -> Any:
-    """Boolean per event: CD45+, inside the LAIP ellipsoid, and beyond normal's loose threshold.
+    """Boolean per event (any CD45): inside the LAIP ellipsoid and beyond normal's loose threshold.
 
-    ``loose_counts``: model points within ``model.loose_threshold`` (:func:`count_within`).
+    ``loose_counts``: model points within ``model.loose_threshold`` (:func:`count_within`);
+    when not given, the neighbours are counted for the events inside the ellipsoid only.
     """
     xp = namespace(values)
     v = xp.asarray(values, dtype=xp.float32)
-    if loose_counts is None:
-        loose_counts = count_within(v, _model_points(model, xp), model.loose_threshold)
-    diff = v - xp.asarray(laip.mean, dtype=xp.float32)[None, :]
-    m2 = xp.sum((diff @ xp.asarray(laip.precision, dtype=xp.float32)) * diff, axis=1)
-    gate = cd45_gate(v, model.cd45_column, model.cd45_min)
-    return gate & (m2 <= laip.cutoff) & (loose_counts < model.k)
+    inside = mahalanobis2(v, laip.mean, laip.precision) <= laip.cutoff
+    if loose_counts is not None:
+        return inside & (loose_counts < model.k)
+    idx = xp.nonzero(inside)[0]
+    out = _filled(v.shape[0], False, xp)
+    if int(idx.shape[0]):
+        out[inside] = fewer_within(xp.take(v, idx, axis=0), _model_points(model, xp), model.loose_threshold, model.k)
+    return out
 
 
 # ----------------------------------------------------------------------------- bits
@@ -441,6 +690,10 @@ def combined_call(p_mrd: float, threshold: float, status: str) -> str:
     the MRD count is inconclusive (``below-lloq`` or ``insufficient-events``) and the image
     model calls positive (``p_mrd >= threshold``); ``negative`` otherwise. A quantified
     negative MRD % is never overturned by the image model.
+
+    With fewer than :data:`MIN_CD45_EVENTS` CD45+ events no status is ``negative``
+    (:func:`mrd_status`), so there the rule is "MRD % positive or image positive". Measured
+    on held-out simulated patients by ``benchmarks/eval_calls.py`` (README "MRD percentage").
     """
     if status == "positive":
         return "positive"
@@ -453,7 +706,9 @@ def combined_call(p_mrd: float, threshold: float, status: str) -> str:
 def normal_model_from_rows(rows: Sequence[Any], pipeline: Any, **kwargs: Any) -> NormalModel:
     """Fit the DfN model from the manifest rows labelled ``negative`` (MRD-negative follow-ups and controls).
 
-    ``kwargs`` go to :func:`fit_normal_model`. Rows that fail to preprocess are skipped.
+    ``kwargs`` go to :func:`fit_normal_model`; the rows' ``timepoint`` is each sample's
+    kind there, so controls and follow-ups are both split between model and calibration.
+    Rows that fail to preprocess are skipped.
 
     Raises
     ------
@@ -463,7 +718,7 @@ def normal_model_from_rows(rows: Sequence[Any], pipeline: Any, **kwargs: Any) ->
     from ..errors import RescueError
     from .stages import load_events
 
-    values, markers = [], None
+    values, kinds, markers = [], [], None
     for row in rows:
         if row.label != "negative":
             continue
@@ -473,9 +728,10 @@ def normal_model_from_rows(rows: Sequence[Any], pipeline: Any, **kwargs: Any) ->
             continue
         markers = ev.markers
         values.append(np.asarray(ev.values))
+        kinds.append(row.timepoint)
     if markers is None:
         raise ConfigError("no MRD-negative or control sample could be preprocessed for the DfN model")
-    return fit_normal_model(values, markers, **kwargs)
+    return fit_normal_model(values, markers, kinds=kinds, **kwargs)
 
 
 def mrd_agreement(est_pct: Any, true_pct: Any, patients: Any, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Pipeline, pipeline_record
-from ..errors import RescueError
+from ..errors import ConfigError, RescueError
 from ..fcs import read_fcs
 from ..preprocess import Events, preprocess, preprocess_fingerprint
 from ..projection import transform
@@ -23,7 +23,8 @@ from ..raster import count_outside, render
 from ..reference import Reference, build_reference
 from ..runner.manifest import ManifestRow
 
-__all__ = ["load_events", "iter_events", "project", "rasterise", "build_reference_from_rows", "pipeline_settings"]
+__all__ = ["load_events", "iter_events", "project", "rasterise", "build_reference_from_rows", "pipeline_settings",
+           "reference_landmarks"]
 
 
 def load_events(path: str | Path, pipeline: Pipeline, *, xp: Any = None) -> Events:
@@ -115,3 +116,40 @@ def build_reference_from_rows(
     ref.provenance["failed_samples"] = failed
     ref.provenance["sample_warnings"] = warned
     return ref
+
+
+def reference_landmarks(
+    rows: Sequence[ManifestRow],
+    pipeline: Pipeline,
+    *,
+    quantiles: Sequence[float],
+    channels: Sequence[str] = (),
+    on_sample: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, tuple[float, ...]], dict[str, str]]:
+    """The landmark targets of a reference cohort for ``[preprocess.normalize]``.
+
+    Each selected sample (``in_reference`` not false) is preprocessed with ``pipeline`` with
+    the normalisation off; the targets are the mean of the samples' own ``quantiles`` per
+    channel (:func:`~rescue_gpu.preprocess.landmark_targets`). ``channels`` empty: every
+    output column. Returns ``(targets, failed samples -> error)``; no labels are read.
+    """
+    from ..config import NormalizeSpec
+    from ..preprocess import landmark_targets
+
+    off = dataclasses.replace(pipeline, preprocess=dataclasses.replace(pipeline.preprocess, normalize=NormalizeSpec()))
+    selected = [r for r in rows if r.in_reference is not False]
+    failed: dict[str, str] = {}
+    values, names = [], ()
+    for row, ev, err in iter_events(selected, off, on_sample=on_sample):
+        if ev is None:
+            failed[row.sample_id] = err
+            continue
+        values.append(ev.values)
+        names = ev.markers
+    if not values:
+        raise RescueError(f"no sample could be preprocessed for the landmarks; first error: {next(iter(failed.values()), 'no samples selected')}")
+    unknown = sorted(set(channels) - set(names))
+    if unknown:
+        raise ConfigError(f"landmark channels {', '.join(map(repr, unknown))} are not output columns "
+                          f"({', '.join(names)}); pick from those")
+    return landmark_targets(values, names, list(channels) or list(names), quantiles), failed

@@ -1,7 +1,10 @@
 """Training: patient-level cross-validation; the fold models, as one ensemble, are the model.
 
 1. Every labelled manifest sample is preprocessed and projected once into a Zarr
-   cache (:mod:`.dataset`); images are rendered from it each epoch.
+   cache (:mod:`.dataset`); images are rendered from it each epoch. With
+   ``train.shift_copies`` > 0 so are that many instrument-shifted copies of it (random
+   per-channel gain and offset, :func:`~rescue_gpu.flow.dataset.instrument_shift`), which
+   only the augmented training images draw on.
 2. ``StratifiedGroupKFold`` splits samples by label, grouped by ``patient_id``: a
    patient is never in the training and validation part of a fold at once (checked).
 3. Each fold trains the flow network (:func:`rescue_gpu.flow.record.build_model`) with
@@ -58,7 +61,7 @@ from ..nn.splits import patient_folds
 from ..nn.train import (Trainer, batch_slices, collect_logits, fit, loss_value, make_trainer, provenance, seeded,
                         train_epoch)
 from ..reference import Reference
-from .dataset import CachedSample, MrdImageDataset, build_cache, label_value
+from .dataset import CachedSample, InstrumentShift, MrdImageDataset, build_cache, label_value
 
 __all__ = ["FoldResult", "train_model", "fit_fold", "TrainingData", "training_warnings"]
 
@@ -201,12 +204,15 @@ def _load_data(rows: Sequence[ManifestRow], reference: Reference, pipeline: Pipe
     from ..cliutil import progress
     from .record import expected_channels
 
-    seed = pipeline.model.train.seed
+    spec = pipeline.model.train
+    seed = spec.seed
+    shift = (InstrumentShift(copies=spec.shift_copies, gain=spec.shift_gain, offset=spec.shift_offset, seed=seed)
+             if spec.shift_copies > 0 else None)
     bar = progress("projecting into the cache", len(rows)) if show_progress else contextlib.nullcontext(None)
     with bar as advance:
         cache, failed = build_cache(rows, reference, pipeline, cache_dir=cache_dir, seed=seed, backend=backend,
-                                    on_sample=advance)
-    samples = [cache.get(r.sample_id) for r in rows if r.sample_id not in failed]
+                                    shift=shift, on_sample=advance)
+    samples = [cache.get(r.sample_id, shift) for r in rows if r.sample_id not in failed]
     samples = [dataclasses.replace(s, label=label_value(r.label), patient_id=r.patient_id, timepoint=r.timepoint)
                for s, r in zip(samples, [r for r in rows if r.sample_id not in failed])]
     return TrainingData(samples=samples, extent=reference.extent,

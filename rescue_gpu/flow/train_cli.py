@@ -153,7 +153,12 @@ def evaluate_cmd(
     mrd_truth: Annotated[Optional[Path], typer.Option("--mrd-truth", help="CSV with sample_id and true_mrd_pct "
                          "(the simulator's truth.csv): also report the MRD % agreement (scores need mrd_pct).")] = None,
 ) -> None:
-    """Score calls against the truth: metrics with patient-level 95% intervals, confusion, per timepoint."""
+    """Score calls against the truth: metrics with patient-level 95% intervals, confusion, per timepoint.
+
+    Scores with MRD columns (``rescue score --mrd-model``) also get the image model's call,
+    the MRD % call and the combined call compared on the same samples (``calls`` in
+    metrics.json; see :mod:`rescue_gpu.flow.mrd_calls`).
+    """
     from ..runner.manifest import read_manifest
     from ..nn.metrics import binary_metrics, confusion, evaluate_predictions, plot_roc
 
@@ -175,10 +180,15 @@ def evaluate_cmd(
             report["metrics"][k] = {"estimate": _none(made[k]), "low": None, "high": None}
     report["excluded"] = excluded
     report.update({"scores": str(scores), "truth": str(truth)})
+    calls = _calls_report(recs, data, boot=boot, seed=seed)
+    if calls is not None:
+        report["calls"] = calls
     if mrd_truth is not None:
         report["mrd"] = _mrd_report(scores, mrd_truth, boot=boot, seed=seed)
         console.print(f"MRD % agreement: {json.dumps(report['mrd'])}", markup=False, highlight=False)
     _print_metrics(report, title=f"evaluation of {scores.name} against {truth.name}")
+    if calls is not None:
+        _print_calls(calls)
     _print_excluded(excluded, "left out of the evaluation")
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -186,6 +196,43 @@ def evaluate_cmd(
         if 0 < data["y"].sum() < data["y"].size:
             plot_roc(data["y"], data["p"], out / "roc.png", threshold=threshold, title="ROC (evaluated samples)")
         console.print(f"wrote {out / 'metrics.json'}" + (f" and {out / 'roc.png'}" if (out / "roc.png").exists() else ""))
+
+
+def _calls_report(recs: list[dict[str, str]], data: dict[str, np.ndarray], *, boot: int,
+                  seed: int) -> dict[str, Any] | None:
+    """The image, MRD % and combined calls compared (:mod:`rescue_gpu.flow.mrd_calls`), or None without MRD columns.
+
+    Only the evaluated samples that have an ``mrd_status`` are compared (the same samples
+    for the three calls), pooled and per manifest timepoint (``by_timepoint``).
+    """
+    from .mrd_calls import CALLS, call_performance, sample_calls
+
+    if not recs or "mrd_status" not in recs[0]:
+        return None
+    calls = sample_calls(recs, list(data["sample_id"]))
+    keep = calls["has_mrd"] == 1
+    if not keep.any():
+        return None
+    return call_performance(data["y"][keep], {k: calls[k][keep] for k in CALLS}, data["patient"][keep],
+                            n_boot=boot, seed=seed, timepoints=data["timepoint"][keep])
+
+
+def _print_calls(calls: dict[str, Any]) -> None:
+    table = Table("call", "positive calls", "sensitivity [95% patient CI]", "specificity [95% patient CI]",
+                  title=f"image model, MRD % and combined call on the same {calls['n']} samples "
+                        f"({calls['n_positive']} positive, {calls['n_negative']} negative, {calls['n_patients']} patients)")
+    for name, label in (("image", "image model (p_mrd >= threshold)"), ("mrd", "MRD % (mrd_status positive)"),
+                        ("combined", "combined_call")):
+        c = calls[name]
+        table.add_row(label, str(c["positive"]), _fmt(c["sensitivity"]), _fmt(c["specificity"]))
+    console.print(table)
+    per = Table("timepoint", "n (pos/neg)", "call", "sensitivity", "specificity", title="calls by timepoint")
+    for tp, part in calls.get("by_timepoint", {}).items():
+        for name in ("image", "mrd", "combined"):
+            per.add_row(tp, f"{part['n']} ({part['n_positive']}/{part['n_negative']})", name,
+                        _fmt(part[name]["sensitivity"]), _fmt(part[name]["specificity"]))
+    if calls.get("by_timepoint"):
+        console.print(per)
 
 
 def _mrd_report(scores: Path, truth: Path, *, boot: int, seed: int) -> dict[str, Any]:

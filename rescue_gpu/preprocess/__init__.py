@@ -1,4 +1,5 @@
-"""Preprocessing: amplification decoding, compensation, transforms, QC gates, panel matching.
+"""Preprocessing: amplification decoding, compensation, transforms, QC gates, panel matching,
+landmark registration.
 
 The stage function is :func:`preprocess` (``FcsData`` -> :class:`Events`); the kernels it
 composes are public too and work on numpy or cupy arrays.
@@ -6,6 +7,7 @@ composes are public too and work on numpy or cupy arrays.
 
 from .amplification import decode_amplification
 from .compensation import compensate, resolve_spillover, spillover_from_csv
+from .normalize import landmark_targets, normalize_events, normalize_toml, register_channel, sample_landmarks
 from .panel import default_channels, match_channels, match_panel
 from .pipeline import Events, preprocess, preprocess_fingerprint
 from .qc import qc_mask
@@ -16,4 +18,5 @@ __all__ = [
     "match_panel", "match_channels", "default_channels", "qc_mask",
     "logicle", "logicle_inverse", "logicle_params", "arcsinh", "linear", "apply_transform",
     "Events", "preprocess", "preprocess_fingerprint",
+    "sample_landmarks", "register_channel", "normalize_events", "landmark_targets", "normalize_toml",
 ]

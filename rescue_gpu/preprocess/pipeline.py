@@ -7,7 +7,10 @@ Order of work, all on the array module ``xp`` (the events cross to the device on
    float data to be stored linear, so ``$PnE`` is ignored for ``$DATATYPE`` F/D);
 3. QC gates (:func:`~rescue_gpu.preprocess.qc.qc_mask`) on every event;
 4. compensation of the kept events;
-5. the per-channel transforms, cast to float32.
+5. the per-channel transforms, cast to float32;
+6. with ``[preprocess.normalize] method = "landmarks"``, the per-sample landmark
+   registration of the named channels onto the reference's landmarks
+   (:func:`~rescue_gpu.preprocess.normalize.normalize_events`).
 
 Output columns: the panel markers in panel order, then the ``panel.scatter`` channels
 in their order. Without panel markers: every parameter except time and event counters,
@@ -40,6 +43,7 @@ from ..errors import CompensationError, PanelError, PreprocessError
 from ..fcs.types import FcsData, Spillover
 from .amplification import decode_amplification
 from .compensation import NO_FILE_MATRIX, compensate, resolve_spillover, spillover_indices
+from .normalize import normalize_events
 from .panel import default_channels, is_scatter, match_channels, match_panel
 from .qc import qc_mask
 from .transforms import apply_transform
@@ -103,16 +107,20 @@ def preprocess_fingerprint(panel: PanelSpec, spec: PreprocessSpec) -> str:
     record = {
         "version": FINGERPRINT_VERSION,
         "panel": dataclasses.asdict(panel),
-        "preprocess": _without_fixed_top(dataclasses.asdict(spec)),
+        "preprocess": _without_later_defaults(dataclasses.asdict(spec)),
     }
     text = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _without_fixed_top(record: Any) -> Any:
-    """``record`` without ``top = "fixed"`` keys: fingerprints from before ``top`` existed stay valid."""
+def _without_later_defaults(record: Any) -> Any:
+    """``record`` without settings added later at their defaults (``top = "fixed"``, ``normalize`` off).
+
+    Fingerprints from before those settings existed stay valid.
+    """
     if isinstance(record, dict):
-        return {k: _without_fixed_top(v) for k, v in record.items() if not (k == "top" and v == "fixed")}
+        return {k: _without_later_defaults(v) for k, v in record.items()
+                if not (k == "top" and v == "fixed") and not (k == "normalize" and isinstance(v, dict) and v.get("method") == "none")}
     return record
 
 
@@ -279,6 +287,7 @@ def preprocess(
     try:
         values = _transform(kept[:, xp.asarray(np.asarray(cols, dtype=np.int64))], names, scatter, spec, xp,
                             channel_tops(fcs)[cols], [fcs.channels[i] for i in cols])
+        values = normalize_events(values, names, spec.normalize, xp=xp)
     except PreprocessError as exc:
         raise PreprocessError(f"{where}: {exc}") from None
     return Events(values=values, markers=tuple(names), channels=tuple(fcs.channels[i] for i in cols),

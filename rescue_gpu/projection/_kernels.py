@@ -271,35 +271,35 @@ def init_row(idx_row, w_row, k, embedding, out):  # noqa: ANN001, ANN201
 
 @_per_event(inline=True)
 def clip4(v):  # noqa: ANN001, ANN201
-    """Clip a gradient step to [-4, 4]."""
-    return np.float64(4.0) if v > 4.0 else (np.float64(-4.0) if v < -4.0 else np.float64(v))
+    """Clip a gradient step to [-4, 4] (float32)."""
+    return np.float32(4.0) if v > np.float32(4.0) else (np.float32(-4.0) if v < np.float32(-4.0) else v)
 
 
-@_per_event()
+@_per_event(inline=True)
 def attract(cx, cy, ox, oy, a, b, alpha):  # noqa: ANN001, ANN201
-    """One attractive step of ``(cx, cy)`` towards a neighbour at ``(ox, oy)``."""
+    """One attractive step of ``(cx, cy)`` towards a neighbour at ``(ox, oy)`` (float32 math)."""
     dx = np.float32(cx - ox)
     dy = np.float32(cy - oy)
     d2 = dx * dx + dy * dy
-    g = np.float64(0.0)
-    if d2 > 0.0:
-        g = -2.0 * a * b * np.float64(d2) ** (b - 1.0) / (a * np.float64(d2) ** b + 1.0)
-    cx = np.float32(np.float64(cx) + clip4(g * np.float64(dx)) * alpha)
-    cy = np.float32(np.float64(cy) + clip4(g * np.float64(dy)) * alpha)
+    if d2 > np.float32(0.0):
+        pb = d2 ** b
+        g = np.float32(-2.0) * a * b * (pb / d2) / (a * pb + np.float32(1.0))
+        cx = cx + clip4(g * dx) * alpha
+        cy = cy + clip4(g * dy) * alpha
     return cx, cy
 
 
-@_per_event()
+@_per_event(inline=True)
 def repel(cx, cy, ox, oy, a, b, gamma, alpha):  # noqa: ANN001, ANN201
-    """One repulsive step of ``(cx, cy)`` away from a negative sample at ``(ox, oy)``."""
+    """One repulsive step of ``(cx, cy)`` away from a negative sample at ``(ox, oy)`` (float32 math)."""
     dx = np.float32(cx - ox)
     dy = np.float32(cy - oy)
     d2 = dx * dx + dy * dy
-    if d2 > 0.0:
-        g = 2.0 * gamma * b / ((0.001 + np.float64(d2)) * (a * np.float64(d2) ** b + 1.0))
-        if g > 0.0:
-            cx = np.float32(np.float64(cx) + clip4(g * np.float64(dx)) * alpha)
-            cy = np.float32(np.float64(cy) + clip4(g * np.float64(dy)) * alpha)
+    if d2 > np.float32(0.0):
+        g = np.float32(2.0) * gamma * b / ((np.float32(0.001) + d2) * (a * d2 ** b + np.float32(1.0)))
+        if g > np.float32(0.0):
+            cx = cx + clip4(g * dx) * alpha
+            cy = cy + clip4(g * dy) * alpha
     return cx, cy
 
 
@@ -310,17 +310,17 @@ def layout_event(pos, idx, eps, ref, k, key, n_epochs, a, b, gamma, alpha0, neg_
     ``next_s``/``next_neg`` are float64 scratch rows of length >= ``k``.
     """
     n_ref = np.uint64(ref.shape[0])
-    a = np.float64(a)
-    b = np.float64(b)
-    gamma = np.float64(gamma)
-    alpha0 = np.float64(alpha0)
+    a = np.float32(a)
+    b = np.float32(b)
+    gamma = np.float32(gamma)
+    alpha0f = np.float64(alpha0)
     neg_rate = np.float64(neg_rate)
     for e in range(k):
         next_s[e] = eps[e]
         next_neg[e] = eps[e] / neg_rate
     cx = pos[0]
     cy = pos[1]
-    alpha = alpha0
+    alpha = np.float32(alpha0f)
     for n in range(n_epochs):
         for e in range(k):
             if eps[e] <= 0.0 or next_s[e] > n:
@@ -334,7 +334,7 @@ def layout_event(pos, idx, eps, ref, k, key, n_epochs, a, b, gamma, alpha0, neg_
                 r = rand_below(key, np.uint64(n), np.uint64(e), np.uint64(p), n_ref)
                 cx, cy = repel(cx, cy, ref[r, 0], ref[r, 1], a, b, gamma, alpha)
             next_neg[e] += np.float64(n_neg) * eps_neg
-        alpha = alpha0 * (1.0 - np.float64(n) / np.float64(n_epochs))
+        alpha = np.float32(alpha0f * (1.0 - np.float64(n) / np.float64(n_epochs)))
     pos[0] = cx
     pos[1] = cy
 

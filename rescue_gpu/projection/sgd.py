@@ -18,9 +18,9 @@ import numba
 import numpy as np
 
 from ..device import array_module
-from ._kernels import event_key, layout_event, rand_below
+from ._kernels import attract, event_key, layout_event, rand_below, repel
 
-__all__ = ["event_key", "rand_below", "edge_schedule", "optimize_layout"]
+__all__ = ["LANES", "event_key", "rand_below", "edge_schedule", "layout_lanes", "layout_event", "optimize_layout"]
 
 
 def edge_schedule(weights: np.ndarray, n_epochs: int) -> np.ndarray:
@@ -50,19 +50,85 @@ def edge_schedule(weights: np.ndarray, n_epochs: int) -> np.ndarray:
     return out
 
 
+#: Events one CPU thread optimises in lock-step (see :func:`layout_lanes`).
+LANES = 8
+
+
+@numba.njit(cache=True)
+def layout_lanes(
+    pos: np.ndarray, idx: np.ndarray, eps: np.ndarray, ref: np.ndarray, rows: np.ndarray, count: int,
+    seed: np.uint64, offset: np.uint64, n_epochs: int, a: float, b: float, gamma: float, alpha0: float,
+    neg_rate: float,
+) -> None:
+    """:func:`._kernels.layout_event` for ``count`` events at once, interleaved step by step.
+
+    One event's SGD is a serial chain (each step needs the previous coordinates, and a
+    step is a ``pow`` and two divisions long), so a CPU core running one event at a time
+    waits on latency. Here the steps of up to :data:`LANES` independent events alternate,
+    so the core overlaps their chains. Each event still sees exactly the steps of
+    :func:`~._kernels.layout_event`, in the same order and with the same random numbers
+    (they are keyed by event, epoch, edge and sample), so the result is bit-identical.
+    """
+    k = idx.shape[1]
+    n_ref = np.uint64(ref.shape[0])
+    a32, b32, g32 = np.float32(a), np.float32(b), np.float32(gamma)
+    next_s = np.empty((LANES, k), dtype=np.float64)
+    next_neg = np.empty((LANES, k), dtype=np.float64)
+    keys = np.empty(LANES, dtype=np.uint64)
+    cx = np.empty(LANES, dtype=np.float32)
+    cy = np.empty(LANES, dtype=np.float32)
+    n_neg = np.empty(LANES, dtype=np.int64)
+    for lane in range(count):
+        i = rows[lane]
+        keys[lane] = event_key(seed, offset + np.uint64(i))
+        cx[lane] = pos[i, 0]
+        cy[lane] = pos[i, 1]
+        for e in range(k):
+            next_s[lane, e] = eps[i, e]
+            next_neg[lane, e] = eps[i, e] / np.float64(neg_rate)
+    alpha = np.float32(alpha0)
+    for n in range(n_epochs):
+        for e in range(k):
+            most = 0
+            for lane in range(count):
+                i = rows[lane]
+                w = eps[i, e]
+                n_neg[lane] = 0
+                if w <= 0.0 or next_s[lane, e] > n:
+                    continue
+                t = idx[i, e]
+                cx[lane], cy[lane] = attract(cx[lane], cy[lane], ref[t, 0], ref[t, 1], a32, b32, alpha)
+                next_s[lane, e] += w
+                eps_neg = w / np.float64(neg_rate)
+                m = int((np.float64(n) - next_neg[lane, e]) / eps_neg)
+                n_neg[lane] = m
+                next_neg[lane, e] += np.float64(m) * eps_neg
+                most = max(most, m)
+            for p in range(most):
+                for lane in range(count):
+                    if p < n_neg[lane]:
+                        r = rand_below(keys[lane], np.uint64(n), np.uint64(e), np.uint64(p), n_ref)
+                        cx[lane], cy[lane] = repel(cx[lane], cy[lane], ref[r, 0], ref[r, 1], a32, b32, g32, alpha)
+        alpha = np.float32(np.float64(alpha0) * (1.0 - np.float64(n) / np.float64(n_epochs)))
+    for lane in range(count):
+        pos[rows[lane], 0] = cx[lane]
+        pos[rows[lane], 1] = cy[lane]
+
+
 @numba.njit(parallel=True, cache=True)
 def _layout(
     pos: np.ndarray, idx: np.ndarray, eps: np.ndarray, ref: np.ndarray, seed: np.uint64, offset: np.uint64,
     n_epochs: int, a: float, b: float, gamma: float, alpha0: float, neg_rate: float,
 ) -> None:
-    for i in numba.prange(pos.shape[0]):
-        if np.isnan(pos[i, 0]):
-            continue
-        key = event_key(seed, offset + np.uint64(i))
-        k = idx.shape[1]
-        next_s = np.empty(k, dtype=np.float64)
-        next_neg = np.empty(k, dtype=np.float64)
-        layout_event(pos[i], idx[i], eps[i], ref, k, key, n_epochs, a, b, gamma, alpha0, neg_rate, next_s, next_neg)
+    n = pos.shape[0]
+    for g in numba.prange((n + LANES - 1) // LANES):
+        rows = np.empty(LANES, dtype=np.int64)
+        count = 0
+        for i in range(g * LANES, min(n, (g + 1) * LANES)):
+            if not np.isnan(pos[i, 0]):
+                rows[count] = i
+                count += 1
+        layout_lanes(pos, idx, eps, ref, rows, count, seed, offset, n_epochs, a, b, gamma, alpha0, neg_rate)
 
 
 def optimize_layout(

@@ -174,7 +174,7 @@ def transform(
     seed: int = 0,
     backend: str = "auto",
     chunk_size: int | None = None,
-    knn_method: neighbors.KnnMethod = "kdtree",
+    knn_method: neighbors.KnnMethod = "auto",
     timings: dict[str, float] | None = None,
 ) -> Any:
     """Project ``events`` into the reference's UMAP embedding (umap-learn's ``transform``).
@@ -194,7 +194,10 @@ def transform(
     chunk_size
         Events per neighbour-search block (default 262,144); does not change the result.
     knn_method
-        CPU neighbour search: ``"kdtree"`` or ``"brute"`` (both exact).
+        CPU neighbour search (:func:`.neighbors.knn_cpu`): ``"auto"`` (the certified
+        ``"tiled"`` scan unless the reference is tiny), ``"tiled"`` or ``"kdtree"`` (same
+        neighbours, so the same coordinates, except on exact distance ties), or ``"brute"``
+        (float32 ranking; may differ on near ties).
     timings
         A dict that the CPU path fills with the seconds of its steps (``check``, ``knn``,
         ``fuzzy``, ``init``, ``sgd``), for ``rescue bench``; ignored on the GPU.

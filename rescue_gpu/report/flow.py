@@ -2,7 +2,9 @@
 
 Sections: cohort summary, score histogram with the threshold, evaluation (metrics with
 patient-level bootstrap intervals, confusion, ROC; only when the manifest has labels),
-image gallery, failed samples with reasons, samples scored with warnings, all scores,
+image gallery, MRD events (with an MRD model: the aberrant events of positive and
+borderline samples, see :mod:`.mrd`), MRD % vs truth (only when the manifest gives
+``true_mrd_pct``), failed samples with reasons, samples scored with warnings, all scores,
 provenance. Nothing is fetched
 from the network when the file is opened.
 """
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .mrd import MrdView, mrd_section, truth_section
 from .page import fig_uri, kv, png_data_uri, pyplot, table, write_page
 
 __all__ = ["write_report"]
@@ -138,7 +141,8 @@ def _warned(df: pd.DataFrame) -> str:
 
 
 def write_report(path: str | Path, df: pd.DataFrame, *, images: Mapping[str, np.ndarray],
-                 provenance: Mapping[str, Any], n_boot: int = 200, title: str = "rescue_gpu cohort report") -> Path:
+                 provenance: Mapping[str, Any], n_boot: int = 200, title: str = "rescue_gpu cohort report",
+                 mrd_views: Mapping[str, MrdView] | None = None, extent: Any = None) -> Path:
     """Write the self-contained HTML report of a run.
 
     Parameters
@@ -153,15 +157,22 @@ def write_report(path: str | Path, df: pd.DataFrame, *, images: Mapping[str, np.
         Reference fingerprint, model sha256, settings, software, cluster, ...
     n_boot
         Bootstrap replicates of the evaluation intervals.
+    mrd_views, extent
+        ``sample_id -> MrdView`` of the samples :func:`.mrd.shown_samples` selects, and the
+        reference's UMAP extent ``(x_min, x_max, y_min, y_max)`` their images cover.
     """
     threshold = float(df["threshold"].iloc[0]) if len(df) else 0.5
     shown = df.drop(columns=["input_sha256"], errors="ignore")
+    mrd = [("MRD events", mrd_section(df, mrd_views or {}, extent))] if "mrd_status" in df.columns else []
+    truth = truth_section(df)
+    mrd += [("MRD % vs truth", truth)] if truth is not None else []
     return write_page(path, title, [
         ("Summary", kv(_summary(df, threshold))),
         ("Scores", f"<img alt='histogram of p_mrd' src='{_histogram(df, threshold)}'>"),
         ("Evaluation", _evaluation(df, threshold, n_boot)),
         ("Images", "<p>Density images in the reference UMAP (first channel), highest p_mrd first.</p>"
                    f"{_gallery(df, images)}"),
+        *mrd,
         ("Failed samples", _failed(df)),
         ("Warnings", _warned(df)),
         ("All samples", table(shown)),

@@ -1,9 +1,10 @@
 """Cohort manifests: a CSV of samples, or a directory searched for FCS files.
 
 A manifest has the columns ``sample_id,path`` and optionally ``patient_id``,
-``timepoint``, ``label`` and ``reference`` (yes/no: whether the sample is pooled into a
-reference; all samples when the column is absent); paths are relative to the manifest's folder. Every
-problem is collected and reported at once, before any work starts.
+``timepoint``, ``label``, ``reference`` (yes/no: whether the sample is pooled into a
+reference; all samples when the column is absent) and ``true_mrd_pct`` (the known MRD %,
+e.g. the simulator's ``truth.csv`` column, for the report's estimated-vs-true plot); paths
+are relative to the manifest's folder. Every problem is collected and reported at once, before any work starts.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ..errors import ManifestError
 __all__ = ["ManifestRow", "read_manifest", "TIMEPOINTS", "LABELS"]
 
 REQUIRED = ("sample_id", "path")
-OPTIONAL = ("patient_id", "timepoint", "label", "reference")
+OPTIONAL = ("patient_id", "timepoint", "label", "reference", "true_mrd_pct")
 _BOOL = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False, "": None}
 TIMEPOINTS = ("diagnosis", "follow-up", "control", "")
 LABELS = ("positive", "negative", "")
@@ -34,6 +35,18 @@ class ManifestRow:
     timepoint: str = ""
     label: str = ""
     in_reference: bool | None = None
+    true_mrd_pct: float | None = None
+
+
+def _mrd_truth(text: str) -> float | None:
+    """``true_mrd_pct`` of a row: None when empty; raises ValueError unless a number in [0, 100]."""
+    text = text.strip()
+    if not text:
+        return None
+    value = float(text)
+    if not 0.0 <= value <= 100.0:
+        raise ValueError(text)
+    return value
 
 
 def _check_row(line: int, rec: dict[str, str], base: Path, seen: dict[str, int]) -> tuple[ManifestRow | None, list[str]]:
@@ -55,12 +68,18 @@ def _check_row(line: int, rec: dict[str, str], base: Path, seen: dict[str, int])
     ref = (rec.get("reference") or "").strip().lower()
     if ref not in _BOOL:
         problems.append(f"row {line}: reference {ref!r} is not yes/no (or 1/0, true/false)")
+    try:
+        truth = _mrd_truth(rec.get("true_mrd_pct") or "")
+    except ValueError:
+        truth = None
+        problems.append(f"row {line}: true_mrd_pct {rec.get('true_mrd_pct')!r} is not a percentage in 0..100 "
+                        "(leave it empty when unknown)")
     if problems:
         return None, problems
     seen[sid] = line
     path = Path(rel) if Path(rel).is_absolute() else base / rel
     return ManifestRow(sample_id=sid, path=path, patient_id=(rec.get("patient_id") or "").strip(), timepoint=tp,
-                       label=label, in_reference=_BOOL[ref]), []
+                       label=label, in_reference=_BOOL[ref], true_mrd_pct=truth), []
 
 
 def _read_csv(path: Path) -> list[ManifestRow]:

@@ -20,6 +20,7 @@ __all__ = [
     "LABELS",
     "LABEL_NAMES",
     "MARKERS",
+    "MONITORING_COUNTS",
     "REFERENCE_COUNTS",
     "TIMEPOINTS",
     "CohortPlan",

@@ -8,6 +8,7 @@ a cohort: FCS files, ``manifest.csv``, ``truth.csv``).
 
 
 from .cohort import (
+    MONITORING_COUNTS,
     REFERENCE_COUNTS,
     CohortPlan,
     CohortSummary,
@@ -36,6 +37,7 @@ __all__ = [
     "Laip",
     "MARKERS",
     "MARKER_FLUOR",
+    "MONITORING_COUNTS",
     "Patient",
     "PlannedSample",
     "RANGE",

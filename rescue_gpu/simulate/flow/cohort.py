@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from .sample import KINDS, LABELS, MIN_EVENTS, TIMEPOINTS, Patient, draw_patient
 
 __all__ = [
     "REFERENCE_COUNTS",
+    "MONITORING_COUNTS",
     "class_counts",
     "PlannedSample",
     "CohortPlan",
@@ -39,30 +40,38 @@ __all__ = [
 
 #: Samples per class in the reference library.
 REFERENCE_COUNTS: dict[str, int] = {"diagnosis": 765, "mrd_positive": 336, "mrd_negative": 170, "control": 90}
+#: Class weights of an MRD-monitoring cohort: mostly follow-ups, about as many MRD-negative as
+#: MRD-positive ones, and healthy-donor controls (47 % negative samples, against 19 % in the
+#: reference library, whose 170 + 90 negatives of 1,361 leave a 60-sample cohort 11 negatives).
+MONITORING_COUNTS: dict[str, int] = {"diagnosis": 30, "mrd_positive": 23, "mrd_negative": 30, "control": 17}
 MANIFEST_COLUMNS = ("sample_id", "path", "patient_id", "timepoint", "label")
 TRUTH_COLUMNS = ("sample_id", "patient_id", "kind", "visit", "instrument", "blast_fraction",
                  "observed_fraction", "n_blasts", "n_leukocytes", "n_events", "laip", "true_mrd_pct")
 FCS_DIR = "fcs"
 
 
-def class_counts(n_samples: int) -> dict[str, int]:
-    """Split ``n_samples`` over the classes like the reference library.
+def class_counts(n_samples: int, weights: Mapping[str, int | float] | None = None) -> dict[str, int]:
+    """Split ``n_samples`` over the classes like the reference library (or by ``weights``).
 
-    Largest-remainder rounding of 765/336/170/90 scaled to ``n_samples``; when
-    ``n_samples >= 4`` every class gets at least one sample (taken from the largest).
+    Largest-remainder rounding of 765/336/170/90 (or ``weights``) scaled to ``n_samples``;
+    when ``n_samples >= 4`` every class gets at least one sample (taken from the largest).
 
     Parameters
     ----------
     n_samples
         Cohort size (at least 1).
+    weights
+        Relative class sizes, one non-negative number per class of :data:`KINDS` with a
+        positive sum (e.g. :data:`MONITORING_COUNTS`); default :data:`REFERENCE_COUNTS`.
 
     Returns
     -------
     dict
         Class -> count, in :data:`KINDS` order; the counts sum to ``n_samples``.
     """
-    total = sum(REFERENCE_COUNTS.values())
-    quota = [n_samples * REFERENCE_COUNTS[k] / total for k in KINDS]
+    w = _weights(weights)
+    total = sum(w.values())
+    quota = [n_samples * w[k] / total for k in KINDS]
     counts = [int(q) for q in quota]
     by_remainder = sorted(range(len(KINDS)), key=lambda i: (-(quota[i] - counts[i]), i))
     for i in by_remainder[: n_samples - sum(counts)]:
@@ -73,6 +82,17 @@ def class_counts(n_samples: int) -> dict[str, int]:
                 counts[int(np.argmax(counts))] -= 1
                 counts[i] = 1
     return dict(zip(KINDS, counts))
+
+
+def _weights(weights: Mapping[str, int | float] | None) -> dict[str, float]:
+    if weights is None:
+        return {k: float(v) for k, v in REFERENCE_COUNTS.items()}
+    if set(weights) != set(KINDS):
+        raise RescueError(f"class weights must name exactly the classes {', '.join(KINDS)}; got {', '.join(weights)}")
+    w = {k: float(weights[k]) for k in KINDS}
+    if any(not np.isfinite(v) or v < 0 for v in w.values()) or sum(w.values()) <= 0:
+        raise RescueError(f"class weights must be finite, >= 0 and not all 0; got {w}")
+    return w
 
 
 @dataclass(frozen=True)
@@ -113,7 +133,8 @@ def _follow_ups(n_patients: int, kinds: list[str], rng: np.random.Generator) -> 
     return visits
 
 
-def plan_cohort(n_samples: int, *, seed: int) -> CohortPlan:
+def plan_cohort(n_samples: int, *, seed: int, counts: Mapping[str, int] | None = None,
+                weights: Mapping[str, int | float] | None = None) -> CohortPlan:
     """Plan a cohort: patients (with LAIPs and instruments) and their samples.
 
     Parameters
@@ -122,12 +143,28 @@ def plan_cohort(n_samples: int, *, seed: int) -> CohortPlan:
         Number of samples (at least 1).
     seed
         Root seed.
+    counts
+        Samples per class (:data:`KINDS`; missing classes 0), summing to ``n_samples``.
+        Default: :func:`class_counts` of ``weights``. Each diagnosis is a
+        leukaemic patient whose 1-3 follow-ups are drawn from the follow-up classes; with
+        no diagnosis, each follow-up is a patient of its own.
+    weights
+        Class composition (see :func:`class_counts`) when ``counts`` is not given; default
+        the reference library's.
 
     Returns
     -------
     CohortPlan
+
+    Raises
+    ------
+    RescueError
+        ``counts`` names an unknown class, has a negative count or does not sum to ``n_samples``;
+        invalid ``weights``; both ``counts`` and ``weights`` given.
     """
-    counts = class_counts(n_samples)
+    if counts is not None and weights is not None:
+        raise RescueError("give counts (samples per class) or weights (a class composition), not both")
+    counts = class_counts(n_samples, weights) if counts is None else _checked_counts(counts, n_samples)
     plan_ss, patient_ss, sample_ss = np.random.SeedSequence(seed).spawn(3)
     rng = np.random.default_rng(plan_ss)
     follow = ["mrd_positive"] * counts["mrd_positive"] + ["mrd_negative"] * counts["mrd_negative"]
@@ -148,6 +185,16 @@ def plan_cohort(n_samples: int, *, seed: int) -> CohortPlan:
     )
     samples = tuple(PlannedSample(f"S{i:05d}", s.patient_index, s.kind, s.visit, s.seed) for i, s in enumerate(samples))
     return CohortPlan(patients, samples)
+
+
+def _checked_counts(counts: Mapping[str, int], n_samples: int) -> dict[str, int]:
+    unknown = sorted(set(counts) - set(KINDS))
+    if unknown:
+        raise RescueError(f"unknown sample class(es) {', '.join(unknown)} in counts; choose from {', '.join(KINDS)}")
+    out = {k: int(counts.get(k, 0)) for k in KINDS}
+    if any(v < 0 for v in out.values()) or sum(out.values()) != n_samples:
+        raise RescueError(f"counts {out} must be >= 0 and sum to n_samples ({n_samples})")
+    return out
 
 
 @dataclass(frozen=True)
@@ -241,7 +288,9 @@ def simulate_cohort(
     n_samples: int,
     n_events: int,
     seed: int,
+    weights: Mapping[str, int | float] | None = None,
     on_sample: Callable[[int, int], None] | None = None,
+    counts: Mapping[str, int] | None = None,
 ) -> CohortSummary:
     """Simulate a cohort and write it to ``out_dir``.
 
@@ -260,8 +309,14 @@ def simulate_cohort(
         Events per sample (at least 100).
     seed
         Root seed.
+    weights
+        Class composition (see :func:`class_counts`), e.g. :data:`MONITORING_COUNTS`;
+        default the reference library's 765/336/170/90.
     on_sample
         Called as ``on_sample(i, n)`` after the i-th of n samples is written (i from 1).
+    counts
+        Samples per class, summing to ``n_samples`` (default: the reference library's
+        mix; see :func:`plan_cohort`).
 
     Returns
     -------
@@ -270,12 +325,13 @@ def simulate_cohort(
     Raises
     ------
     RescueError
-        For ``n_samples < 1``, ``n_events < 100`` or an output directory that cannot be
-        created or written.
+        For ``n_samples < 1``, ``n_events < 100``, ``counts`` that do not fit, invalid
+        ``weights``, both of them, or an output
+        directory that cannot be created or written.
     """
     began = time.perf_counter()
     out = _prepare(out_dir, n_samples, n_events)
-    plan = plan_cohort(int(n_samples), seed=seed)
+    plan = plan_cohort(int(n_samples), seed=seed, counts=counts, weights=weights)
     truth_rows = []
     for i in range(len(plan.samples)):
         truth_rows.append(write_sample(plan, i, out, n_events=int(n_events)))
@@ -285,6 +341,8 @@ def simulate_cohort(
     write_csv(out / "truth.csv", TRUTH_COLUMNS, truth_rows)
     params = {"generator": "rescue_gpu.simulate", "seed": seed, "n_samples": int(n_samples),
               "n_events": int(n_events), "counts": plan.counts()}
+    if weights is not None:
+        params["weights"] = {k: float(weights[k]) for k in KINDS}
     (out / "cohort.json").write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     return CohortSummary(out, out / "manifest.csv", out / "truth.csv", len(plan.samples), len(plan.patients),
                          int(n_events), plan.counts(), time.perf_counter() - began)
