@@ -16,6 +16,19 @@ AUC, sensitivity and specificity at the model's stored threshold, with patient-l
 95% bootstrap intervals, overall and per timepoint (control, MRD-negative follow-up,
 MRD-positive follow-up). Writes ``transfer.md`` and ``transfer.json`` to ``--out``.
 
+Beside the image model's call, each row also reports (issue 17, session 6) the event-level
+MRD % call and the combined call on the same held-out samples (:func:`call_metrics`): per
+source the CLI builds the DfN normal model from the source's training normals only
+(``rescue mrd build-normal SOURCE-TRAIN --reference SOURCE-REF``, the manifest's rows
+labelled negative: MRD-negative follow-ups and controls) and scores with it
+(``rescue score --mrd-model``); the LAIP of a follow-up comes from the same patient's
+diagnosis sample in the scored (target) manifest, as ``rescue score`` does. The MRD % call
+is ``mrd_status == "positive"`` (>= 50 aberrant events and >= 0.1 % of CD45+ events, ELN
+2021), ranked by ``mrd_pct`` for its ROC AUC; the combined call is ``combined_call``. Both
+definitions of positive are reported: the manifest's labels (every diagnosis and MRD+
+follow-up, as for the image call) and the simulator's truth (``observed_fraction`` >= 0.1 %).
+``--metrics-only`` recomputes the tables and JSON from an existing ``--out`` folder.
+
 ``--main-mix`` sets the main cohort's class composition: ``monitoring`` (default;
 :data:`rescue_gpu.simulate.MONITORING_COUNTS`, 30/23/30/17 diagnosis / MRD+ / MRD- / control,
 47 % negative samples) or ``library`` (the reference library's 765/336/170/90, 19 % negative,
@@ -52,6 +65,7 @@ import torch
 
 from rescue_gpu.cli import main as rescue
 from rescue_gpu.config import load_pipeline
+from rescue_gpu.flow.mrd import THRESHOLD_PCT
 from rescue_gpu.flow.stages import reference_landmarks
 from rescue_gpu.nn.metrics import bootstrap_intervals
 from rescue_gpu.preprocess import normalize_toml
@@ -133,6 +147,9 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--shift-gain", type=float, default=0.1, help="train.shift_gain (SD of the log per-channel gain)")
     ap.add_argument("--shift-offset", type=float, default=0.05, help="train.shift_offset (SD of the per-channel offset)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/transfer"))
+    ap.add_argument("--metrics-only", action="store_true",
+                    help="recompute transfer.md / transfer.json from the runs already in --out (no simulation, "
+                         "training or scoring)")
     return ap.parse_args()
 
 
@@ -173,9 +190,84 @@ def _cli(*args: Any) -> None:
         raise SystemExit(f"rescue {' '.join(map(str, args[:2]))} failed with exit code {rc}")
 
 
-def _metrics(scores: Path, kinds: dict[str, str], n_boot: int, seed: int) -> dict[str, Any]:
-    """Pooled and per-group ROC AUC / sensitivity / specificity with patient-level intervals."""
-    rows = [r for r in _read_csv(scores) if r["status"] == "scored"]
+def _truth_pct(truth: Path) -> dict[str, float]:
+    """sample_id -> the simulator's observed MRD % (100 x ``observed_fraction``, a column of both generators)."""
+    return {r["sample_id"]: 100.0 * float(r["observed_fraction"]) for r in _read_csv(truth)}
+
+
+def _float(text: str | None) -> float:
+    """A CSV cell as a float (empty or missing: nan)."""
+    try:
+        return float(text) if text not in (None, "") else float("nan")
+    except ValueError:
+        return float("nan")
+
+
+def _call_block(y: np.ndarray, score: np.ndarray | None, call: np.ndarray, g: np.ndarray, k: np.ndarray,
+                n_boot: int, seed: int) -> dict[str, Any]:
+    """One call's pooled ROC AUC (of ``score``; None without one), sensitivity, specificity, and per kind."""
+    out: dict[str, Any] = {"positive": int(call.sum())}
+    iv = bootstrap_intervals(y, call.astype(float), g, threshold=0.5, n_boot=n_boot, seed=seed,
+                             metrics=("sensitivity", "specificity"))
+    out["all"] = {m: v.as_dict() for m, v in iv.items()}
+    follow = np.isin(k, ("mrd_positive", "mrd_negative", "control"))
+    for name, m in (("all", np.ones(y.size, bool)), ("follow_up_and_control", follow)):
+        ok = m & np.isfinite(score) if score is not None else m
+        auc = (bootstrap_intervals(y[ok], score[ok], g[ok], threshold=0.5, n_boot=n_boot, seed=seed,
+                                   metrics=("roc_auc",))["roc_auc"].as_dict()
+               if score is not None and ok.any() else None)
+        out.setdefault(name, {})["roc_auc"] = auc
+    for group in GROUPS:
+        m = k == group
+        if m.any():
+            iv = bootstrap_intervals(y[m], call[m].astype(float), g[m], threshold=0.5, n_boot=n_boot, seed=seed,
+                                     metrics=("sensitivity", "specificity"))
+            out[group] = {"n": int(m.sum()), "positive": int(call[m].sum()), **{n: v.as_dict() for n, v in iv.items()}}
+    return out
+
+
+def call_metrics(rows: list[dict[str, str]], y: dict[str, int], kinds: dict[str, str], *, n_boot: int = 1000,
+                 seed: int = 0) -> dict[str, Any]:
+    """The image, MRD % and combined calls of scored ``rows`` (``scores.csv`` dicts) against ``y`` (sample -> 0/1).
+
+    ``image``: ``p_mrd >= threshold`` (the row's ``threshold``), AUC by ``p_mrd``; ``mrd``:
+    ``mrd_status == "positive"``, AUC by ``mrd_pct``; ``combined``: ``combined_call ==
+    "positive"``, no AUC (a 0/1 call). Each: ``{"positive": n, "all": {roc_auc, sensitivity,
+    specificity}, "follow_up_and_control": {roc_auc}, <kind>: {n, positive, sensitivity,
+    specificity}}`` with patient-level 95 % bootstrap intervals (``{estimate, low, high}``,
+    None where undefined), kinds from ``kinds`` (diagnosis, mrd_positive, mrd_negative,
+    control). Rows whose ``status`` is not ``scored`` are left out; a scored row without MRD
+    columns counts as an MRD-negative call and as ``mrd_pct`` nan (left out of the MRD AUC;
+    ``n_no_mrd`` counts them).
+    """
+    rows = [r for r in rows if r.get("status", "scored") == "scored"]
+    ids = [r["sample_id"] for r in rows]
+    yy = np.array([y[s] for s in ids], dtype=int)
+    g = np.array([r["patient_id"] for r in rows]).astype(str)
+    k = np.array([kinds[s] for s in ids]).astype(str)
+    p = np.array([_float(r.get("p_mrd")) for r in rows])
+    thr = np.array([_float(r.get("threshold")) for r in rows])
+    pct = np.array([_float(r.get("mrd_pct")) for r in rows])
+    status = np.array([(r.get("mrd_status") or "").strip().lower() for r in rows])
+    combined = np.array([(r.get("combined_call") or "").strip().lower() == "positive" for r in rows])
+    out: dict[str, Any] = {"n": len(rows), "n_positive": int(yy.sum()), "n_patients": int(np.unique(g).size),
+                           "n_no_mrd": int((status == "").sum()),
+                           "mrd_status_counts": {s: int((status == s).sum()) for s in sorted(set(status))}}
+    out["image"] = _call_block(yy, p, p >= thr, g, k, n_boot, seed)
+    out["mrd"] = _call_block(yy, pct, status == "positive", g, k, n_boot, seed)
+    out["combined"] = _call_block(yy, None, combined, g, k, n_boot, seed)
+    return out
+
+
+def _metrics(scores: Path, kinds: dict[str, str], n_boot: int, seed: int,
+             truth_pct: dict[str, float] | None = None) -> dict[str, Any]:
+    """Pooled and per-group ROC AUC / sensitivity / specificity with patient-level intervals.
+
+    Also ``calls`` (:func:`call_metrics` against the manifest's labels) and, with
+    ``truth_pct``, ``calls_truth_ge_0.1`` (positive iff the simulator's MRD % >= 0.1).
+    """
+    all_rows = _read_csv(scores)
+    rows = [r for r in all_rows if r["status"] == "scored"]
     y = np.array([1 if kinds[r["sample_id"]] in ("diagnosis", "mrd_positive") else 0 for r in rows])
     p = np.array([float(r["p_mrd"]) for r in rows])
     g = np.array([r["patient_id"] for r in rows])
@@ -191,6 +283,11 @@ def _metrics(scores: Path, kinds: dict[str, str], n_boot: int, seed: int) -> dic
             iv = bootstrap_intervals(y[m], p[m], g[m], threshold=thr, n_boot=n_boot, seed=seed,
                                      metrics=("sensitivity", "specificity"))
             out[group] = {"n": int(m.sum()), **{n: v.as_dict() for n, v in iv.items()}}
+    label = {s: int(kd in ("diagnosis", "mrd_positive")) for s, kd in kinds.items()}
+    out["calls"] = call_metrics(rows, label, kinds, n_boot=n_boot, seed=seed)
+    if truth_pct is not None:
+        out["calls_truth_ge_0.1"] = call_metrics(rows, {s: int(v >= THRESHOLD_PCT) for s, v in truth_pct.items()},
+                                                 kinds, n_boot=n_boot, seed=seed)
     return out
 
 
@@ -212,6 +309,26 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
             f"{_fmt(r['all']['specificity'])} | {_fmt(r.get('control', {}).get('specificity'))} | "
             f"{_fmt(r.get('mrd_negative', {}).get('specificity'))} | {_fmt(r.get('mrd_positive', {}).get('sensitivity'))} | "
             f"{_fmt(r.get('diagnosis', {}).get('sensitivity'))} |")
+    return "\n".join(lines)
+
+
+def _calls_table(results: dict[str, dict[str, Any]], key: str = "calls") -> str:
+    """Per (source -> target) x call: ROC AUC, sensitivity, specificity, overall and per kind."""
+    head = ("| source → target | call | ROC AUC | ROC AUC follow-ups+controls | sensitivity | specificity | "
+            "spec. controls | spec. MRD− follow-up | sens. MRD+ follow-up | sens. diagnosis |")
+    lines = [head, "|" + "---|" * 10]
+    for label, r in results.items():
+        for call in ("image", "mrd", "combined"):
+            c = (r.get(key) or {}).get(call)
+            if c is None:
+                continue
+            lines.append(
+                f"| {label} | {call} | {_fmt(c['all'].get('roc_auc'))} | "
+                f"{_fmt(c['follow_up_and_control'].get('roc_auc'))} | {_fmt(c['all']['sensitivity'])} | "
+                f"{_fmt(c['all']['specificity'])} | {_fmt(c.get('control', {}).get('specificity'))} | "
+                f"{_fmt(c.get('mrd_negative', {}).get('specificity'))} | "
+                f"{_fmt(c.get('mrd_positive', {}).get('sensitivity'))} | "
+                f"{_fmt(c.get('diagnosis', {}).get('sensitivity'))} |")
     return "\n".join(lines)
 
 
@@ -247,8 +364,8 @@ def _landmarks(toml: Path, manifest: Path, quantiles: list[float], channels: lis
     return normalize_toml(quantiles, targets)
 
 
-def _train(source: str, c: dict[str, Any], a: argparse.Namespace) -> tuple[Path, Path]:
-    """Reference and model of one source, through the CLI."""
+def _train(source: str, c: dict[str, Any], a: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """Reference, image model and DfN normal model of one source (its training manifest only), through the CLI."""
     toml = a.out / f"transfer-{source}.toml"
     toml.write_text(PIPELINE.format(source=source, markers=json.dumps(COMMON), scale=SCALE[source],
                                     ref_events=a.ref_events, seed=a.seed, top=a.top, shift_copies=a.shift_copies,
@@ -259,12 +376,54 @@ def _train(source: str, c: dict[str, Any], a: argparse.Namespace) -> tuple[Path,
     ref, model = a.out / f"ref-{source}", a.out / f"model-{source}"
     _cli("reference", "build", c["train"], "--out", ref, "--pipeline", toml, "--backend", "cpu")
     _cli("train", c["train"], "--reference", ref, "--out", model, "--device", "cpu")
-    return ref, model
+    normal = a.out / f"normal-{source}"
+    _cli("mrd", "build-normal", c["train"], "--out", normal, "--reference", ref)
+    return ref, model, normal
+
+
+def _results(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Metrics of every ``run-SOURCE-to-TARGET`` folder in ``a.out`` (the runs' scores and the cohorts' truth)."""
+    results: dict[str, dict[str, Any]] = {}
+    for source in ("main", "labb"):
+        for target in ("main", "labb"):
+            scores = a.out / f"run-{source}-to-{target}" / "scores.csv"
+            if not scores.exists():
+                continue
+            truth = a.out / target / "truth.csv"
+            label = f"{source} → {target}" + (" (within-source baseline)" if source == target else "")
+            results[label] = _metrics(scores, _kinds(truth), a.boot, a.seed, _truth_pct(truth))
+    return results
+
+
+def _write(a: argparse.Namespace, results: dict[str, dict[str, Any]], sizes: dict[str, Any],
+           times: dict[str, float]) -> None:
+    """transfer.md and transfer.json in ``a.out``; print the tables."""
+    machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
+               f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
+    table = _table(results)
+    calls = ("### image / MRD % / combined call, positive = manifest label (diagnosis, every MRD+ follow-up)\n\n"
+             + _calls_table(results, "calls")
+             + "\n\n### image / MRD % / combined call, positive = simulator's MRD % >= 0.1\n\n"
+             + _calls_table(results, "calls_truth_ge_0.1"))
+    (a.out / "transfer.md").write_text(table + "\n\n" + calls + "\n", encoding="utf-8")
+    (a.out / "transfer.json").write_text(json.dumps({"simulated": True, "args": {k: str(v) for k, v in vars(a).items()},
+                                                    "sizes": sizes, "times_s": times, "machine": machine,
+                                                    "results": results}, indent=2), encoding="utf-8")
+    print(table)
+    print(calls)
+    print(json.dumps(sizes))
+    print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {sum(times.values()):.0f} s")
+    print(f"machine: {machine}")
 
 
 def main() -> None:
-    """Run the check and write the table and JSON."""
+    """Run the check and write the table and JSON (``--metrics-only``: only recompute them)."""
     a = _args()
+    if a.metrics_only:
+        saved = json.loads((a.out / "sizes.json").read_text(encoding="utf-8"))
+        times = json.loads((a.out / "times.json").read_text(encoding="utf-8")) if (a.out / "times.json").exists() else {}
+        _write(a, _results(a), saved, times)
+        return
     if a.out.exists():
         shutil.rmtree(a.out)
     a.out.mkdir(parents=True)
@@ -272,31 +431,20 @@ def main() -> None:
     t0 = time.perf_counter()
     cohorts = _cohorts(a)
     times["simulate"] = time.perf_counter() - t0
-    results: dict[str, dict[str, Any]] = {}
+    sizes = {k: {m: v for m, v in c.items() if m.startswith(("n_", "patients_"))} for k, c in cohorts.items()}
+    (a.out / "sizes.json").write_text(json.dumps(sizes), encoding="utf-8")
     for source in ("main", "labb"):
         t0 = time.perf_counter()
-        ref, model = _train(source, cohorts[source], a)
-        times[f"reference+train {source}"] = time.perf_counter() - t0
+        ref, model, normal = _train(source, cohorts[source], a)
+        times[f"reference+train+normal {source}"] = time.perf_counter() - t0
         for target in ("main", "labb"):
             t0 = time.perf_counter()
             run = a.out / f"run-{source}-to-{target}"
-            _cli("score", cohorts[target]["held"], "--reference", ref, "--model", model, "--out", run,
-                 "--in-process", "--backend", "cpu", "--no-report")
+            _cli("score", cohorts[target]["held"], "--reference", ref, "--model", model, "--mrd-model", normal,
+                 "--out", run, "--in-process", "--backend", "cpu", "--no-report")
             times[f"score {source}->{target}"] = time.perf_counter() - t0
-            label = f"{source} → {target}" + (" (within-source baseline)" if source == target else "")
-            results[label] = _metrics(run / "scores.csv", cohorts[target]["kinds"], a.boot, a.seed)
-    table = _table(results)
-    sizes = {k: {m: v for m, v in c.items() if m.startswith(("n_", "patients_"))} for k, c in cohorts.items()}
-    machine = (f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-               f"CUDA {'yes' if torch.cuda.is_available() else 'no'}")
-    (a.out / "transfer.md").write_text(table + "\n", encoding="utf-8")
-    (a.out / "transfer.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(a).items()}, "sizes": sizes,
-                                                    "times_s": times, "machine": machine, "results": results},
-                                                   indent=2), encoding="utf-8")
-    print(table)
-    print(json.dumps(sizes))
-    print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) + f"; total {sum(times.values()):.0f} s")
-    print(f"machine: {machine}")
+            (a.out / "times.json").write_text(json.dumps(times), encoding="utf-8")
+            _write(a, _results(a), sizes, times)
 
 
 if __name__ == "__main__":
