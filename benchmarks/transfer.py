@@ -65,7 +65,7 @@ import torch
 
 from rescue_gpu.cli import main as rescue
 from rescue_gpu.config import load_pipeline
-from rescue_gpu.flow.mrd import THRESHOLD_PCT
+from rescue_gpu.flow.mrd import THRESHOLD_PCT, combined_call, mrd_status
 from rescue_gpu.flow.stages import reference_landmarks
 from rescue_gpu.nn.metrics import bootstrap_intervals
 from rescue_gpu.preprocess import normalize_toml
@@ -238,7 +238,11 @@ def call_metrics(rows: list[dict[str, str]], y: dict[str, int], kinds: dict[str,
     None where undefined), kinds from ``kinds`` (diagnosis, mrd_positive, mrd_negative,
     control). Rows whose ``status`` is not ``scored`` are left out; a scored row without MRD
     columns counts as an MRD-negative call and as ``mrd_pct`` nan (left out of the MRD AUC;
-    ``n_no_mrd`` counts them).
+    ``n_no_mrd`` counts them). For comparison only (not the product's rule, as in
+    ``benchmarks/eval_calls.py``), with ``mrd_events`` / ``cd45_events`` in every row:
+    ``combined_at_eln_counts``, ``combined_call`` as if every sample had ELN's 500,000 CD45+
+    events (``mrd_status(min_cd45=0)``: a count below 0.1 % is ``negative`` and the image
+    model cannot overturn it).
     """
     rows = [r for r in rows if r.get("status", "scored") == "scored"]
     ids = [r["sample_id"] for r in rows]
@@ -256,6 +260,11 @@ def call_metrics(rows: list[dict[str, str]], y: dict[str, int], kinds: dict[str,
     out["image"] = _call_block(yy, p, p >= thr, g, k, n_boot, seed)
     out["mrd"] = _call_block(yy, pct, status == "positive", g, k, n_boot, seed)
     out["combined"] = _call_block(yy, None, combined, g, k, n_boot, seed)
+    ev, cd45 = np.array([_float(r.get("mrd_events")) for r in rows]), np.array([_float(r.get("cd45_events")) for r in rows])
+    if rows and np.isfinite(ev).all() and np.isfinite(cd45).all():
+        eln = np.array([combined_call(float(pi), float(ti), mrd_status(int(e), int(c), min_cd45=0)) == "positive"
+                        for pi, ti, e, c in zip(p, thr, ev, cd45)])
+        out["combined_at_eln_counts"] = _call_block(yy, None, eln, g, k, n_boot, seed)
     return out
 
 
@@ -318,7 +327,7 @@ def _calls_table(results: dict[str, dict[str, Any]], key: str = "calls") -> str:
             "spec. controls | spec. MRD− follow-up | sens. MRD+ follow-up | sens. diagnosis |")
     lines = [head, "|" + "---|" * 10]
     for label, r in results.items():
-        for call in ("image", "mrd", "combined"):
+        for call in ("image", "mrd", "combined", "combined_at_eln_counts"):
             c = (r.get(key) or {}).get(call)
             if c is None:
                 continue

@@ -13,27 +13,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import transfer  # noqa: E402
 
-# sample, patient, kind, p_mrd, mrd_pct, mrd_status, combined_call, simulator's MRD %
-# (the row threshold is 0.5; combined_call as rescue_gpu.flow.mrd.combined_call gives it)
+# sample, patient, kind, p_mrd, mrd_pct, mrd_status, combined_call, simulator's MRD %, mrd_events
+# (the row threshold is 0.5, cd45_events 10,000; combined_call as rescue_gpu.flow.mrd.combined_call gives it)
 TABLE = [
-    ("s1", "P1", "diagnosis", 0.90, 20.0, "positive", "positive", 25.0),
-    ("s2", "P1", "mrd_positive", 0.30, 0.80, "positive", "positive", 0.9),
-    ("s3", "P2", "mrd_positive", 0.70, 0.05, "negative", "negative", 0.05),
-    ("s4", "P2", "diagnosis", 0.95, 30.0, "positive", "positive", 31.0),
-    ("s5", "P3", "mrd_negative", 0.60, 0.00, "insufficient-events", "positive", 0.0),
-    ("s6", "P4", "control", 0.20, 0.01, "negative", "negative", 0.0),
-    ("s7", "P3", "mrd_negative", 0.10, 0.20, "below-lloq", "negative", 0.0),
-    ("s8", "P4", "control", 0.40, 0.00, "negative", "negative", 0.0),
+    ("s1", "P1", "diagnosis", 0.90, 20.0, "positive", "positive", 25.0, 2000),
+    ("s2", "P1", "mrd_positive", 0.30, 0.80, "positive", "positive", 0.9, 80),
+    ("s3", "P2", "mrd_positive", 0.70, 0.05, "negative", "negative", 0.05, 5),
+    ("s4", "P2", "diagnosis", 0.95, 30.0, "positive", "positive", 31.0, 3000),
+    ("s5", "P3", "mrd_negative", 0.60, 0.00, "insufficient-events", "positive", 0.0, 0),
+    ("s6", "P4", "control", 0.20, 0.01, "negative", "negative", 0.0, 1),
+    ("s7", "P3", "mrd_negative", 0.10, 0.20, "below-lloq", "negative", 0.0, 20),
+    ("s8", "P4", "control", 0.40, 0.00, "negative", "negative", 0.0, 0),
 ]
 
 
 def _rows() -> list[dict[str, str]]:
     rows = [{"sample_id": s, "patient_id": g, "status": "scored", "p_mrd": str(p), "threshold": "0.5",
              "call": "positive" if p >= 0.5 else "negative", "mrd_pct": str(pct), "mrd_status": st,
-             "combined_call": cc} for s, g, _, p, pct, st, cc, _ in TABLE]
+             "combined_call": cc, "mrd_events": str(ev), "cd45_events": "10000"}
+            for s, g, _, p, pct, st, cc, _, ev in TABLE]
     # a failed row is neither scored nor counted
     rows.append({"sample_id": "s9", "patient_id": "P5", "status": "failed", "p_mrd": "", "threshold": "0.5",
-                 "call": "", "mrd_pct": "", "mrd_status": "", "combined_call": ""})
+                 "call": "", "mrd_pct": "", "mrd_status": "", "combined_call": "", "mrd_events": "",
+                 "cd45_events": ""})
     return rows
 
 
@@ -75,6 +77,12 @@ def test_call_metrics_hand_computed():
     assert _est(comb["all"]["specificity"]) == pytest.approx(0.75)
     assert comb["all"]["roc_auc"] is None
     assert _est(comb["mrd_negative"]["specificity"]) == pytest.approx(0.5)
+    # as if at ELN's 500,000 CD45+ events: s5's zero count is a quantified negative the image
+    # model may not overturn -> s1, s2, s4 only: sens 3/4, spec 1
+    eln = m["combined_at_eln_counts"]
+    assert eln["positive"] == 3
+    assert _est(eln["all"]["specificity"]) == pytest.approx(1.0)
+    assert _est(eln["all"]["sensitivity"]) == pytest.approx(0.75)
     # undefined metrics per kind are None; intervals bracket the estimate
     assert img["control"]["sensitivity"]["estimate"] is None
     for call in (img, mrd, comb):
@@ -97,10 +105,12 @@ def test_call_metrics_catches_swapped_labels_and_threshold_direction():
 
 
 def test_call_metrics_without_mrd_columns_counts_them():
-    rows = [{k: v for k, v in r.items() if k not in ("mrd_pct", "mrd_status", "combined_call")} for r in _rows()]
+    drop = ("mrd_pct", "mrd_status", "combined_call", "mrd_events", "cd45_events")
+    rows = [{k: v for k, v in r.items() if k not in drop} for r in _rows()]
     m = transfer.call_metrics(rows, LABEL, KINDS, n_boot=20)
     assert m["n_no_mrd"] == 8
     assert m["mrd"]["positive"] == 0 and m["mrd"]["all"]["roc_auc"] is None
+    assert "combined_at_eln_counts" not in m
     assert _est(m["image"]["all"]["roc_auc"]) == pytest.approx(14 / 16)
 
 
@@ -131,6 +141,6 @@ def test_metrics_from_files_both_truth_definitions_and_tables(tmp_path):
     assert _est(t["image"]["all"]["specificity"]) == pytest.approx(3 / 5)
     table = transfer._calls_table({"main → labb": r})
     lines = table.splitlines()
-    assert len(lines) == 2 + 3 and lines[3].startswith("| main → labb | mrd | 0.94 [")
+    assert len(lines) == 2 + 4 and lines[3].startswith("| main → labb | mrd | 0.94 [")
     assert "| combined | n/a | n/a | 0.75 [" in lines[4]
     assert np.isfinite(_est(r["calls"]["image"]["all"]["roc_auc"]))
