@@ -72,6 +72,12 @@ def main() -> None:
     ap.add_argument("--loose-rate", type=float, default=0.003)
     ap.add_argument("--candidate-rate", type=float, default=0.005)
     ap.add_argument("--cluster-radius", type=float, default=0.2)
+    ap.add_argument("--cluster-rule", choices=mrd.CLUSTER_RULES, default="sample")
+    ap.add_argument("--sample-flag-rate", type=float, default=2e-4)
+    ap.add_argument("--no-cross-fit", action="store_true")
+    ap.add_argument("--compare-pooled", action=argparse.BooleanOptionalAction, default=True,
+                    help="also report the pooled rule without cross-fitting (the /3 rule) on the same cohort "
+                         "and model events: only the cluster threshold differs")
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
@@ -94,8 +100,18 @@ def main() -> None:
     model = mrd.fit_normal_model(normal, markers, kinds=normal_kinds, max_points=a.max_points,
                                  max_calibration=a.max_calibration, false_flag_rate=a.false_flag_rate,
                                  loose_rate=a.loose_rate, candidate_rate=a.candidate_rate,
-                                 cluster_radius=a.cluster_radius)
+                                 cluster_radius=a.cluster_radius, cluster_rule=a.cluster_rule,
+                                 sample_flag_rate=a.sample_flag_rate, cross_fit=not a.no_cross_fit)
     model.save(a.out / "normal_model")
+    pooled = None
+    if a.compare_pooled:  # same model events (same split and subsample), the /3 threshold rule
+        pooled = mrd.fit_normal_model(normal, markers, kinds=normal_kinds, max_points=a.max_points,
+                                      max_calibration=a.max_calibration, false_flag_rate=a.false_flag_rate,
+                                      loose_rate=a.loose_rate, candidate_rate=a.candidate_rate,
+                                      cluster_radius=a.cluster_radius, cluster_rule="pooled", cross_fit=False)
+        assert np.array_equal(pooled.points, model.points)
+        print(f"pooled rule (no cross-fit) on the same model events: cluster threshold {pooled.cluster_threshold:.4g}",
+              flush=True)
     print(f"DfN model: {len(model.points)} points ({len(model.sparse_points)} sparse), candidate threshold "
           f"{model.candidate_threshold:.4g}, cluster threshold {model.cluster_threshold:.4g}, cd45_min {model.cd45_min:.3g}",
           flush=True)
@@ -108,13 +124,20 @@ def main() -> None:
         dfn, gate = mrd.dfn_flags(model, v)
         lf = mrd.laip_flags(model, laip, v) if laip is not None else np.zeros_like(dfn)
         t_mrd = time.perf_counter() - t0
+        extra = {}
+        if pooled is not None:
+            cand, sc = mrd.dfn_scores(model, v)
+            dp = np.zeros_like(dfn)
+            dp[np.asarray(cand, dtype=bool)] = np.asarray(sc) > pooled.cluster_threshold
+            n_p = int(mrd.leukocytes(gate, dp, lf).sum())
+            extra = {"dfn_pooled_pct": 100.0 * dp.sum() / n_p, "both_pooled_pct": 100.0 * (dp | lf).sum() / n_p}
         n = int(mrd.leukocytes(gate, dfn, lf).sum())  # CD45+ gate plus CD45-dim aberrant events
         truth = 100.0 * sim.truth["observed_fraction"] if kind in ("mrd_positive", "diagnosis") else 0.0
         rows.append({"patient_id": pid, "kind": kind, "true_mrd_pct": truth, "cd45_events": n,
                      "dfn_pct": 100.0 * dfn.sum() / n, "laip_pct": 100.0 * lf.sum() / n if laip is not None else np.nan,
                      "both_pct": 100.0 * (dfn | lf).sum() / n, "n_leukocytes_true": sim.truth["n_leukocytes"], "has_laip": laip is not None,
                      "status_both": mrd.mrd_status(int((dfn | lf).sum()), n),
-                     "seconds_preprocess": t_pre, "seconds_mrd": t_mrd})
+                     "seconds_preprocess": t_pre, "seconds_mrd": t_mrd, **extra})
 
     for i in range(a.patients + a.negatives):
         pat = draw_patient(next(seeds), patient_id=f"P{i:04d}", leukaemic=True)
@@ -142,8 +165,11 @@ def main() -> None:
            "candidate_rate": a.candidate_rate, "cluster_radius": a.cluster_radius, "seed": a.seed,
            "normal_split": "alternating within timepoint (follow-up, control)",
            "candidate_threshold": model.candidate_threshold, "cluster_threshold": model.cluster_threshold,
+           "cluster_rule": model.cluster_rule, "sample_flag_rate": model.sample_flag_rate, "cross_fit": model.cross_fit,
+           "sample_thresholds": list(model.sample_thresholds),
+           "pooled_cluster_threshold": pooled.cluster_threshold if pooled is not None else None,
            "laip_found_share": float(df[df.kind == "mrd_positive"]["has_laip"].mean())}
-    for m in ("dfn", "both"):
+    for m in ("dfn", "both") + (("dfn_pooled", "both_pooled") if pooled is not None else ()):
         res[m] = _metrics(df[f"{m}_pct"].to_numpy(), truth, pats, rng)
     lk = df["has_laip"].to_numpy()
     res["laip"] = _metrics(df["laip_pct"].to_numpy()[lk], truth[lk], pats[lk], rng)

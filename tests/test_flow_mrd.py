@@ -82,8 +82,9 @@ def test_cluster_score_matches_brute_force() -> None:
 
 def test_dfn_flags_match_brute_force_rule() -> None:
     rng = np.random.default_rng(2)
+    # the pooled threshold rule: one 3,000-event calibration sample is too small for the per-sample rule's 0.02%
     model = mrd.fit_normal_model([_normal(rng, 3000), _normal(rng, 3000)], MARKERS, k=3, false_flag_rate=0.01,
-                                 candidate_rate=0.02, cluster_radius=0.4)
+                                 candidate_rate=0.02, cluster_radius=0.4, cluster_rule="pooled", cross_fit=False)
     x = np.concatenate([_normal(rng, 2000), _blasts(rng, 30)])  # about the calibration samples' size
     flags, gate = mrd.dfn_flags(model, x)
     np.testing.assert_array_equal(flags, _brute_dfn(model, x))  # any CD45: the gate only defines the denominator
@@ -104,6 +105,73 @@ def test_false_flag_rate_on_unseen_normal() -> None:
     flags, _ = mrd.dfn_flags(model, _normal(rng, 4000))  # the calibration samples' size
     rate = flags.mean()  # all normal events are modelled, CD45- ones included
     assert rate < 0.02  # at most about the requested 1% (calibrated on whole held-out samples)
+
+
+def test_own_threshold_is_the_lowest_within_the_rate() -> None:
+    rng = np.random.default_rng(31)
+    for trial in range(200):
+        scores = np.round(rng.exponential(2.0, int(rng.integers(0, 40))), 1)  # ties on purpose
+        n, rate = int(rng.integers(40, 2000)), float(rng.choice([1e-3, 5e-3, 0.02]))
+        allowed = math.floor(rate * n)
+        ok = [t for t in np.concatenate([[0.0], scores]) if (scores > t).sum() <= allowed]
+        assert mrd.own_threshold(scores, n, rate) == min(ok), (trial, scores, n, rate)
+
+
+def _kinds_split(n: int) -> tuple[list[int], list[int]]:
+    """Model and calibration indices of n samples of one kind (the alternating split)."""
+    return list(range(0, n, 2)), list(range(1, n, 2))
+
+
+def test_sample_rule_bounds_every_calibration_sample() -> None:
+    """The default rule: no calibration normal flags more than sample_flag_rate, the threshold is their maximum."""
+    rng = np.random.default_rng(32)
+    # normals of different tails: the pooled rule lets the heavy-tailed ones flag more than the rate
+    samples = [_normal(rng, 5000) for _ in range(6)]
+    for i in (1, 2):
+        samples[i][:60] = _blasts(rng, 60) * np.float32(0.97)  # a small off-normal cluster in two normals
+    kw = dict(k=5, candidate_rate=0.02, cluster_radius=0.3)
+    model = mrd.fit_normal_model(samples, MARKERS, sample_flag_rate=2e-3, cross_fit=False, **kw)
+    fit_idx, cal_idx = _kinds_split(len(samples))
+    assert model.cluster_rule == "sample" and not model.cross_fit and len(model.sample_thresholds) == len(cal_idx)
+    assert model.cluster_threshold == max(model.sample_thresholds)
+    for i in cal_idx:
+        flags, _ = mrd.dfn_flags(model, samples[i])
+        assert flags.sum() <= math.floor(2e-3 * len(samples[i]))
+    # each per-sample threshold is that sample's own, from its scores (independent recomputation)
+    for t, i in zip(model.sample_thresholds, cal_idx):
+        _, sc = mrd.dfn_scores(model, samples[i])
+        assert t == mrd.own_threshold(np.asarray(sc), len(samples[i]), 2e-3)
+    pooled = mrd.fit_normal_model(samples, MARKERS, false_flag_rate=2e-3, cluster_rule="pooled", cross_fit=False,
+                                  **kw)
+    np.testing.assert_array_equal(pooled.points, model.points)  # only the threshold differs
+    together = np.concatenate([np.asarray(mrd.dfn_scores(pooled, samples[i])[1]) for i in cal_idx])
+    assert pooled.cluster_threshold == mrd.own_threshold(together, sum(len(samples[i]) for i in cal_idx), 2e-3)
+    assert pooled.cluster_threshold < model.cluster_threshold  # the pooled rule averages the clustered normal away
+    flags, _ = mrd.dfn_flags(pooled, samples[1])
+    assert flags.sum() > math.floor(2e-3 * len(samples[1]))  # ... and flags that sample beyond the rate
+
+
+def test_cross_fit_calibrates_every_normal() -> None:
+    rng = np.random.default_rng(33)
+    samples = [_normal(rng, 3000) for _ in range(4)]
+    kw = dict(k=5, candidate_rate=0.02, cluster_radius=0.3, sample_flag_rate=5e-3)
+    plain = mrd.fit_normal_model(samples, MARKERS, cross_fit=False, **kw)
+    cross = mrd.fit_normal_model(samples, MARKERS, **kw)
+    assert cross.cross_fit and len(cross.sample_thresholds) == 4 and len(plain.sample_thresholds) == 2
+    np.testing.assert_array_equal(cross.points, plain.points)  # the model kept is the first half's
+    assert cross.sample_thresholds[:2] == plain.sample_thresholds  # calibration half first, then the mirror's
+    # the mirror: a model of the calibration half scoring the model half
+    mirror = mrd.fit_normal_model([samples[i] for i in (1, 0, 3, 2)], MARKERS, cross_fit=False, seed=0, **kw)
+    assert cross.sample_thresholds[2:] == mirror.sample_thresholds  # the model half, each scored without itself
+    assert cross.cluster_threshold == max(cross.sample_thresholds)
+    again = mrd.fit_normal_model(samples, MARKERS, **kw)
+    assert again.meta() == cross.meta()  # deterministic for a seed
+    with pytest.raises(ConfigError, match="cluster_rule must be one of"):
+        mrd.fit_normal_model(samples, MARKERS, cluster_rule="mean")
+    with pytest.raises(ConfigError, match="sample_quantile must be in"):
+        mrd.fit_normal_model(samples, MARKERS, sample_quantile=1.5)
+    with pytest.raises(ConfigError, match="sample_flag_rate"):
+        mrd.fit_normal_model(samples, MARKERS, sample_flag_rate=0.0)
 
 
 def test_laip_tracks_diagnosis_population() -> None:
@@ -153,6 +221,14 @@ def test_model_save_load_and_checksum(tmp_path) -> None:
         (tmp_path / "old" / "normal.json").write_text(json.dumps({**meta, "format": old}))
         with pytest.raises(ReferenceDataError, match=f"format '{old}'.*rebuild it with rescue mrd build-normal"):
             mrd.NormalModel.load(tmp_path / "old")
+    # /3 (before the threshold's rule was stored) still loads: the pooled rule, no cross-fitting
+    rule_keys = ("cluster_rule", "sample_flag_rate", "sample_quantile", "cross_fit", "sample_thresholds")
+    assert meta["format"] == "rescue-mrd-normal/4" and meta["cluster_rule"] == "sample" and meta["cross_fit"] is True
+    v3 = {key: v for key, v in meta.items() if key not in rule_keys}
+    (tmp_path / "old" / "normal.json").write_text(json.dumps({**v3, "format": "rescue-mrd-normal/3"}))
+    three = mrd.NormalModel.load(tmp_path / "old")
+    assert three.cluster_rule == "pooled" and not three.cross_fit and three.sample_thresholds == ()
+    assert three.cluster_threshold == model.cluster_threshold
 
 
 @pytest.mark.parametrize("k,n", [(0, 1000), (1, 1000), (50, 500000), (999, 1000), (1000, 1000)])

@@ -73,3 +73,22 @@ def test_build_normal_errors(assets: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     res = _invoke([assets["manifest"], "--out", tmp_path / "file", "--pipeline", "aml-mrd"])
     assert isinstance(res.exception, ConfigError) and "not a directory" in str(res.exception)
+    res = _invoke([assets["manifest"], "--out", tmp_path / "d", "--pipeline", "aml-mrd", "--cluster-rule", "mean"])
+    assert isinstance(res.exception, ConfigError) and "--cluster-rule must be one of sample, pooled" in str(res.exception)
+    assert not (tmp_path / "d").exists()  # refused before any sample was read
+
+
+def test_build_normal_threshold_rules(assets: dict[str, Path], tmp_path: Path) -> None:
+    res = _invoke([assets["manifest"], "--out", tmp_path / "s", "--pipeline", "aml-mrd", "--k", "3",
+                   "--sample-flag-rate", "0.01"])
+    assert res.exit_code == 0, res.output
+    model = mrd.NormalModel.load(tmp_path / "s")
+    assert model.cluster_rule == "sample" and model.cross_fit and model.sample_flag_rate == 0.01
+    assert len(model.sample_thresholds) == model.n_samples and model.cluster_threshold == max(model.sample_thresholds)
+    assert "rule sample: max of" in res.output and "cross-fitted" in res.output
+    res = _invoke([assets["manifest"], "--out", tmp_path / "p", "--pipeline", "aml-mrd", "--k", "3",
+                   "--cluster-rule", "pooled", "--no-cross-fit", "--false-flag-rate", "0.01"])
+    assert res.exit_code == 0, res.output
+    pooled = mrd.NormalModel.load(tmp_path / "p")
+    assert pooled.cluster_rule == "pooled" and not pooled.cross_fit and "pooled false-flag rate 0.01" in res.output
+    np.testing.assert_array_equal(pooled.points, model.points)

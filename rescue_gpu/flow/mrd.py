@@ -15,7 +15,11 @@ DfN ("different from normal")
     sample's other candidates within ``cluster_radius``, against the sample's non-candidate
     events there plus the candidates a normal marrow of the sample's size would have there
     (from the model's own sparse points). The threshold is set on the calibration samples,
-    each scored whole, so that a share ``false_flag_rate`` of their events is flagged.
+    each scored whole: by default the maximum over them of each sample's own threshold
+    (the lowest at which at most ``sample_flag_rate`` = 0.02% of its events are flagged),
+    with cross-fitting, so every normal sample calibrates against a model without it
+    (``cluster_rule = "sample"``); a share of all calibration events pooled
+    (``"pooled"``, the earlier rule) swung with which normals happened to calibrate.
     Isolated far events (doublets surviving QC, the sparse tail of normal marrow), which
     set the first rule's distance threshold (the ``1 - false_flag_rate`` distance quantile,
     still stored as ``threshold``) so high that blasts two markers away from the normal
@@ -69,9 +73,9 @@ from ..errors import ConfigError, ReferenceDataError
 from ..xp import astype as _astype
 from ..xp import namespace
 
-__all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cluster_score", "fewer_within", "mahalanobis2", "cd45_gate", "leukocytes", "dfn_flags", "fit_laip",
+__all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cluster_score", "fewer_within", "mahalanobis2", "cd45_gate", "leukocytes", "dfn_flags", "dfn_scores", "fit_laip",
            "laip_flags", "pack_flags", "unpack_flags", "MrdNumbers", "mrd_numbers", "mrd_status", "combined_call",
-           "clopper_pearson", "otsu_threshold", "normal_model_from_rows", "mrd_agreement", "LOD_EVENTS", "LLOQ_EVENTS", "MIN_CD45_EVENTS", "THRESHOLD_PCT",
+           "clopper_pearson", "otsu_threshold", "normal_model_from_rows", "own_threshold", "CLUSTER_RULES", "mrd_agreement", "LOD_EVENTS", "LLOQ_EVENTS", "MIN_CD45_EVENTS", "THRESHOLD_PCT",
            "STATUSES", "METHODS"]
 
 #: ELN 2021: events required to call a sample MRD-negative.
@@ -85,7 +89,12 @@ STATUSES = ("positive", "negative", "below-lloq", "insufficient-events")
 METHODS = ("dfn", "laip", "both")
 #: /2: all normal events are modelled (a /1 model holds CD45+ events only and must be rebuilt).
 #: /3: DfN flags clusters (the cluster score's sparse points and thresholds are stored; /2 must be rebuilt).
-_FORMAT = "rescue-mrd-normal/3"
+#: /4: the cluster threshold's rule is stored (``cluster_rule``, per-sample thresholds, cross-fitting);
+#: a /3 model still loads, as the ``pooled`` rule without cross-fitting it was built with.
+_FORMAT = "rescue-mrd-normal/4"
+_READABLE = ("rescue-mrd-normal/3", _FORMAT)
+#: How the cluster threshold is set on the calibration samples (:func:`fit_normal_model`).
+CLUSTER_RULES = ("sample", "pooled")
 #: Non-candidate events of a sample the cluster score counts (a strided subsample beyond this).
 _OTHERS = 8192
 
@@ -266,11 +275,18 @@ class NormalModel:
         Radius of the cluster score (:func:`cluster_score`).
     cluster_threshold, false_flag_rate
         A candidate is DfN-aberrant when its cluster score exceeds ``cluster_threshold``,
-        chosen so that a share ``false_flag_rate`` of the calibration samples' events is.
+        set on the calibration samples by ``cluster_rule`` (``pooled``: a share
+        ``false_flag_rate`` of their events together is flagged).
     loose_threshold, loose_rate
         The LAIP tracking's lower threshold and its share of calibration events.
     n_samples, n_calibration
         Normal samples pooled; calibration events.
+    cluster_rule, sample_flag_rate, sample_quantile, cross_fit, sample_thresholds
+        The threshold's rule (:data:`CLUSTER_RULES`); ``sample``: the ``sample_quantile`` of the
+        calibration samples' own thresholds (``sample_thresholds``, each the lowest at which at
+        most ``sample_flag_rate`` of that sample's events are flagged); ``cross_fit``: every
+        normal sample calibrated against a model that does not contain it. A /3 model loads as
+        ``pooled`` without cross-fitting.
     """
 
     points: np.ndarray
@@ -289,6 +305,11 @@ class NormalModel:
     loose_rate: float
     n_samples: int
     n_calibration: int
+    cluster_rule: str = "pooled"
+    sample_flag_rate: float = 2e-4
+    sample_quantile: float = 1.0
+    cross_fit: bool = False
+    sample_thresholds: tuple[float, ...] = ()
 
     def meta(self) -> dict[str, Any]:
         """The JSON-ready settings (without the points)."""
@@ -297,7 +318,10 @@ class NormalModel:
                 "candidate_threshold": self.candidate_threshold, "candidate_rate": self.candidate_rate,
                 "cluster_radius": self.cluster_radius, "cluster_threshold": self.cluster_threshold,
                 "false_flag_rate": self.false_flag_rate, "loose_threshold": self.loose_threshold,
-                "loose_rate": self.loose_rate, "n_samples": self.n_samples, "n_calibration": self.n_calibration}
+                "loose_rate": self.loose_rate, "n_samples": self.n_samples, "n_calibration": self.n_calibration,
+                "cluster_rule": self.cluster_rule, "sample_flag_rate": self.sample_flag_rate,
+                "sample_quantile": self.sample_quantile, "cross_fit": self.cross_fit,
+                "sample_thresholds": list(self.sample_thresholds)}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``normal.npz`` and ``normal.json`` (with the npz's sha256) into ``directory``."""
@@ -328,7 +352,7 @@ class NormalModel:
         except (OSError, ValueError) as exc:
             raise ReferenceDataError(f"{d}: no readable DfN normal model ({exc}); build it with "
                                      "rescue mrd build-normal") from exc
-        if meta.get("format") != _FORMAT:
+        if meta.get("format") not in _READABLE:
             raise ReferenceDataError(f"{d}: not a current DfN normal model (format {meta.get('format')!r}, "
                                      f"expected {_FORMAT!r}); rebuild it with rescue mrd build-normal")
         if hashlib.sha256(raw).hexdigest() != meta.get("sha256"):
@@ -339,9 +363,13 @@ class NormalModel:
             sparse = np.asarray(z["sparse_points"], dtype=np.float32)
         floats = ("cd45_min", "threshold", "candidate_threshold", "candidate_rate", "cluster_radius",
                   "cluster_threshold", "false_flag_rate", "loose_threshold", "loose_rate")
+        rule = {} if meta["format"] != _FORMAT else {
+            "cluster_rule": str(meta["cluster_rule"]), "sample_flag_rate": float(meta["sample_flag_rate"]),
+            "sample_quantile": float(meta["sample_quantile"]), "cross_fit": bool(meta["cross_fit"]),
+            "sample_thresholds": tuple(float(t) for t in meta["sample_thresholds"])}
         return cls(points=points, sparse_points=sparse, markers=tuple(meta["markers"]),
                    cd45_column=int(meta["cd45_column"]), k=int(meta["k"]), n_samples=int(meta["n_samples"]),
-                   n_calibration=int(meta["n_calibration"]), **{f: float(meta[f]) for f in floats})
+                   n_calibration=int(meta["n_calibration"]), **{f: float(meta[f]) for f in floats}, **rule)
 
     def check_markers(self, markers: Sequence[str]) -> None:
         """Raise :class:`ConfigError` unless ``markers`` are the model's columns."""
@@ -377,19 +405,60 @@ def _sparse_points(points: np.ndarray, radius: float, k: int) -> np.ndarray:
     return points[np.asarray(fewer_within(points, points, radius, k + 1), dtype=bool)]
 
 
-def _cluster_threshold(model: NormalModel, calibration: Sequence[np.ndarray]) -> float:
-    """The cluster-score threshold flagging a share ``model.false_flag_rate`` of the calibration samples' events.
+def own_threshold(scores: np.ndarray, n_events: int, rate: float) -> float:
+    """The lowest cluster threshold at which at most ``floor(rate * n_events)`` of ``scores`` exceed it.
 
-    Each calibration sample is scored as a whole (the score depends on the sample's own
-    density); events that are not candidates score 0.
+    ``scores`` are the candidates' cluster scores of ``n_events`` events (non-candidates
+    score 0 and are never flagged); 0.0 when there are no more candidates than allowed.
     """
-    scores = [np.asarray(_dfn_scores(model, c)[1], dtype=np.float64) for c in calibration]
-    total = int(sum(len(c) for c in calibration))
-    cand = np.sort(np.concatenate(scores))[::-1] if scores else np.zeros(0)
-    allowed = int(math.floor(model.false_flag_rate * total))
+    cand = np.sort(np.asarray(scores, dtype=np.float64))[::-1]
+    allowed = int(math.floor(rate * n_events))
     if cand.size <= allowed:
         return 0.0  # fewer candidates than the rate allows: flagging every candidate stays within it
     return float(cand[allowed])
+
+
+def _calibration_scores(model: NormalModel, calibration: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Each calibration sample's candidates' cluster scores, the sample scored as a whole (as :func:`dfn_flags` does)."""
+    return [np.asarray(dfn_scores(model, c)[1], dtype=np.float64) for c in calibration]
+
+
+def _cluster_threshold(scores: Sequence[np.ndarray], sizes: Sequence[int], *, rule: str, false_flag_rate: float,
+                       sample_flag_rate: float, sample_quantile: float) -> tuple[float, list[float]]:
+    """``(cluster_threshold, per-sample thresholds)`` from the calibration samples' scores (see :data:`CLUSTER_RULES`).
+
+    ``pooled``: the threshold flagging a share ``false_flag_rate`` of all calibration events
+    together. ``sample``: each sample's :func:`own_threshold` at ``sample_flag_rate``, then
+    their ``sample_quantile`` (1.0: the maximum, so that no calibration sample has more than
+    that share flagged). The per-sample thresholds are returned under both rules.
+    """
+    own = [own_threshold(sc, n, sample_flag_rate) for sc, n in zip(scores, sizes)]
+    if rule == "sample":
+        return (float(np.quantile(own, sample_quantile)) if own else 0.0), own
+    pooled = np.concatenate(list(scores)) if scores else np.zeros(0)
+    return own_threshold(pooled, int(sum(sizes)), false_flag_rate), own
+
+
+def _distance_model(fit_parts: Sequence[np.ndarray], cal_parts: Sequence[np.ndarray], markers: tuple[str, ...], *,
+                    col: int, cd45_min: float, k: int, max_points: int, max_calibration: int, false_flag_rate: float,
+                    candidate_rate: float, cluster_radius: float, loose_rate: float, n_samples: int,
+                    rng: np.random.Generator) -> NormalModel:
+    """A model of the ``fit_parts`` events with distance thresholds from the ``cal_parts`` events (cluster threshold 0)."""
+    fit, cal = np.concatenate(fit_parts), np.concatenate(cal_parts)
+    if len(fit) > max_points:
+        fit = fit[rng.choice(len(fit), max_points, replace=False)]
+    if len(cal) > max_calibration:
+        cal = cal[rng.choice(len(cal), max_calibration, replace=False)]
+    if len(fit) <= k or len(cal) == 0:
+        raise ConfigError(f"too few normal events for the DfN model ({len(fit)} model, {len(cal)} calibration)")
+    dist = np.asarray(knn_distance(cal, fit, k), dtype=np.float64)
+    candidate = float(np.quantile(dist, 1.0 - candidate_rate))
+    return NormalModel(points=fit, sparse_points=_sparse_points(fit, candidate, k), markers=markers,
+                       cd45_column=col, cd45_min=cd45_min, k=k,
+                       threshold=float(np.quantile(dist, 1.0 - false_flag_rate)), candidate_threshold=candidate,
+                       candidate_rate=candidate_rate, cluster_radius=float(cluster_radius), cluster_threshold=0.0,
+                       false_flag_rate=false_flag_rate, loose_threshold=float(np.quantile(dist, 1.0 - loose_rate)),
+                       loose_rate=loose_rate, n_samples=n_samples, n_calibration=int(len(cal)))
 
 
 def fit_normal_model(
@@ -406,6 +475,10 @@ def fit_normal_model(
     loose_rate: float = 0.003,
     seed: int = 0,
     kinds: Sequence[str] | None = None,
+    cluster_rule: str = "sample",
+    sample_flag_rate: float = 2e-4,
+    sample_quantile: float = 1.0,
+    cross_fit: bool = True,
 ) -> NormalModel:
     """Fit the DfN model from normal samples' preprocessed events (host arrays).
 
@@ -419,20 +492,30 @@ def fit_normal_model(
     odd-indexed ones the calibration. The distance thresholds are quantiles of the ``k``-NN
     distance of at most ``max_calibration`` calibration events drawn at random; the
     cluster threshold is set on the calibration samples scored whole, each as a sample
-    would be (:func:`dfn_flags`), so that a share ``false_flag_rate`` of their events is
-    flagged.
+    would be (:func:`dfn_flags`), by ``cluster_rule`` (:data:`CLUSTER_RULES`):
+    ``"sample"`` (default) takes each calibration sample's own threshold (the lowest at
+    which at most ``sample_flag_rate`` of its events are flagged) and their
+    ``sample_quantile`` (1.0, the maximum); ``"pooled"`` flags a share ``false_flag_rate``
+    of all calibration events together (the /3 rule, whose threshold swung with which
+    normals happened to calibrate). With ``cross_fit`` (default) a second model is fitted
+    on the calibration half and scores the model half, so every normal sample calibrates
+    against a model that does not contain it; the model kept is the first one.
 
     Raises
     ------
     ConfigError
-        No CD45 column, too few events, rates outside (0, 1), a radius <= 0, or ``kinds``
-        not one per sample.
+        No CD45 column, too few events, rates outside (0, 1), a radius <= 0, ``kinds``
+        not one per sample, an unknown ``cluster_rule`` or a ``sample_quantile`` outside [0, 1].
     """
     markers = tuple(markers)
     if cd45 not in markers:
         raise ConfigError(f"the DfN model needs a {cd45!r} column; markers are {markers}")
-    if not all(0 < r < 1 for r in (false_flag_rate, loose_rate, candidate_rate)):
-        raise ConfigError("false_flag_rate, candidate_rate and loose_rate must be in (0, 1)")
+    if not all(0 < r < 1 for r in (false_flag_rate, loose_rate, candidate_rate, sample_flag_rate)):
+        raise ConfigError("false_flag_rate, sample_flag_rate, candidate_rate and loose_rate must be in (0, 1)")
+    if cluster_rule not in CLUSTER_RULES:
+        raise ConfigError(f"cluster_rule must be one of {CLUSTER_RULES}, got {cluster_rule!r}")
+    if not 0.0 <= sample_quantile <= 1.0:
+        raise ConfigError(f"sample_quantile must be in [0, 1], got {sample_quantile}")
     if not cluster_radius > 0:
         raise ConfigError(f"cluster_radius must be > 0, got {cluster_radius}")
     if kinds is not None:
@@ -448,29 +531,26 @@ def fit_normal_model(
     cd45_min = otsu_threshold(np.concatenate([a[:, col] for a in arrays]))
     rng = np.random.default_rng(seed)
     fit_parts, cal_parts = _split(arrays, rng, kinds)
-    fit, cal = np.concatenate(fit_parts), np.concatenate(cal_parts)
-    if len(fit) > max_points:
-        fit = fit[rng.choice(len(fit), max_points, replace=False)]
-    if len(cal) > max_calibration:
-        cal = cal[rng.choice(len(cal), max_calibration, replace=False)]
-    if len(fit) <= k or len(cal) == 0:
-        raise ConfigError(f"too few normal events for the DfN model ({len(fit)} model, {len(cal)} calibration)")
-    dist = np.asarray(knn_distance(cal, fit, k), dtype=np.float64)
-    candidate = float(np.quantile(dist, 1.0 - candidate_rate))
-    model = NormalModel(points=fit, sparse_points=_sparse_points(fit, candidate, k), markers=markers,
-                        cd45_column=col, cd45_min=cd45_min, k=k,
-                        threshold=float(np.quantile(dist, 1.0 - false_flag_rate)), candidate_threshold=candidate,
-                        candidate_rate=candidate_rate, cluster_radius=float(cluster_radius), cluster_threshold=0.0,
-                        false_flag_rate=false_flag_rate, loose_threshold=float(np.quantile(dist, 1.0 - loose_rate)),
-                        loose_rate=loose_rate, n_samples=len(arrays), n_calibration=int(len(cal)))
-    return dataclasses.replace(model, cluster_threshold=_cluster_threshold(model, cal_parts))
+    opts = dict(col=col, cd45_min=cd45_min, k=k, max_points=max_points, max_calibration=max_calibration,
+                false_flag_rate=false_flag_rate, candidate_rate=candidate_rate, cluster_radius=cluster_radius,
+                loose_rate=loose_rate, n_samples=len(arrays))
+    model = _distance_model(fit_parts, cal_parts, markers, rng=rng, **opts)
+    scores, sizes = _calibration_scores(model, cal_parts), [len(c) for c in cal_parts]
+    if cross_fit:
+        mirror = _distance_model(cal_parts, fit_parts, markers, rng=np.random.default_rng([seed, 1]), **opts)
+        scores, sizes = scores + _calibration_scores(mirror, fit_parts), sizes + [len(c) for c in fit_parts]
+    threshold, own = _cluster_threshold(scores, sizes, rule=cluster_rule, false_flag_rate=false_flag_rate,
+                                        sample_flag_rate=sample_flag_rate, sample_quantile=sample_quantile)
+    return dataclasses.replace(model, cluster_threshold=threshold, cluster_rule=cluster_rule,
+                               sample_flag_rate=sample_flag_rate, sample_quantile=sample_quantile,
+                               cross_fit=bool(cross_fit), sample_thresholds=tuple(own))
 
 
 def _model_points(model: NormalModel, xp: Any) -> Any:
     return xp.asarray(model.points)
 
 
-def _dfn_scores(model: NormalModel, values: Any) -> tuple[Any, Any]:
+def dfn_scores(model: NormalModel, values: Any) -> tuple[Any, Any]:
     """``(candidates, scores)``: the candidate mask (``k``-NN distance beyond ``candidate_threshold``)
     and the candidates' :func:`cluster_score` (in the order of the candidates)."""
     xp = namespace(values)
@@ -502,7 +582,7 @@ def dfn_flags(model: NormalModel, values: Any) -> tuple[Any, Any]:
     """
     xp = namespace(values)
     gate = cd45_gate(values, model.cd45_column, model.cd45_min)
-    cand, scores = _dfn_scores(model, values)
+    cand, scores = dfn_scores(model, values)
     flags = _filled(int(values.shape[0]), False, xp)
     if int(scores.shape[0]):
         flags[cand] = scores > model.cluster_threshold

@@ -59,18 +59,30 @@ def build_normal(
                                                             show_default=False)] = None,
     loose_rate: Annotated[Optional[float], typer.Option("--loose-rate", help="Share beyond the LAIP tracking's loose "
                                                         "threshold (default 0.003).", show_default=False)] = None,
+    cluster_rule: Annotated[Optional[str], typer.Option("--cluster-rule", help="How the cluster threshold is set "
+                                                        "on the calibration normals: 'sample' (default: the maximum "
+                                                        "of each sample's own threshold) or 'pooled'.",
+                                                        show_default=False)] = None,
+    sample_flag_rate: Annotated[Optional[float], typer.Option("--sample-flag-rate", help="'sample' rule: share of "
+                                                              "each calibration sample's events it may flag "
+                                                              "(default 2e-4).", show_default=False)] = None,
+    cross_fit: Annotated[Optional[bool], typer.Option("--cross-fit/--no-cross-fit", help="Calibrate every normal "
+                                                      "sample against a model without it (default on).",
+                                                      show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model-event subsample.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model already in --out.")] = False,
 ) -> None:
     """Build the DfN normal-marrow model from a manifest's MRD-negative and control samples."""
     from ..runner.manifest import read_manifest
-    from .mrd import normal_model_from_rows
+    from .mrd import CLUSTER_RULES, normal_model_from_rows
 
     if (out / "normal.json").exists() and not overwrite:
         raise ConfigError(f"{out}: already holds a DfN model (normal.json); pass --overwrite to replace it or "
                           "choose another --out")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a directory; choose another --out")
+    if cluster_rule is not None and cluster_rule not in CLUSTER_RULES:
+        raise ConfigError(f"--cluster-rule must be one of {', '.join(CLUSTER_RULES)}, got {cluster_rule!r}")
     rows = read_manifest(manifest)
     negatives = [r for r in rows if r.label == "negative"]
     if not negatives:
@@ -79,19 +91,23 @@ def build_normal(
     pipe = _pipeline(reference, pipeline)
     settings = {name: v for name, v in (("k", k), ("max_points", max_points), ("false_flag_rate", false_flag_rate),
                                         ("candidate_rate", candidate_rate), ("cluster_radius", cluster_radius),
-                                        ("loose_rate", loose_rate)) if v is not None}
+                                        ("loose_rate", loose_rate), ("cluster_rule", cluster_rule),
+                                        ("sample_flag_rate", sample_flag_rate), ("cross_fit", cross_fit))
+                if v is not None}
     model = normal_model_from_rows(rows, pipe, seed=seed, **settings)
     try:
         model.save(out)
     except OSError as exc:
         raise OutputError(out, exc, "the DfN model") from None
     skipped = len(negatives) - model.n_samples
+    rule = (f"max of {len(model.sample_thresholds)} samples' own at flag rate {model.sample_flag_rate:g}"
+            if model.cluster_rule == "sample" else f"pooled false-flag rate {model.false_flag_rate:g}")
     console.print(f"wrote {out}: DfN model from {model.n_samples} of {len(negatives)} negative sample(s)"
                   + (f" ({skipped} could not be preprocessed or had no events, left out)" if skipped else "")
                   + f", {len(model.points):,} model events, {model.n_calibration:,} calibration events, k {model.k}, "
                   f"candidate threshold {model.candidate_threshold:.4g} (rate {model.candidate_rate:g}), cluster "
-                  f"threshold {model.cluster_threshold:.4g} (radius {model.cluster_radius:g}, false-flag rate "
-                  f"{model.false_flag_rate:g}), loose threshold "
+                  f"threshold {model.cluster_threshold:.4g} (radius {model.cluster_radius:g}, rule "
+                  f"{model.cluster_rule}: {rule}{', cross-fitted' if model.cross_fit else ''}), loose threshold "
                   f"{model.loose_threshold:.4g} (rate {model.loose_rate:g}); use it with rescue score --mrd-model {out}",
                   markup=False, highlight=False, soft_wrap=True)
 
