@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -49,3 +50,12 @@ def xp_params() -> list:
     except Exception:
         params.append(pytest.param(None, id="cupy", marks=[pytest.mark.gpu, pytest.mark.skip(reason="cupy not installed")]))
     return params
+
+
+def write_csv_rows(path: Path, rows: list[dict]) -> Path:
+    """Write ``rows`` (dicts with the same keys, the first row's order) as a CSV with a header; returns ``path``."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -10,14 +9,7 @@ import numpy as np
 import pytest
 
 from rescue_gpu.flow.mrd import combined_call
-
-
-def _write(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
+from tests.conftest import write_csv_rows
 
 
 def _case(rng: np.random.Generator, n: int = 60) -> tuple[list[dict], list[dict]]:
@@ -43,8 +35,8 @@ def _evaluate(tmp_path: Path, man: list[dict], scores: list[dict]) -> tuple[str,
 
     app = typer.Typer()
     register(app)
-    res = CliRunner().invoke(app, ["evaluate", str(_write(tmp_path / "scores.csv", scores)), "--truth",
-                                   str(_write(tmp_path / "manifest.csv", man)), "--out", str(tmp_path / "ev"),
+    res = CliRunner().invoke(app, ["evaluate", str(write_csv_rows(tmp_path / "scores.csv", scores)), "--truth",
+                                   str(write_csv_rows(tmp_path / "manifest.csv", man)), "--out", str(tmp_path / "ev"),
                                    "--boot", "200"])
     assert res.exit_code == 0, res.output
     return res.output, json.loads((tmp_path / "ev" / "metrics.json").read_text())

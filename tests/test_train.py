@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -22,6 +21,7 @@ from rescue_gpu.nn.splits import patient_folds
 from rescue_gpu.projection.transform import UmapParams
 from rescue_gpu.reference import Reference
 from rescue_gpu.simulate import simulate_cohort
+from tests.conftest import write_csv_rows
 
 
 def _tiny_pipeline(size: int = 32, epochs: int = 1):
@@ -227,14 +227,6 @@ def _train_via_cli(cohort, tmp_path: Path):
     return rec
 
 
-def _write_csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    return path
-
-
 def test_evaluate_cli_against_sklearn(tmp_path: Path) -> None:
     from rescue_gpu.flow.train_cli import register
 
@@ -249,8 +241,8 @@ def test_evaluate_cli_against_sklearn(tmp_path: Path) -> None:
     scores = [{"sample_id": f"S{i}", "patient_id": f"P{i // 2}", "timepoint": tps[i], "p_mrd": f"{p[i]:.6f}",
                "call": "positive" if p[i] >= 0.5 else "negative", "threshold": "0.5",
                "status": "failed" if i == 3 else "ok"} for i in range(n - 1)]  # S39 has no score, S3 failed
-    _write_csv(tmp_path / "truth.csv", truth)
-    _write_csv(tmp_path / "scores.csv", scores)
+    write_csv_rows(tmp_path / "truth.csv", truth)
+    write_csv_rows(tmp_path / "scores.csv", scores)
     app = typer.Typer()
     register(app)
     res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "scores.csv"), "--truth", str(tmp_path / "truth.csv"),
