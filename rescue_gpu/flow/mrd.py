@@ -135,14 +135,20 @@ def count_within(queries: Any, points: Any, radius: float, *, chunk: int = 4096)
     xp = namespace(queries, points)
     q = xp.asarray(queries, dtype=xp.float32)
     p = xp.asarray(points, dtype=xp.float32)
-    pn = xp.sum(p * p, axis=1)
+    n, d = int(q.shape[0]), int(q.shape[1])
+    # |q - p|^2 <= r^2  <=>  q.p - |p|^2 / 2 >= (|q|^2 - r^2) / 2: the |p|^2 term rides in the GEMM as an
+    # extra column (points [p, -|p|^2/2], queries [q, 1]), so each chunk is one GEMM and one comparison
+    pa = xp.empty((int(p.shape[0]), d + 1), dtype=xp.float32)
+    pa[:, :d] = p
+    pa[:, d] = -0.5 * xp.sum(p * p, axis=1)
     r2 = float(radius) ** 2
-    out = xp.empty((q.shape[0],), dtype=xp.int32)
-    for s in range(0, q.shape[0], chunk):
-        e = min(s + chunk, q.shape[0])
-        qc = q[s:e, :]
-        d2 = xp.sum(qc * qc, axis=1)[:, None] - 2.0 * (qc @ p.T) + pn[None, :]
-        out[s:e] = _astype(xp.count_nonzero(d2 <= r2, axis=1), xp.int32, xp)
+    out = xp.empty((n,), dtype=xp.int32)
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        qa = xp.ones((e - s, d + 1), dtype=xp.float32)
+        qa[:, :d] = q[s:e, :]
+        limit = 0.5 * (xp.sum(q[s:e, :] * q[s:e, :], axis=1) - r2)
+        out[s:e] = _astype(xp.count_nonzero((qa @ pa.T) >= limit[:, None], axis=1), xp.int32, xp)
     return out
 
 
