@@ -118,8 +118,78 @@ def test_auto_method_and_unknown_method() -> None:
     train = rare_mixture(1000, dims=12, seed=1)
     events = rare_mixture(200, dims=12, seed=2)
     assert neighbors.choose_method(12, 30_000, 200_000) == "tiled"
+    assert neighbors.choose_method(12, neighbors.GRAPH_MIN_REF - 1, 10) == "tiled"
+    assert neighbors.choose_method(12, neighbors.GRAPH_MIN_REF, 10) == "graph"  # by reference size alone
+    assert neighbors.choose_method(12, 200, 10) == "kdtree"
     auto = neighbors.knn_cpu(train, events, K)
     tiled = neighbors.knn_cpu(train, events, K, method="tiled")
     assert all(np.array_equal(a, b) for a, b in zip(auto, tiled))
     with pytest.raises(ProjectionError, match="knn method must be"):
         neighbors.knn_cpu(train, events, K, method="ball")  # type: ignore[arg-type]
+
+
+def _recall(idx: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    return np.array([len(np.intersect1d(a, b)) for a, b in zip(idx, exact)]) / exact.shape[1]
+
+
+def test_graph_search_recall_distances_and_order() -> None:
+    """The approximate graph search against an exact float64 peer: recall, exact distances, row order."""
+    train = rare_mixture(12_000, dims=10, seed=11)
+    events = rare_mixture(1_500, dims=10, seed=12)
+    idx, dist = neighbors.knn_cpu(train, events, K, method="graph")
+    exact, _ = _float64_topk(train, events, K)
+    rec = _recall(idx, exact)
+    assert rec.mean() >= 0.99 and np.percentile(rec, 5) >= 0.9, (rec.mean(), np.percentile(rec, 5))
+    d_ours = np.sqrt(((events[:, None, :].astype(np.float64) - train[idx].astype(np.float64)) ** 2).sum(-1))
+    np.testing.assert_allclose(dist, d_ours, rtol=1e-6)  # the distances of the neighbours returned
+    assert (np.diff(dist, axis=1) >= 0).all()  # sorted by distance
+    assert all(len(set(row)) == K for row in idx)  # no neighbour twice
+
+
+def test_graph_search_is_deterministic_across_threads_and_chunks() -> None:
+    import numba
+
+    train = rare_mixture(8_000, dims=12, seed=13)
+    events = rare_mixture(3_000, dims=12, seed=14)
+    ref = neighbors.knn_cpu(train, events, K, method="graph")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = neighbors.knn_cpu(train, events, K, method="graph")
+    finally:
+        numba.set_num_threads(before)
+    assert all(np.array_equal(a, b) for a, b in zip(ref, one))  # fixed query blocks: threads do not matter
+    again = neighbors.knn_cpu(train, events, K, method="graph")
+    assert all(np.array_equal(a, b) for a, b in zip(ref, again))
+
+
+def test_search_structures_are_built_once_per_reference() -> None:
+    train = rare_mixture(3_000, dims=8, seed=15)
+    events = rare_mixture(500, dims=8, seed=16)
+    start = neighbors.index_builds()
+    for _ in range(2):
+        neighbors.knn_cpu(train, events, K, method="graph")
+        neighbors.knn_cpu(train, events, K, method="tiled")
+    built = neighbors.index_builds()
+    assert built.get("_GraphIndex", 0) - start.get("_GraphIndex", 0) == 1
+    assert built.get("_TiledReference", 0) - start.get("_TiledReference", 0) == 1
+    other = train.copy()  # another array: its own structures
+    neighbors.knn_cpu(other, events, K, method="tiled")
+    assert neighbors.index_builds()["_TiledReference"] - built["_TiledReference"] == 1
+
+
+@pytest.mark.parametrize("n_far", [6, 40])
+def test_graph_search_reaches_a_small_isolated_cluster(n_far: int) -> None:
+    """Queries near a far cluster, smaller than a KD leaf: found from its own pivot.
+
+    With 40 events the cluster's kNN graph has no edge to the bulk (nor the bulk to it), so
+    only its pivot leads there; with 6 (fewer than k) its events' neighbour lists reach
+    into the bulk, and the reverse edges lead back.
+    """
+    rng = np.random.default_rng(17)
+    train = np.concatenate([rng.normal(0, 1, (5_000, 6)), rng.normal(40, 0.1, (n_far, 6))]).astype(np.float32)
+    events = np.concatenate([rng.normal(0, 1, (50, 6)), rng.normal(40, 0.1, (20, 6))]).astype(np.float32)
+    idx, _ = neighbors.knn_cpu(train, events, K, method="graph")
+    exact, _ = _float64_topk(train, events, K)
+    far = _recall(idx[50:], exact[50:])
+    assert (far == 1.0).all(), far

@@ -10,7 +10,9 @@ of each event sorted by increasing distance, distances recomputed directly as
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+import weakref
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import numba
 import numpy as np
@@ -19,9 +21,10 @@ from scipy.spatial import cKDTree
 from ..errors import ProjectionError
 from ._kernels import insert_sorted, pair_distance, resort_row
 
-KnnMethod = Literal["auto", "tiled", "kdtree", "brute"]
+KnnMethod = Literal["auto", "tiled", "graph", "kdtree", "brute"]
 
-__all__ = ["KnnMethod", "knn_cpu", "knn_gpu", "exact_distances", "choose_method", "TILE", "EXTRA_CANDIDATES"]
+__all__ = ["KnnMethod", "knn_cpu", "knn_gpu", "exact_distances", "choose_method", "TILE", "EXTRA_CANDIDATES",
+           "GRAPH_MIN_REF", "GRAPH_EPS", "index_builds"]
 
 TILE = 128  # reference events per tile of the "tiled" method (KD-tree leaf order)
 _N_FIRST = 4  # tiles of smallest lower bound scanned first, for a tight threshold early
@@ -111,11 +114,40 @@ def _knn_kdtree(tree: cKDTree, events: np.ndarray, k: int) -> np.ndarray:
 
 
 
+# ---------------------------------------------------------------- per-reference structures
+
+_T = TypeVar("_T")
+_CACHE: dict[tuple[int, str], tuple[weakref.ref, Any]] = {}
+_BUILDS: dict[str, int] = {}
+
+
+def _cached(train: np.ndarray, build: Callable[[np.ndarray], _T]) -> _T:
+    """``build(train)``, computed once per reference array (while it lives) and per ``build``.
+
+    The search structures of a reference (tile layout, graph) are rebuilt only for a new
+    array: a worker scoring many samples against one reference builds them once. Keyed on
+    the array object, so a reference must not be changed in place.
+    """
+    key = (id(train), getattr(build, "__name__", repr(build)))
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0]() is train:
+        return hit[1]
+    value = build(train)
+    _BUILDS[key[1]] = _BUILDS.get(key[1], 0) + 1
+    _CACHE[key] = (weakref.ref(train, lambda _ref, key=key: _CACHE.pop(key, None)), value)
+    return value
+
+
+def index_builds() -> dict[str, int]:
+    """How many times each per-reference structure was built in this process (for tests and ``rescue bench``)."""
+    return dict(_BUILDS)
+
+
 # ---------------------------------------------------------------- certified tiled scan
 
 
 class _TiledReference:
-    """The reference laid out for :func:`_tiled_kernel` (built once per :func:`knn_cpu` call).
+    """The reference laid out for :func:`_tiled_kernel` (built once per reference array, :func:`_cached`).
 
     Reference events are centred on their float64 mean, rounded to float32 (``y'``), put in
     KD-tree leaf order and cut into tiles of :data:`TILE` consecutive events, each stored
@@ -309,6 +341,235 @@ def _knn_tiled(layout: _TiledReference, train: np.ndarray, events: np.ndarray, k
     return idx
 
 
+# ---------------------------------------------------------------- graph search (large references)
+
+GRAPH_MIN_REF = 100_000  # "auto" uses the graph search from this many reference events (choose_method)
+GRAPH_K = 16  # exact neighbours per reference event in the search graph (plus reverse edges)
+GRAPH_DEGREE = 32  # edges kept per reference event, nearest first
+GRAPH_EPS = 0.1  # search slack: candidates up to (1 + eps) x the current k-th distance are expanded
+_GRAPH_BLOCK = 512  # queries per warm-start block (fixed, so the result does not depend on threads)
+_GRAPH_PIVOTS = 256  # about this many reference events, one per KD-tree leaf, start every query's search
+_HEAP = 4096  # capacity of a query's candidate heap (a push beyond it is dropped)
+
+
+def _leaf_pivots(y: np.ndarray, leafsize: int) -> np.ndarray:
+    """The first event of every leaf of a sliding-midpoint KD-tree of ``y`` (indices into ``y``).
+
+    Sliding-midpoint splits cut an isolated cluster off early, so even a cluster smaller
+    than a leaf has its own leaf, and its pivot: the graph (whose edges rarely leave such a
+    cluster) is entered from the pivot nearest the query.
+    """
+    tree = cKDTree(y, leafsize=leafsize)
+    stack, starts = [tree.tree], []
+    while stack:
+        node = stack.pop()
+        if node.lesser is None:
+            starts.append(node.start_idx)
+        else:
+            stack += [node.greater, node.lesser]
+    return np.ascontiguousarray(tree.indices[np.sort(np.asarray(starts, dtype=np.int64))], dtype=np.int32)
+
+
+class _GraphIndex:
+    """The reference's search graph (built once per reference array, see :func:`_cached`).
+
+    The reference events are renumbered in KD-tree leaf order (``y = train[perm]``), so
+    that graph neighbours, and the events consecutive queries visit, sit close in memory
+    (the search is bound by memory latency, not arithmetic). ``indptr``/``nbrs``: CSR
+    adjacency, in that order, of each event's :data:`GRAPH_K` exact neighbours (the tiled
+    scan of the reference against itself) plus the events that have it among theirs
+    (reverse edges), at most :data:`GRAPH_DEGREE`, nearest first, ties by index.
+    ``pivots``: one event per KD-tree leaf (:func:`_leaf_pivots`, about :data:`_GRAPH_PIVOTS`),
+    also stored transposed, the start of every query's search.
+    """
+
+    def __init__(self, train: np.ndarray) -> None:
+        n = train.shape[0]
+        kg = min(GRAPH_K, n - 1)
+        self.perm = np.ascontiguousarray(cKDTree(train, leafsize=TILE).indices, dtype=np.int32)
+        y = np.ascontiguousarray(train[self.perm])
+        self.y = y
+        idx = _knn_tiled(_TiledReference(y), y, y, kg + 1, None)
+        dist = exact_distances(y, y, idx)
+        _resort(dist, idx)
+        self_col = idx == np.arange(n, dtype=np.int32)[:, None]
+        drop = np.where(self_col.any(axis=1), self_col.argmax(axis=1), kg)  # the event itself (or the last)
+        keep = np.ones_like(self_col)
+        keep[np.arange(n), drop] = False
+        fwd_i, fwd_d = idx[keep].reshape(n, kg), dist[keep].reshape(n, kg)
+        src = np.concatenate([np.repeat(np.arange(n, dtype=np.int32), kg), fwd_i.ravel()])
+        dst = np.concatenate([fwd_i.ravel(), np.repeat(np.arange(n, dtype=np.int32), kg)])
+        d = np.concatenate([fwd_d.ravel(), fwd_d.ravel()])
+        order = np.lexsort((dst, d, src))  # by source, then distance, then index
+        src, dst = src[order], dst[order]
+        first = np.ones(src.size, dtype=bool)
+        first[1:] = (src[1:] != src[:-1]) | (dst[1:] != dst[:-1])  # an edge both ways once
+        src, dst = src[first], dst[first]
+        starts = np.searchsorted(src, np.arange(n + 1))
+        rank = np.arange(src.size) - starts[src]
+        src, dst = src[rank < GRAPH_DEGREE], dst[rank < GRAPH_DEGREE]
+        self.indptr = np.searchsorted(src, np.arange(n + 1)).astype(np.int64)
+        self.nbrs = np.ascontiguousarray(dst, dtype=np.int32)
+        self.pivots = _leaf_pivots(y, max(1, 2 * n // _GRAPH_PIVOTS))
+        self.pivots_t = np.ascontiguousarray(y[self.pivots].T, dtype=np.float32)
+
+
+@numba.njit(inline="always")
+def _heap_push(hd: np.ndarray, hi: np.ndarray, n: int, v: float, j: int) -> int:
+    """Push ``(v, j)`` on a binary min-heap of size ``n``; returns the new size (dropped when full)."""
+    if n >= hd.shape[0]:
+        return n
+    p = n
+    while p > 0:
+        q = (p - 1) // 2
+        if hd[q] <= v:
+            break
+        hd[p] = hd[q]
+        hi[p] = hi[q]
+        p = q
+    hd[p] = v
+    hi[p] = j
+    return n + 1
+
+
+@numba.njit(inline="always")
+def _heap_pop(hd: np.ndarray, hi: np.ndarray, n: int) -> int:
+    """Remove the root of a binary min-heap of size ``n`` (read it first); returns the new size."""
+    n -= 1
+    v, j = hd[n], hi[n]
+    p = 0
+    while True:
+        c = 2 * p + 1
+        if c >= n:
+            break
+        if c + 1 < n and hd[c + 1] < hd[c]:
+            c += 1
+        if hd[c] >= v:
+            break
+        hd[p] = hd[c]
+        hi[p] = hi[c]
+        p = c
+    if n > 0:
+        hd[p] = v
+        hi[p] = j
+    return n
+
+
+@numba.njit(inline="always")
+def _d2_f32(x: np.ndarray, i: int, train: np.ndarray, j: int) -> float:
+    s = np.float32(0.0)
+    for c in range(x.shape[1]):
+        diff = x[i, c] - train[j, c]
+        s += diff * diff
+    return s
+
+
+@numba.njit(inline="always")
+def _d2_f64(x: np.ndarray, i: int, train: np.ndarray, j: int) -> float:
+    s = 0.0
+    for c in range(x.shape[1]):
+        diff = np.float64(x[i, c]) - np.float64(train[j, c])
+        s += diff * diff
+    return s
+
+
+@numba.njit(parallel=True, cache=True)
+def _graph_kernel(x: np.ndarray, train: np.ndarray, indptr: np.ndarray, nbrs: np.ndarray, pivots: np.ndarray,
+                  pivots_t: np.ndarray, k: int, kk: int, eps: float, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best-first search of the reference graph per query (pynndescent's query), top ``k`` re-ranked in float64.
+
+    Each query starts from its nearest pivot and, within a block of ``block`` consecutive
+    queries (in spatial order), from the previous query's ``kk`` results; the candidate
+    nearest to the query is expanded while it lies within ``(1 + eps)`` times the current
+    ``kk``-th distance (float32 search distances). The ``kk`` found are re-ranked by float64
+    distance, ties by index, and the first ``k`` returned; ``ok`` is False for a query that
+    found fewer than ``k`` events.
+    """
+    n, d = x.shape
+    n_ref = train.shape[0]
+    out = np.empty((n, k), dtype=np.int32)
+    ok = np.empty(n, dtype=np.bool_)
+    scale = np.float32((1.0 + eps) * (1.0 + eps))
+    n_blocks = (n + block - 1) // block
+    for b in numba.prange(n_blocks):
+        stamp = np.zeros(n_ref, dtype=np.int32)  # stamp[j] == query + 1: j seen by that query
+        hd = np.empty(_HEAP, dtype=np.float32)
+        hi = np.empty(_HEAP, dtype=np.int32)
+        res_d = np.empty(kk, dtype=np.float32)
+        res_i = np.empty(kk, dtype=np.int32)
+        prev = np.full(kk, -1, dtype=np.int32)
+        cand_d = np.empty(kk, dtype=np.float64)
+        cand_i = np.empty(kk, dtype=np.int32)
+        for i in range(b * block, min(n, (b + 1) * block)):
+            tag = i - b * block + 1
+            res_d[:] = np.inf
+            res_i[:] = -1
+            best, bp = np.float32(np.inf), 0
+            for p in range(pivots.shape[0]):
+                s = np.float32(0.0)
+                for c in range(d):
+                    diff = x[i, c] - pivots_t[c, p]
+                    s += diff * diff
+                if s < best:
+                    best, bp = s, p
+            hn = 0
+            for s_ in range(kk + 1):
+                j = pivots[bp] if s_ == kk else prev[s_]
+                if j < 0 or stamp[j] == tag:
+                    continue
+                stamp[j] = tag
+                v = _d2_f32(x, i, train, j)
+                hn = _heap_push(hd, hi, hn, v, j)
+                if v < res_d[kk - 1]:
+                    insert_sorted(res_d, res_i, kk, v, j)
+            while hn > 0:
+                dc, c = hd[0], hi[0]
+                hn = _heap_pop(hd, hi, hn)
+                if dc > scale * res_d[kk - 1]:
+                    break
+                for e in range(indptr[c], indptr[c + 1]):
+                    j = nbrs[e]
+                    if stamp[j] == tag:
+                        continue
+                    stamp[j] = tag
+                    v = _d2_f32(x, i, train, j)
+                    if v < scale * res_d[kk - 1]:
+                        hn = _heap_push(hd, hi, hn, v, j)
+                        if v < res_d[kk - 1]:
+                            insert_sorted(res_d, res_i, kk, v, j)
+            m = 0
+            for j in range(kk):
+                if res_i[j] >= 0:
+                    cand_i[m] = res_i[j]
+                    cand_d[m] = _d2_f64(x, i, train, res_i[j])
+                    m += 1
+            resort_row(cand_d, cand_i, m)
+            ok[i] = m >= k  # fewer found (a component smaller than k): searched exhaustively instead
+            for j in range(k):
+                out[i, j] = cand_i[min(j, m - 1)] if m > 0 else 0
+            prev[:] = res_i
+    return out, ok
+
+
+def _knn_graph(index: _GraphIndex, train: np.ndarray, events: np.ndarray, k: int) -> np.ndarray:
+    """Neighbour indices of one event block by the graph search (queries in KD-tree leaf order).
+
+    The search keeps ``k`` results (no extra candidates: it is approximate by design, and
+    :data:`EXTRA_CANDIDATES` only serve the tiled scan's exact float32 re-ranking).
+    """
+    kk = min(k, train.shape[0])
+    order = cKDTree(events, leafsize=TILE).indices if len(events) > TILE else np.arange(len(events))
+    idx_sorted, ok_sorted = _graph_kernel(np.ascontiguousarray(events[order]), index.y, index.indptr, index.nbrs,
+                                          index.pivots, index.pivots_t, k, kk, GRAPH_EPS, _GRAPH_BLOCK)
+    idx = np.empty_like(idx_sorted)
+    idx[order] = index.perm[idx_sorted]
+    bad = np.flatnonzero(~ok_sorted)
+    if bad.size:
+        rows = np.asarray(order, dtype=np.int64)[bad]
+        idx[rows] = _exhaustive_float64(events, train, rows, k)
+    return idx
+
+
 def choose_method(n_dims: int, n_ref: int, n_events: int) -> KnnMethod:
     """The CPU method ``"auto"`` resolves to.
 
@@ -318,6 +579,8 @@ def choose_method(n_dims: int, n_ref: int, n_events: int) -> KnnMethod:
     the KD-tree.
     """
     del n_dims, n_events
+    if n_ref >= GRAPH_MIN_REF:
+        return "graph"
     return "tiled" if n_ref >= 2 * TILE else "kdtree"
 
 
@@ -360,10 +623,11 @@ def knn_cpu(
     """
     if method == "auto":
         method = choose_method(train.shape[1], train.shape[0], events.shape[0])
-    if method not in ("tiled", "kdtree", "brute"):
-        raise ProjectionError(f"knn method must be 'auto', 'tiled', 'kdtree' or 'brute', got {method!r}")
+    if method not in ("tiled", "graph", "kdtree", "brute"):
+        raise ProjectionError(f"knn method must be 'auto', 'tiled', 'graph', 'kdtree' or 'brute', got {method!r}")
     tree = cKDTree(train, leafsize=64) if method == "kdtree" else None  # 64: ~15% faster queries in 10-20 dims than 16
-    layout = _TiledReference(train) if method == "tiled" else None
+    layout = _cached(train, _TiledReference) if method == "tiled" else None
+    graph = _cached(train, _GraphIndex) if method == "graph" else None
     idx = np.empty((events.shape[0], k), dtype=np.int32)
     for s in range(0, events.shape[0], chunk_size):
         block = events[s : s + chunk_size]
@@ -371,6 +635,8 @@ def knn_cpu(
             idx[s : s + len(block)] = _knn_kdtree(tree, block, k)
         elif layout is not None:
             idx[s : s + len(block)] = _knn_tiled(layout, train, block, k, stats)
+        elif graph is not None:
+            idx[s : s + len(block)] = _knn_graph(graph, train, block, k)
         else:
             idx[s : s + len(block)] = _knn_brute(train, block, k)
     dist = exact_distances(events, train, idx)
