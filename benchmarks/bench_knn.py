@@ -10,13 +10,18 @@ lists are identical. ``--peer-queries`` caps the KD-tree's queries (a prefix of 
 queries) where it would take minutes; its rates are then per event of that prefix.
 
 ``--transform`` instead times the whole ``projection.transform`` on ``--queries`` events
-against a umap-learn reference fitted on ``--ref-sizes[0]`` events, with
-``knn_method="kdtree"`` (before) and ``"auto"`` (after), and prints the step timings.
+against a umap-learn reference fitted on ``--ref-sizes[0]`` events, once per ``--methods``
+(default ``kdtree,auto``), and prints the step timings; with ``--fidelity-events N`` it also
+transforms the first N events with umap-learn (seeds 0 and 7) and prints, per method, the
+median and p95 displacement from umap-learn's coordinates against umap-learn's own
+seed-to-seed displacement (``rescue bench --peer``'s fidelity ratio).
 
 Examples::
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_knn.py --ref-sizes 5000,30000 --queries 200000
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_knn.py --transform --ref-sizes 30000 --queries 200000
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_knn.py --transform --ref-sizes 150000 --queries 500000 \
+        --methods tiled,graph --fidelity-events 20000
 """
 
 from __future__ import annotations
@@ -81,7 +86,7 @@ def knn_table(args: argparse.Namespace) -> None:
 
 
 def transform_table(args: argparse.Namespace) -> None:
-    """The whole transform, knn_method kdtree (before) vs auto (after), same reference and events."""
+    """The whole transform per ``--methods`` (same reference and events), and the fidelity to umap-learn."""
     import warnings
 
     import umap
@@ -94,14 +99,16 @@ def transform_table(args: argparse.Namespace) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         t = time.perf_counter()
-        reference = UmapReference.from_umap(umap.UMAP(n_neighbors=15, random_state=0).fit(train))
+        reference_model = [umap.UMAP(n_neighbors=15, random_state=0).fit(train)]
+        reference = UmapReference.from_umap(reference_model[0])
         print(f"umap-learn fit on {n_ref:,} events: {time.perf_counter() - t:.0f} s")
-    transform(reference, events[:500], seed=0, backend="cpu", knn_method="auto")
-    transform(reference, events[:500], seed=0, backend="cpu", knn_method="kdtree")
+    methods = args.methods.split(",")
+    for method in methods:  # compilation and per-reference structures outside the timings
+        transform(reference, events[:500], seed=0, backend="cpu", knn_method=method)
     outs = {}
     print("| knn_method | repeat | CPU s | wall s | events/s (wall) | check | knn | fuzzy | init | sgd | load |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for method in ("kdtree", "auto"):
+    for method in methods:
         for r in range(args.repeats):
             steps: dict[str, float] = {}
             start_load = load()
@@ -110,7 +117,21 @@ def transform_table(args: argparse.Namespace) -> None:
             cols = " | ".join(f"{steps.get(s, 0.0):.2f}" for s in ("check", "knn", "fuzzy", "init", "sgd"))
             print(f"| {method} | {r + 1} | {cpu[0]:.2f} | {wall[0]:.2f} | {args.queries / wall[0]:,.0f} | {cols} | "
                   f"{start_load}-{load()} |", flush=True)
-    print(f"coordinates identical (kdtree vs auto): {np.array_equal(outs['kdtree'], outs['auto'], equal_nan=True)}")
+    a, b = methods[0], methods[-1]
+    print(f"coordinates identical ({a} vs {b}): {np.array_equal(outs[a], outs[b], equal_nan=True)}")
+    if args.fidelity_events:
+        from rescue_gpu.flow.bench import displacement
+
+        new = events[: args.fidelity_events]
+        model = reference_model[0]
+        u1 = model.transform(new)
+        model.transform_seed = 7
+        u2 = model.transform(new)
+        mu, pu = displacement(u2, u1)
+        print(f"umap-learn seed-to-seed displacement on {len(new):,} events: median {mu:.3f}, p95 {pu:.3f}")
+        for method in methods:
+            mo, po = displacement(outs[method][: len(new)], u1)
+            print(f"{method}: vs umap-learn median {mo:.3f} (ratio {mo / mu:.2f}), p95 {po:.3f} (ratio {po / pu:.2f})")
 
 
 def main() -> None:
@@ -122,6 +143,8 @@ def main() -> None:
     ap.add_argument("--peer-queries", type=int, default=0, help="cap on the KD-tree's queries (0: all)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--transform", action="store_true")
+    ap.add_argument("--methods", default="kdtree,auto", help="knn methods of --transform, comma-separated")
+    ap.add_argument("--fidelity-events", type=int, default=0, help="--transform: events compared with umap-learn")
     args = ap.parse_args()
     print(f"bench_knn: {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC, {os.cpu_count()} CPUs, "
           f"numba threads {numba.get_num_threads()}, load {load()}")

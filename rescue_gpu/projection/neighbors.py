@@ -346,7 +346,7 @@ def _knn_tiled(layout: _TiledReference, train: np.ndarray, events: np.ndarray, k
 GRAPH_MIN_REF = 100_000  # "auto" uses the graph search from this many reference events (choose_method)
 GRAPH_K = 16  # exact neighbours per reference event in the search graph (plus reverse edges)
 GRAPH_DEGREE = 32  # edges kept per reference event, nearest first
-GRAPH_EPS = 0.1  # search slack: candidates up to (1 + eps) x the current k-th distance are expanded
+GRAPH_EPS = 0.12  # search slack on squared distances, umap-learn's transform setting (pynndescent epsilon)
 _GRAPH_BLOCK = 512  # queries per warm-start block (fixed, so the result does not depend on threads)
 _GRAPH_PIVOTS = 256  # about this many reference events, one per KD-tree leaf, start every query's search
 _HEAP = 4096  # capacity of a query's candidate heap (a push beyond it is dropped)
@@ -480,8 +480,9 @@ def _graph_kernel(x: np.ndarray, train: np.ndarray, indptr: np.ndarray, nbrs: np
 
     Each query starts from its nearest pivot and, within a block of ``block`` consecutive
     queries (in spatial order), from the previous query's ``kk`` results; the candidate
-    nearest to the query is expanded while it lies within ``(1 + eps)`` times the current
-    ``kk``-th distance (float32 search distances). The ``kk`` found are re-ranked by float64
+    nearest to the query is expanded while its squared distance lies within ``(1 + eps)``
+    times the current ``kk``-th one (float32 search distances; pynndescent's rule, which
+    umap-learn's transform runs with ``epsilon = 0.12``). The ``kk`` found are re-ranked by float64
     distance, ties by index, and the first ``k`` returned; ``ok`` is False for a query that
     found fewer than ``k`` events.
     """
@@ -489,7 +490,7 @@ def _graph_kernel(x: np.ndarray, train: np.ndarray, indptr: np.ndarray, nbrs: np
     n_ref = train.shape[0]
     out = np.empty((n, k), dtype=np.int32)
     ok = np.empty(n, dtype=np.bool_)
-    scale = np.float32((1.0 + eps) * (1.0 + eps))
+    scale = np.float32(1.0 + eps)  # on squared distances, as pynndescent's euclidean search
     n_blocks = (n + block - 1) // block
     for b in numba.prange(n_blocks):
         stamp = np.zeros(n_ref, dtype=np.int32)  # stamp[j] == query + 1: j seen by that query
