@@ -1,7 +1,8 @@
-"""Exact euclidean k-nearest neighbours of new events among a reference's training events.
+"""Euclidean k-nearest neighbours of new events among a reference's training events.
 
-Three CPU methods (a KD-tree; a certified tiled scan with pruning; a fused brute-force scan
-with a streaming top-k) and one GPU method (tiled cupy GEMM with a streaming top-k numba.cuda kernel). All return the neighbours
+Four CPU methods (a KD-tree; a certified tiled scan with pruning; a fused brute-force scan
+with a streaming top-k, all exact; and, for large references, an approximate graph search
+like umap-learn's) and one GPU method (tiled cupy GEMM with a streaming top-k numba.cuda kernel). All return the neighbours
 of each event sorted by increasing distance, distances recomputed directly as
 ``||x - y||`` in float64 and stored as float32 (the GEMM identity
 ``||x||^2 + ||y||^2 - 2 x.y`` only selects candidates).
@@ -572,12 +573,14 @@ def _knn_graph(index: _GraphIndex, train: np.ndarray, events: np.ndarray, k: int
 
 
 def choose_method(n_dims: int, n_ref: int, n_events: int) -> KnnMethod:
-    """The CPU method ``"auto"`` resolves to.
+    """The CPU method ``"auto"`` resolves to: a function of the reference size alone.
 
     The tiled scan needed less CPU than the KD-tree in every shape measured (d = 10-15,
-    N = 5,000-150,000, n = 200,000-500,000; benchmarks/RESULTS.md, issue 15), so the
-    width and the number of events do not enter; a reference of under two tiles gets
-    the KD-tree.
+    N = 5,000-150,000, n = 200,000-500,000; benchmarks/RESULTS.md, issue 15); a reference
+    of under two tiles gets the KD-tree. From :data:`GRAPH_MIN_REF` events the graph
+    search needs about half the CPU of the tiled scan (1.2x at 60,000, 2.4x at 150,000;
+    issue 15, session 7). The number of events does not enter, so a sample's coordinates
+    do not depend on what else was scored.
     """
     del n_dims, n_events
     if n_ref >= GRAPH_MIN_REF:
@@ -610,6 +613,8 @@ def knn_cpu(
         ``"tiled"`` (certified tiled scan: a pruned float32 scan picks ``k + 8``
         candidates, float64 re-ranking, a per-row error bound proves no other event is
         as close, rows it cannot prove are searched exhaustively in float64),
+        ``"graph"`` (approximate, like umap-learn's transform: best-first search of the
+        reference's neighbour graph, built once per reference array; :func:`_graph_kernel`),
         ``"kdtree"`` (scipy cKDTree, all cores), ``"brute"`` (fused float32 scan + top-k;
         may differ from the others on near ties), or ``"auto"`` (:func:`choose_method`).
         ``"tiled"`` and ``"kdtree"`` return the same neighbours except where two
