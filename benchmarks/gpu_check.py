@@ -341,7 +341,7 @@ def stage_projection(p: dict[str, Any]) -> dict[str, Any]:
     # Parity on the subset as a batch of its own (mean distance, max weight and epochs are batch-wide).
     g = transform(ref, xp.asarray(sub), seed=0, backend=backend)
     gpu_sub = np.asarray(g.get() if hasattr(g, "get") else g)
-    cpu_sub = transform(ref, sub, seed=0, backend="cpu")
+    cpu_sub = transform(ref, sub, seed=0, backend="cpu", knn_method="tiled")  # exact, as the GPU's search
     d = np.abs(gpu_sub.astype(np.float64) - cpu_sub)
     res.update(parity_events=len(sub), parity_max_abs=float(np.nanmax(d)), parity_frac_over_1e_3=float(np.mean(d.max(1) > 1e-3)))
     del warm, out

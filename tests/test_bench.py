@@ -72,7 +72,8 @@ def test_parse_stages_and_library():
 
 
 @pytest.mark.parametrize("args, words", [(["--stages", "read,umap"], "unknown stage(s) umap"),
-                                         (["--library", "1361by5"], "SAMPLESxEVENTS")])
+                                         (["--library", "1361by5"], "SAMPLESxEVENTS"),
+                                         (["--knn-method", "ball"], "choose auto, tiled, graph or kdtree")])
 def test_bad_option_is_one_line_error(capsys, args, words):
     rc = main(["bench", *args])
     err = capsys.readouterr().err.strip()
@@ -164,3 +165,24 @@ def test_mrd_stage_and_overhead(tmp_path):
 
 def test_no_mrd_entry_without_the_flag(record):
     assert record[0]["mrd"] is None
+
+
+def test_reference_is_pooled_from_other_samples_than_the_timed_ones(tmp_path):
+    """A timed sample's own events in the reference would be free exact neighbours (too easy a kNN)."""
+    import numpy as np
+
+    from rescue_gpu.flow.bench import BenchOptions, _assets
+    from rescue_gpu.flow.stages import load_events
+
+    assets = _assets(BenchOptions(samples=1, events=3000, reference_events=2000, image_size=32), tmp_path,
+                     lambda _s: None)
+    ref = np.ascontiguousarray(assets.reference.train_events, dtype=np.float32)
+    assert ref.shape[0] == 2000
+    timed = np.ascontiguousarray(load_events(assets.rows[0].path, assets.pipeline).values, dtype=np.float32)
+    as_rows = lambda a: {bytes(r) for r in a.view(np.uint8).reshape(len(a), -1)}  # noqa: E731
+    assert not as_rows(ref) & as_rows(timed)
+
+
+def test_knn_method_is_recorded(record):
+    rec, _ = record
+    assert rec["settings"]["knn_method"] == "auto"

@@ -117,7 +117,7 @@ def test_certificate_refuses_rows_float32_cannot_rank() -> None:
 def test_auto_method_and_unknown_method() -> None:
     train = rare_mixture(1000, dims=12, seed=1)
     events = rare_mixture(200, dims=12, seed=2)
-    assert neighbors.choose_method(12, 30_000, 200_000) == "tiled"
+    assert neighbors.choose_method(12, 20_000, 200_000) == "tiled"
     assert neighbors.choose_method(12, neighbors.GRAPH_MIN_REF - 1, 10) == "tiled"
     assert neighbors.choose_method(12, neighbors.GRAPH_MIN_REF, 10) == "graph"  # by reference size alone
     assert neighbors.choose_method(12, 200, 10) == "kdtree"

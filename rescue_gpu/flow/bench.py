@@ -52,7 +52,8 @@ BENCH_SCHEMA: dict[str, Any] = {
     "created": "str (ISO 8601, UTC)",
     "machine": {"platform": "str", "cpu_count": "int", "load_avg": "[float] (1, 5, 15 min)", "python": "str"},
     "settings": {"samples": "int", "events": "int", "reference_events": "int", "stages": "[str]",
-                 "backend": "str", "workers": "int", "repeats": "int", "seed": "int", "source": "str"},
+                 "backend": "str", "workers": "int", "repeats": "int", "seed": "int", "source": "str",
+                 "knn_method": "str (--knn-method; 'auto' resolves by reference size)"},
     "stages": {"<stage>": {"median_s": "float", "min_s": "float", "max_s": "float", "runs": "[float]"}},
     "end_to_end": {"in_process": {"seconds_per_sample": "float", "events_per_s": "float", "samples_per_s": "float",
                                   "runs": "[float] (seconds per sample, each repeat)"},
@@ -95,6 +96,7 @@ class BenchOptions:
     model: Path | None = None
     mrd: bool = False
     mrd_points: int = 20_000
+    knn_method: str = "auto"
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
@@ -204,6 +206,10 @@ class _Assets:
     warmup_path: str
 
 
+#: Events each simulated reference sample gives the bench's reference (its own cohort, not the timed samples).
+REFERENCE_EVENTS_PER_SAMPLE = 5_000
+
+
 def _assets(opts: BenchOptions, work: Path, say: Callable[[str], None]) -> _Assets:
     from ..config import load_pipeline
     from ..runner.manifest import read_manifest
@@ -234,9 +240,14 @@ def _assets(opts: BenchOptions, work: Path, say: Callable[[str], None]) -> _Asse
     # the warm-up sample: small, so that compiling and starting up do not cost a whole large sample
     simulate_cohort(work / "warmup", n_samples=1, n_events=min(opts.events, 2000), seed=opts.seed + 12)
     warm = read_manifest(work / "warmup" / "manifest.csv")[0].path
-    per = max(1, -(-opts.reference_events // len(rows)))
+    # the reference pools other samples than the timed ones (5,000 events each, as `rescue reference build`
+    # pools a cohort): a timed sample's own events in the reference would be free exact neighbours
+    n_ref = max(2, -(-opts.reference_events // REFERENCE_EVENTS_PER_SAMPLE))
+    simulate_cohort(work / "refcohort", n_samples=n_ref, n_events=int(REFERENCE_EVENTS_PER_SAMPLE * 1.2),
+                    seed=opts.seed + 13)
+    per = max(1, -(-opts.reference_events // n_ref))
     pooled, markers = [], None
-    for row in rows:
+    for row in read_manifest(work / "refcohort" / "manifest.csv"):
         ev = load_events(row.path, pipe)
         markers = ev.markers
         pooled.append(ev.values[:per])
@@ -276,7 +287,8 @@ def _mrd_step(models: tuple[Any, Any], values: Any) -> tuple[int, int]:
 
 
 def _chain(path: str, assets: _Assets, engine: Any, store: Any, sid: str, stages: tuple[str, ...],
-           backend: str, seed: int, mrd: tuple[Any, Any] | None = None) -> tuple[dict[str, float], float, int]:
+           backend: str, seed: int, mrd: tuple[Any, Any] | None = None,
+           knn_method: str = "auto") -> tuple[dict[str, float], float, int]:
     """Run one sample through the stages up to the last one asked for; return (stage seconds, wall, events).
 
     With ``mrd`` (:func:`_mrd_models`) the event-level MRD step runs after preprocessing,
@@ -310,7 +322,8 @@ def _chain(path: str, assets: _Assets, engine: Any, store: Any, sid: str, stages
         if mrd is not None:
             timed("mrd", lambda: _mrd_step(mrd, events.values))
     if "project" in need:
-        coords = timed("project", lambda: project(assets.reference, events, seed=seed, backend=backend))
+        coords = timed("project", lambda: project(assets.reference, events, seed=seed, backend=backend,
+                                                  knn_method=knn_method))
     if "raster" in need:
         image = timed("raster", lambda: np.ascontiguousarray(to_numpy(rasterise(assets.reference, coords, events)[0]),
                                                              dtype=np.float32))
@@ -468,7 +481,7 @@ def _project_steps(assets: _Assets, opts: BenchOptions) -> dict[str, float]:
 
     ev = load_events(assets.rows[0].path, assets.pipeline)
     steps: dict[str, float] = {}
-    transform(assets.reference, ev.values, seed=opts.seed, backend="cpu", timings=steps)
+    transform(assets.reference, ev.values, seed=opts.seed, backend="cpu", timings=steps, knn_method=opts.knn_method)
     return {k: float(v) for k, v in steps.items()}
 
 
@@ -495,7 +508,8 @@ def run_bench(opts: BenchOptions, *, say: Callable[[str], None] = lambda s: None
         store = RunStore(tmp / "store")
         mrd = _mrd_models(assets, opts) if opts.mrd else None
         say("warm-up (numba compilation, torch start-up)")
-        _chain(assets.warmup_path, assets, engine, store, "warmup", STAGES, opts.backend, opts.seed, mrd)
+        _chain(assets.warmup_path, assets, engine, store, "warmup", STAGES, opts.backend, opts.seed, mrd,
+               opts.knn_method)
         per_stage: dict[str, list[float]] = {s: [] for s in opts.stages}
         mrd_runs: list[float] = []
         e2e: list[float] = []
@@ -505,7 +519,7 @@ def run_bench(opts: BenchOptions, *, say: Callable[[str], None] = lambda s: None
             wall_tot = mrd_tot = 0.0
             for i, row in enumerate(assets.rows):
                 t, wall, n = _chain(row.path, assets, engine, store, f"r{rep}-{row.sample_id}", opts.stages,
-                                    opts.backend, opts.seed, mrd)
+                                    opts.backend, opts.seed, mrd, opts.knn_method)
                 for s in opts.stages:
                     stage_tot[s] += t[s]
                 mrd_tot += t.get("mrd", 0.0)
@@ -539,7 +553,7 @@ def run_bench(opts: BenchOptions, *, say: Callable[[str], None] = lambda s: None
             "settings": {"samples": len(assets.rows), "events": opts.events, "reference_events":
                          int(assets.reference.train_events.shape[0]), "stages": list(opts.stages),
                          "backend": opts.backend, "workers": opts.workers, "repeats": opts.repeats,
-                         "seed": opts.seed, "source": assets.source},
+                         "seed": opts.seed, "source": assets.source, "knn_method": opts.knn_method},
             "stages": {s: _summary(per_stage[s]) for s in opts.stages},
             "end_to_end": {"in_process": {"seconds_per_sample": med, "events_per_s": eps, "samples_per_s": 1.0 / med,
                                           "runs": [float(x) for x in e2e]},
@@ -699,12 +713,17 @@ def bench(
     mrd: Annotated[bool, typer.Option("--mrd", help="Also time the event-level MRD step (DfN, LAIP) and its "
                                                      "overhead on the per-sample time.")] = False,
     mrd_points: Annotated[int, typer.Option("--mrd-points", help="DfN model points with --mrd.")] = 20_000,
+    knn_method: Annotated[str, typer.Option("--knn-method", help="CPU neighbour search: auto (graph from 30,000 "
+                                                               "reference events, else tiled), tiled, graph, kdtree.")
+                          ] = "auto",
 ) -> None:
     """Time each stage of the flow path per sample; events/s, memory, library extrapolation, umap-learn peer."""
     from ..cliutil import console, progress
 
     if backend not in ("cpu", "gpu"):
         raise ConfigError(f"--backend {backend!r}: choose cpu or gpu")
+    if knn_method not in ("auto", "tiled", "graph", "kdtree"):
+        raise ConfigError(f"--knn-method {knn_method!r}: choose auto, tiled, graph or kdtree")
     try:
         sizes = tuple(int(s) for s in reference_sizes.split(",") if s.strip())
     except ValueError:
@@ -713,7 +732,7 @@ def bench(
                         backend=backend, workers=workers, repeats=repeats, seed=seed, peer=peer,
                         peer_events=peer_events, library=parse_library(library), image_size=image_size,
                         reference_sizes=sizes, manifest=manifest, reference=reference, model=model, mrd=mrd,
-                        mrd_points=mrd_points)
+                        mrd_points=mrd_points, knn_method=knn_method)
     total = opts.samples * opts.repeats
     done = [0]
     with progress("timing samples", total) as advance:

@@ -52,14 +52,16 @@ def pipeline_settings(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def project(reference: Reference, events: Events, *, seed: int = 0, backend: str = "auto",
-            chunk_events: int | None = None) -> Any:
+            chunk_events: int | None = None, knn_method: str = "auto") -> Any:
     """Project preprocessed events into ``reference`` after checking markers and preprocessing.
 
     ``chunk_events`` bounds the events per chunk of the neighbour search (None: the
-    projection's default); the coordinates do not depend on it.
+    projection's default); the coordinates do not depend on it. ``knn_method``: the CPU
+    neighbour search (:func:`rescue_gpu.projection.transform`; ``rescue bench --knn-method``).
     """
     reference.check_markers(events.markers, what=f"sample with {len(events.markers)} markers")
-    return transform(reference, events.values, seed=seed, backend=backend, chunk_size=chunk_events)
+    return transform(reference, events.values, seed=seed, backend=backend, chunk_size=chunk_events,
+                     knn_method=knn_method)  # type: ignore[arg-type]
 
 
 def rasterise(reference: Reference, coords: Any, events: Events) -> tuple[Any, int]:

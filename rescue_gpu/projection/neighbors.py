@@ -344,7 +344,7 @@ def _knn_tiled(layout: _TiledReference, train: np.ndarray, events: np.ndarray, k
 
 # ---------------------------------------------------------------- graph search (large references)
 
-GRAPH_MIN_REF = 100_000  # "auto" uses the graph search from this many reference events (choose_method)
+GRAPH_MIN_REF = 30_000  # "auto" uses the graph search from this many reference events (choose_method)
 GRAPH_K = 16  # exact neighbours per reference event in the search graph (plus reverse edges)
 GRAPH_DEGREE = 32  # edges kept per reference event, nearest first
 GRAPH_EPS = 0.12  # search slack on squared distances, umap-learn's transform setting (pynndescent epsilon)
@@ -578,9 +578,10 @@ def choose_method(n_dims: int, n_ref: int, n_events: int) -> KnnMethod:
     The tiled scan needed less CPU than the KD-tree in every shape measured (d = 10-15,
     N = 5,000-150,000, n = 200,000-500,000; benchmarks/RESULTS.md, issue 15); a reference
     of under two tiles gets the KD-tree. From :data:`GRAPH_MIN_REF` events the graph
-    search needs about half the CPU of the tiled scan (1.2x at 60,000, 2.4x at 150,000;
-    issue 15, session 7). The number of events does not enter, so a sample's coordinates
-    do not depend on what else was scored.
+    search wins: on the simulator's panel, 500,000 events, its kNN step took 6.1 s
+    against 11.1 s at 30,000 reference events and 7.9 s against 34.0 s at 150,000
+    (``rescue bench``, issue 15, session 7). The number of events does not enter, so a
+    sample's coordinates do not depend on what else was scored.
     """
     del n_dims, n_events
     if n_ref >= GRAPH_MIN_REF:
