@@ -121,14 +121,14 @@ def main() -> None:
     def score(sim, pid: str, kind: str, laip) -> None:
         v, _, t_pre = _events(sim, tmp, pipeline)
         t0 = time.perf_counter()
-        dfn, gate = mrd.dfn_flags(model, v)
+        gate = mrd.cd45_gate(v, model.cd45_column, model.cd45_min)
+        cand, sc = mrd.dfn_scores(model, v)  # scored once; each rule's threshold applied to the same scores
+        dfn = mrd.flags_above(cand, sc, model.cluster_threshold)  # = mrd.dfn_flags(model, v)[0]
         lf = mrd.laip_flags(model, laip, v) if laip is not None else np.zeros_like(dfn)
         t_mrd = time.perf_counter() - t0
         extra = {}
         if pooled is not None:
-            cand, sc = mrd.dfn_scores(model, v)
-            dp = np.zeros_like(dfn)
-            dp[np.asarray(cand, dtype=bool)] = np.asarray(sc) > pooled.cluster_threshold
+            dp = mrd.flags_above(cand, sc, pooled.cluster_threshold)
             n_p = int(mrd.leukocytes(gate, dp, lf).sum())
             extra = {"dfn_pooled_pct": 100.0 * dp.sum() / n_p, "both_pooled_pct": 100.0 * (dp | lf).sum() / n_p}
         n = int(mrd.leukocytes(gate, dfn, lf).sum())  # CD45+ gate plus CD45-dim aberrant events

@@ -73,7 +73,7 @@ from ..errors import ConfigError, ReferenceDataError
 from ..xp import astype as _astype
 from ..xp import namespace
 
-__all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cluster_score", "fewer_within", "mahalanobis2", "cd45_gate", "leukocytes", "dfn_flags", "dfn_scores", "fit_laip",
+__all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cluster_score", "fewer_within", "mahalanobis2", "cd45_gate", "leukocytes", "dfn_flags", "dfn_scores", "flags_above", "fit_laip",
            "laip_flags", "pack_flags", "unpack_flags", "MrdNumbers", "mrd_numbers", "mrd_status", "combined_call",
            "clopper_pearson", "otsu_threshold", "normal_model_from_rows", "own_threshold", "CLUSTER_RULES", "mrd_agreement", "LOD_EVENTS", "LLOQ_EVENTS", "MIN_CD45_EVENTS", "THRESHOLD_PCT",
            "STATUSES", "METHODS"]
@@ -586,13 +586,21 @@ def dfn_flags(model: NormalModel, values: Any) -> tuple[Any, Any]:
     sparse tail of normal marrow) are not flagged; ELN counts clustered events. The MRD
     denominator is :func:`leukocytes` of the gate and the aberrant masks.
     """
-    xp = namespace(values)
     gate = cd45_gate(values, model.cd45_column, model.cd45_min)
     cand, scores = dfn_scores(model, values)
-    flags = _filled(int(values.shape[0]), False, xp)
+    return flags_above(cand, scores, model.cluster_threshold), gate
+
+
+def flags_above(candidates: Any, scores: Any, threshold: float) -> Any:
+    """Boolean per event: a candidate (:func:`dfn_scores`) whose cluster score exceeds ``threshold``.
+
+    One scoring serves any number of thresholds (``benchmarks/eval_mrd.py`` compares rules this way).
+    """
+    xp = namespace(candidates)
+    flags = _filled(int(candidates.shape[0]), False, xp)
     if int(scores.shape[0]):
-        flags[cand] = scores > model.cluster_threshold
-    return flags, gate
+        flags[candidates] = scores > threshold
+    return flags
 
 
 # ----------------------------------------------------------------------------- LAIP
