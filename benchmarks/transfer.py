@@ -29,6 +29,17 @@ definitions of positive are reported: the manifest's labels (every diagnosis and
 follow-up, as for the image call) and the simulator's truth (``observed_fraction`` >= 0.1 %).
 ``--metrics-only`` recomputes the tables and JSON from an existing ``--out`` folder.
 
+``--site-normals`` (issue 17, session 8) adds, per cross-source direction S -> T, the route
+ELN prescribes for a new laboratory: the target site establishes its own normal range from
+its own normal marrows, here the MRD-negative follow-ups and controls of T's *training*
+patients (never the scored ones). The CLI builds a DfN model from them against S's reference
+(``rescue mrd build-normal T-TRAIN --reference S-REF``), scores T's held-out patients with
+S's image model and that model (``run-S-to-T-site``), and scores T's training normals with
+S's image model (``sitecal-S-to-T``) to re-set the image threshold at T
+(:func:`rescue_gpu.nn.calibration.site_threshold`: the lowest threshold calling at most
+``--site-rate`` of them positive); the row ``S → T (site normals)`` uses that threshold for
+the image call and the combined call. The image model and S's reference are unchanged.
+
 ``--main-mix`` sets the main cohort's class composition: ``monitoring`` (default;
 :data:`rescue_gpu.simulate.MONITORING_COUNTS`, 30/23/30/17 diagnosis / MRD+ / MRD- / control,
 47 % negative samples) or ``library`` (the reference library's 765/336/170/90, 19 % negative,
@@ -67,6 +78,7 @@ from rescue_gpu.cli import main as rescue
 from rescue_gpu.config import load_pipeline
 from rescue_gpu.flow.mrd import THRESHOLD_PCT, combined_call, mrd_status
 from rescue_gpu.flow.stages import reference_landmarks
+from rescue_gpu.nn.calibration import site_threshold
 from rescue_gpu.nn.metrics import bootstrap_intervals
 from rescue_gpu.preprocess import normalize_toml
 from rescue_gpu.runner.manifest import read_manifest
@@ -146,6 +158,11 @@ def _args() -> argparse.Namespace:
                     help="train.shift_copies: instrument-shifted copies of each training sample (0: off)")
     ap.add_argument("--shift-gain", type=float, default=0.1, help="train.shift_gain (SD of the log per-channel gain)")
     ap.add_argument("--shift-offset", type=float, default=0.05, help="train.shift_offset (SD of the per-channel offset)")
+    ap.add_argument("--site-normals", action="store_true",
+                    help="also score each cross-source direction with a DfN model and an image threshold "
+                         "from the target site's own training-side normals (ELN's per-laboratory normal range)")
+    ap.add_argument("--site-rate", type=float, default=0.05,
+                    help="share of the site's normals the site threshold may call positive (--site-normals)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/transfer"))
     ap.add_argument("--metrics-only", action="store_true",
                     help="recompute transfer.md / transfer.json from the runs already in --out (no simulation, "
@@ -268,15 +285,28 @@ def call_metrics(rows: list[dict[str, str]], y: dict[str, int], kinds: dict[str,
     return out
 
 
+def with_threshold(rows: list[dict[str, str]], threshold: float) -> list[dict[str, str]]:
+    """Scored ``rows`` with the image ``threshold`` replaced and ``combined_call`` recomputed under it."""
+    out = []
+    for r in rows:
+        status = (r.get("mrd_status") or "").strip().lower()
+        combined = combined_call(_float(r.get("p_mrd")), threshold, status) if status else r.get("combined_call", "")
+        out.append({**r, "threshold": repr(threshold), "combined_call": combined})
+    return out
+
+
 def _metrics(scores: Path, kinds: dict[str, str], n_boot: int, seed: int,
-             truth_pct: dict[str, float] | None = None) -> dict[str, Any]:
+             truth_pct: dict[str, float] | None = None, threshold: float | None = None) -> dict[str, Any]:
     """Pooled and per-group ROC AUC / sensitivity / specificity with patient-level intervals.
 
     Also ``calls`` (:func:`call_metrics` against the manifest's labels) and, with
     ``truth_pct``, ``calls_truth_ge_0.1`` (positive iff the simulator's MRD % >= 0.1).
+    ``threshold`` replaces the model's stored image threshold (:func:`with_threshold`).
     """
     all_rows = _read_csv(scores)
     rows = [r for r in all_rows if r["status"] == "scored"]
+    if threshold is not None:
+        rows = with_threshold(rows, threshold)
     y = np.array([1 if kinds[r["sample_id"]] in ("diagnosis", "mrd_positive") else 0 for r in rows])
     p = np.array([float(r["p_mrd"]) for r in rows])
     g = np.array([r["patient_id"] for r in rows])
@@ -401,7 +431,37 @@ def _results(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
             truth = a.out / target / "truth.csv"
             label = f"{source} → {target}" + (" (within-source baseline)" if source == target else "")
             results[label] = _metrics(scores, _kinds(truth), a.boot, a.seed, _truth_pct(truth))
+            site = a.out / f"run-{source}-to-{target}-site" / "scores.csv"
+            cal = a.out / f"sitecal-{source}-to-{target}" / "scores.csv"
+            if site.exists() and cal.exists():
+                thr = _site_threshold(cal, a.site_rate)
+                r = _metrics(site, _kinds(truth), a.boot, a.seed, _truth_pct(truth), threshold=thr)
+                r["site_threshold"] = {"threshold": thr, "rate": a.site_rate, "stored_threshold": results[label]["threshold"],
+                                       "n_normals": sum(row["status"] == "scored" for row in _read_csv(cal))}
+                results[f"{source} → {target} (site normals)"] = r
     return results
+
+
+def _site_threshold(scores: Path, rate: float) -> float:
+    """The site threshold (:func:`site_threshold`) from the scored site normals in ``scores``."""
+    p = [float(r["p_mrd"]) for r in _read_csv(scores) if r["status"] == "scored"]
+    return site_threshold(p, rate)
+
+
+def _site_normals(source: str, target: str, c: dict[str, Any], ref: Path, model: Path, a: argparse.Namespace) -> None:
+    """Score the target's held-out patients with a DfN model, and the image threshold, from the target's normals.
+
+    Only the target's training patients' negative rows are read for the site model and the
+    site threshold (:func:`_results` computes the threshold from ``sitecal-S-to-T``).
+    """
+    normal = a.out / f"normal-{source}-site-{target}"
+    _cli("mrd", "build-normal", c["train"], "--out", normal, "--reference", ref)
+    negatives = [r for r in _read_csv(c["train"]) if r["label"].strip().lower() == "negative"]
+    cal = _write_manifest(a.out / f"{target}-train-normals.csv", negatives, a.out)
+    _cli("score", cal, "--reference", ref, "--model", model, "--out", a.out / f"sitecal-{source}-to-{target}",
+         "--in-process", "--backend", "cpu", "--no-report")
+    _cli("score", c["held"], "--reference", ref, "--model", model, "--mrd-model", normal,
+         "--out", a.out / f"run-{source}-to-{target}-site", "--in-process", "--backend", "cpu", "--no-report")
 
 
 def _write(a: argparse.Namespace, results: dict[str, dict[str, Any]], sizes: dict[str, Any],
@@ -452,6 +512,10 @@ def main() -> None:
             _cli("score", cohorts[target]["held"], "--reference", ref, "--model", model, "--mrd-model", normal,
                  "--out", run, "--in-process", "--backend", "cpu", "--no-report")
             times[f"score {source}->{target}"] = time.perf_counter() - t0
+            if a.site_normals and target != source:
+                t0 = time.perf_counter()
+                _site_normals(source, target, cohorts[target], ref, model, a)
+                times[f"site normals {source}->{target}"] = time.perf_counter() - t0
             (a.out / "times.json").write_text(json.dumps(times), encoding="utf-8")
             _write(a, _results(a), sizes, times)
 

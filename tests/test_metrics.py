@@ -10,7 +10,7 @@ import pytest
 from sklearn import metrics as skm
 
 from rescue_gpu.nn import metrics as M
-from rescue_gpu.nn.calibration import apply_temperature, fit_temperature, nll
+from rescue_gpu.nn.calibration import apply_temperature, fit_temperature, nll, site_threshold
 
 
 def _scores(n: int, seed: int, *, ties: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -125,3 +125,31 @@ def test_temperature_recovers_known_value(true_t: float) -> None:
     assert nll(logits, y, t) < nll(logits, y, 1.0)
     np.testing.assert_allclose(apply_temperature(logits, t), 1 / (1 + np.exp(-logits / t)), rtol=1e-9)
     assert fit_temperature(logits, np.ones_like(y)) == 1.0  # one class: nothing to fit
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.05, 0.1, 0.25, 0.5])
+def test_site_threshold_is_the_lowest_meeting_the_rate(rate: float) -> None:
+    rng = np.random.default_rng(3)
+    for n in (1, 7, 19, 20, 41, 200):
+        p = np.round(rng.random(n), 2)                      # ties included
+        t = site_threshold(p, rate)
+        allowed = math.floor(rate * n + 1e-9)
+        assert (p >= t).sum() <= allowed                     # the rate holds at the threshold
+        # brute force: no lower candidate (any normal's own score) meets the rate
+        lower = [c for c in np.unique(p) if c < t and (p >= c).sum() <= allowed]
+        assert not lower
+        assert t > p.min() if allowed < n else True
+
+
+def test_site_threshold_known_values_and_errors() -> None:
+    p = [0.1, 0.9, 0.3, 0.5, 0.7]
+    assert site_threshold(p, 0.0) == np.nextafter(0.9, 1.0)       # none positive: just above the highest
+    assert site_threshold(p, 0.2) == np.nextafter(0.7, 1.0)       # one of five may be positive
+    assert site_threshold(p, 0.4) == np.nextafter(0.5, 1.0)
+    assert site_threshold(p * 4, 0.05) == np.nextafter(0.9, 1.0)  # 20 normals, 5 %: one may be positive
+    with pytest.raises(ValueError, match="at least one normal"):
+        site_threshold([], 0.05)
+    with pytest.raises(ValueError, match="not finite"):
+        site_threshold([0.2, float("nan")], 0.05)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        site_threshold([0.2], 1.0)

@@ -4,6 +4,10 @@
 the negative log-likelihood over ``log T`` (a bounded 1-D search,
 :func:`scipy.optimize.minimize_scalar`). ``T > 1`` softens over-confident logits,
 ``T < 1`` sharpens them; the ranking (and so ROC AUC) is unchanged.
+
+:func:`site_threshold` re-sets a model's decision threshold at a new site from that site's
+own normal samples (a Neyman-Pearson rule: the lowest threshold that calls at most a given
+share of them positive), as ELN asks each laboratory to establish its own normal range.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["nll", "multiclass_nll", "fit_temperature", "apply_temperature"]
+__all__ = ["nll", "multiclass_nll", "fit_temperature", "apply_temperature", "site_threshold"]
 
 
 def nll(logits: Any, y: Any, temperature: float = 1.0) -> float:
@@ -77,3 +81,41 @@ def fit_temperature(logits: Any, y: Any, *, bounds: tuple[float, float] = (0.05,
     res = minimize_scalar(lambda s: loss(z, t, math.exp(s)), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-6})
     return float(math.exp(res.x))
+
+
+def site_threshold(p_normals: Any, max_positive_rate: float = 0.05) -> float:
+    """The lowest threshold at which at most ``max_positive_rate`` of a site's normals are called positive.
+
+    A sample is called positive when ``p >= threshold``. With ``n`` normals at most
+    ``floor(max_positive_rate * n)`` of them may be at or above the returned threshold, so
+    with fewer than ``1 / max_positive_rate`` normals the threshold lies just above the
+    highest normal (none of them positive).
+
+    Parameters
+    ----------
+    p_normals
+        The model's calibrated probabilities (or any score where higher means positive) on
+        the site's MRD-negative samples (controls, MRD-negative follow-ups), ``(N,)``.
+    max_positive_rate
+        Share of the site's normals allowed to be called positive, in ``[0, 1)``.
+
+    Returns
+    -------
+    float
+        The threshold (the next float above the ``(n - m)``-th smallest normal score).
+
+    Raises
+    ------
+    ValueError
+        No normals, a non-finite score, or a rate outside ``[0, 1)``.
+    """
+    p = np.sort(np.asarray(p_normals, dtype=np.float64).ravel())
+    if p.size == 0:
+        raise ValueError("site_threshold needs the scores of at least one normal sample of the site")
+    if not np.isfinite(p).all():
+        raise ValueError(f"site_threshold: {int((~np.isfinite(p)).sum())} normal scores are not finite "
+                         "(failed samples?); leave them out")
+    if not 0.0 <= float(max_positive_rate) < 1.0:
+        raise ValueError(f"max_positive_rate must be in [0, 1) (got {max_positive_rate})")
+    allowed = int(math.floor(float(max_positive_rate) * p.size + 1e-9))
+    return float(np.nextafter(p[p.size - allowed - 1], np.inf))
