@@ -32,13 +32,12 @@ follow-up, as for the image call) and the simulator's truth (``observed_fraction
 ``--site-normals`` (issue 17, session 8) adds, per cross-source direction S -> T, the route
 ELN prescribes for a new laboratory: the target site establishes its own normal range from
 its own normal marrows, here the MRD-negative follow-ups and controls of T's *training*
-patients (never the scored ones). The CLI builds a DfN model from them against S's reference
-(``rescue mrd build-normal T-TRAIN --reference S-REF``), scores T's held-out patients with
-S's image model and that model (``run-S-to-T-site``), and scores T's training normals with
-S's image model (``sitecal-S-to-T``) to re-set the image threshold at T
-(:func:`rescue_gpu.nn.calibration.site_threshold`: the lowest threshold calling at most
-``--site-rate`` of them positive); the row ``S → T (site normals)`` uses that threshold for
-the image call and the combined call. The image model and S's reference are unchanged.
+patients (never the scored ones). Through the CLI: a DfN model from them against S's
+reference (``rescue mrd build-normal T-TRAIN --reference S-REF``); S's image model scores
+them (``sitecal-S-to-T``) and ``rescue model site-threshold`` writes a copy of it whose
+stored threshold is the lowest calling at most ``--site-rate`` of them positive
+(``model-S-site-T``); T's held-out patients are scored with both (``run-S-to-T-site``,
+the row ``S → T (site normals)``). S's weights and reference are unchanged.
 
 ``--main-mix`` sets the main cohort's class composition: ``monitoring`` (default;
 :data:`rescue_gpu.simulate.MONITORING_COUNTS`, 30/23/30/17 diagnosis / MRD+ / MRD- / control,
@@ -78,7 +77,6 @@ from rescue_gpu.cli import main as rescue
 from rescue_gpu.config import load_pipeline
 from rescue_gpu.flow.mrd import THRESHOLD_PCT, combined_call, mrd_status
 from rescue_gpu.flow.stages import reference_landmarks
-from rescue_gpu.nn.calibration import site_threshold
 from rescue_gpu.nn.metrics import bootstrap_intervals
 from rescue_gpu.preprocess import normalize_toml
 from rescue_gpu.runner.manifest import read_manifest
@@ -285,28 +283,15 @@ def call_metrics(rows: list[dict[str, str]], y: dict[str, int], kinds: dict[str,
     return out
 
 
-def with_threshold(rows: list[dict[str, str]], threshold: float) -> list[dict[str, str]]:
-    """Scored ``rows`` with the image ``threshold`` replaced and ``combined_call`` recomputed under it."""
-    out = []
-    for r in rows:
-        status = (r.get("mrd_status") or "").strip().lower()
-        combined = combined_call(_float(r.get("p_mrd")), threshold, status) if status else r.get("combined_call", "")
-        out.append({**r, "threshold": repr(threshold), "combined_call": combined})
-    return out
-
-
 def _metrics(scores: Path, kinds: dict[str, str], n_boot: int, seed: int,
-             truth_pct: dict[str, float] | None = None, threshold: float | None = None) -> dict[str, Any]:
+             truth_pct: dict[str, float] | None = None) -> dict[str, Any]:
     """Pooled and per-group ROC AUC / sensitivity / specificity with patient-level intervals.
 
     Also ``calls`` (:func:`call_metrics` against the manifest's labels) and, with
     ``truth_pct``, ``calls_truth_ge_0.1`` (positive iff the simulator's MRD % >= 0.1).
-    ``threshold`` replaces the model's stored image threshold (:func:`with_threshold`).
     """
     all_rows = _read_csv(scores)
     rows = [r for r in all_rows if r["status"] == "scored"]
-    if threshold is not None:
-        rows = with_threshold(rows, threshold)
     y = np.array([1 if kinds[r["sample_id"]] in ("diagnosis", "mrd_positive") else 0 for r in rows])
     p = np.array([float(r["p_mrd"]) for r in rows])
     g = np.array([r["patient_id"] for r in rows])
@@ -432,35 +417,27 @@ def _results(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
             label = f"{source} → {target}" + (" (within-source baseline)" if source == target else "")
             results[label] = _metrics(scores, _kinds(truth), a.boot, a.seed, _truth_pct(truth))
             site = a.out / f"run-{source}-to-{target}-site" / "scores.csv"
-            cal = a.out / f"sitecal-{source}-to-{target}" / "scores.csv"
-            if site.exists() and cal.exists():
-                thr = _site_threshold(cal, a.site_rate)
-                r = _metrics(site, _kinds(truth), a.boot, a.seed, _truth_pct(truth), threshold=thr)
-                r["site_threshold"] = {"threshold": thr, "rate": a.site_rate, "stored_threshold": results[label]["threshold"],
-                                       "n_normals": sum(row["status"] == "scored" for row in _read_csv(cal))}
+            if site.exists():
+                r = _metrics(site, _kinds(truth), a.boot, a.seed, _truth_pct(truth))
+                cal = json.loads((a.out / f"model-{source}-site-{target}" / "model.json").read_text(encoding="utf-8"))
+                r["site_calibration"] = {k: v for k, v in cal["provenance"]["site_calibration"].items() if k != "normals"}
                 results[f"{source} → {target} (site normals)"] = r
     return results
 
 
-def _site_threshold(scores: Path, rate: float) -> float:
-    """The site threshold (:func:`site_threshold`) from the scored site normals in ``scores``."""
-    p = [float(r["p_mrd"]) for r in _read_csv(scores) if r["status"] == "scored"]
-    return site_threshold(p, rate)
-
-
 def _site_normals(source: str, target: str, c: dict[str, Any], ref: Path, model: Path, a: argparse.Namespace) -> None:
-    """Score the target's held-out patients with a DfN model, and the image threshold, from the target's normals.
+    """Score the target's held-out patients with a DfN model and an image threshold from the target's own normals.
 
-    Only the target's training patients' negative rows are read for the site model and the
-    site threshold (:func:`_results` computes the threshold from ``sitecal-S-to-T``).
+    Only the negative rows of the target's training patients are read for both.
     """
     normal = a.out / f"normal-{source}-site-{target}"
     _cli("mrd", "build-normal", c["train"], "--out", normal, "--reference", ref)
     negatives = [r for r in _read_csv(c["train"]) if r["label"].strip().lower() == "negative"]
-    cal = _write_manifest(a.out / f"{target}-train-normals.csv", negatives, a.out)
-    _cli("score", cal, "--reference", ref, "--model", model, "--out", a.out / f"sitecal-{source}-to-{target}",
-         "--in-process", "--backend", "cpu", "--no-report")
-    _cli("score", c["held"], "--reference", ref, "--model", model, "--mrd-model", normal,
+    cal, site_model = a.out / f"sitecal-{source}-to-{target}", a.out / f"model-{source}-site-{target}"
+    _cli("score", _write_manifest(a.out / f"{target}-train-normals.csv", negatives, a.out), "--reference", ref,
+         "--model", model, "--out", cal, "--in-process", "--backend", "cpu", "--no-report")
+    _cli("model", "site-threshold", model, "--normals", cal, "--out", site_model, "--rate", a.site_rate)
+    _cli("score", c["held"], "--reference", ref, "--model", site_model, "--mrd-model", normal,
          "--out", a.out / f"run-{source}-to-{target}-site", "--in-process", "--backend", "cpu", "--no-report")
 
 

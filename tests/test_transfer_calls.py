@@ -145,17 +145,3 @@ def test_metrics_from_files_both_truth_definitions_and_tables(tmp_path):
     assert "| combined | n/a | n/a | 0.75 [" in lines[4]
     assert np.isfinite(_est(r["calls"]["image"]["all"]["roc_auc"]))
 
-
-def test_with_threshold_moves_the_image_and_combined_calls() -> None:
-    rows = [r for r in _rows() if r["status"] == "scored"]
-    moved = transfer.with_threshold(rows, 0.65)
-    assert [r["threshold"] for r in moved] == ["0.65"] * len(rows)
-    by_id = {r["sample_id"]: r["combined_call"] for r in moved}
-    # s5 (insufficient events, p 0.60) is image-positive at 0.5 but not at 0.65; quantified calls never move
-    assert by_id["s5"] == "negative"
-    assert by_id["s2"] == "positive" and by_id["s3"] == "negative" and by_id["s7"] == "negative"
-    assert [r["combined_call"] for r in transfer.with_threshold(rows, 0.5)] == [r["combined_call"] for r in rows]
-    kinds = {s: k for s, _, k, *_ in TABLE}
-    y = {s: int(k in ("diagnosis", "mrd_positive")) for s, k in kinds.items()}
-    img = transfer.call_metrics(moved, y, kinds, n_boot=20)["image"]
-    assert img["positive"] == 3                                   # s1, s3, s4 have p_mrd >= 0.65

@@ -1,4 +1,4 @@
-"""The ``rescue model`` sub-commands: ``import``, ``export-onnx`` and ``upgrade``.
+"""The ``rescue model`` sub-commands: ``import``, ``export-onnx``, ``upgrade`` and ``site-threshold``.
 
 Wire them in with :func:`register` (``register(app)`` adds a ``model`` sub-app).
 Errors are raised as :class:`~rescue_gpu.errors.RescueError` subclasses, which the
@@ -125,6 +125,29 @@ def upgrade_cmd(
                   f"checksum {rec.checksum[:16]}", markup=False, highlight=False)
 
 
+@model_app.command("site-threshold")
+def site_threshold_cmd(
+    model_dir: Annotated[Path, typer.Argument(help="Trained MRD model directory (left unchanged).")],
+    normals: Annotated[Path, typer.Option("--normals", help="'rescue score' run directory of this site's normal samples (controls, MRD-negative follow-ups), scored with MODEL_DIR.")],
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write: a copy with the site's threshold (must not exist).")],
+    rate: Annotated[float, typer.Option("--rate", help="Share of the site's normals the new threshold may call positive.")] = 0.05,
+) -> None:
+    """Copy a model with its threshold re-set on this site's own normals (the lowest calling at most RATE positive).
+
+    Only the threshold changes (the ranking, and so ROC AUC, cannot); the copy's provenance
+    records the calibration. With fewer than 1/RATE normals none of them may be positive.
+    """
+    from ..cliutil import console
+    from .site import site_calibrate
+
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"--rate must be in [0, 1) (got {rate})")
+    _, s = site_calibrate(model_dir, normals, out, max_positive_rate=rate)
+    console.print(f"wrote {out}: threshold {s['previous_threshold']:.4f} -> {s['threshold']:.4f} from {s['n_normals']} "
+                  f"site normals ({s['positive_at_previous']} positive at the old threshold, {s['positive_at_new']} at "
+                  f"the new; rate {rate:g}); score with --model {out}", markup=False, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
-    """Add the ``model`` sub-app (``import``, ``export-onnx``, ``upgrade``) to ``app``."""
+    """Add the ``model`` sub-app (``import``, ``export-onnx``, ``upgrade``, ``site-threshold``) to ``app``."""
     app.add_typer(model_app, name="model")
