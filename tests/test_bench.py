@@ -3,6 +3,8 @@
 import json
 import math
 
+import numpy as np
+
 import pytest
 
 from rescue_gpu.cli import main
@@ -186,3 +188,22 @@ def test_reference_is_pooled_from_other_samples_than_the_timed_ones(tmp_path):
 def test_knn_method_is_recorded(record):
     rec, _ = record
     assert rec["settings"]["knn_method"] == "auto"
+
+
+def test_umap_knn_recall_against_the_exact_search():
+    import umap
+
+    from rescue_gpu.flow.bench import rare_mixture, umap_knn_recall
+    from rescue_gpu.projection import UmapReference
+
+    x, new = rare_mixture(5000, dims=6, seed=1), rare_mixture(300, dims=6, seed=2)
+    model = umap.UMAP(n_neighbors=15, random_state=0, n_epochs=20).fit(x)     # > 4,096 events: an index
+    ref = UmapReference.from_umap(model)
+    r = umap_knn_recall(model, ref, new)
+    theirs, _ = model._knn_search_index.query(new, k=15, epsilon=0.12)
+    d = ((new[:, None, :] - x[None, :, :]) ** 2).sum(-1)                        # brute force, independent
+    exact = np.argsort(d, axis=1)[:, :15]
+    want = np.array([np.intersect1d(a, b).size / 15 for a, b in zip(theirs, exact)])
+    np.testing.assert_allclose(r, want)
+    small = umap.UMAP(n_neighbors=15, random_state=0, n_epochs=20).fit(x[:1000])  # small data: searched exactly
+    assert umap_knn_recall(small, UmapReference.from_umap(small), new) is None
