@@ -441,6 +441,7 @@ def _peer_one(ref_x: np.ndarray, new: np.ndarray, opts: BenchOptions, say: Calla
 
 
 def _ratio(a: float, b: float) -> float:
+    """``a / b``, infinite where ``b`` is 0."""
     return a / b if b > 0 else float("inf")
 
 
