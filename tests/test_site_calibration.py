@@ -86,6 +86,7 @@ def test_cli_site_threshold(tmp_path, model_dir) -> None:
                                    "--out", str(tmp_path / "site")])
     assert res.exit_code == 0, res.output
     assert "threshold 0.3000 -> 0.9000" in res.output and "10 site normals" in res.output
+    assert "warning: only 10 normals" in res.output                # 10 < 1 / 0.05
     assert ModelRecord.load(tmp_path / "site").threshold == np.nextafter(0.90, 1.0)
     bad = CliRunner().invoke(app, ["model", "site-threshold", str(model_dir), "--normals", str(run),
                                    "--out", str(tmp_path / "x"), "--rate", "1.5"])

@@ -146,6 +146,10 @@ def site_threshold_cmd(
     console.print(f"wrote {out}: threshold {s['previous_threshold']:.4f} -> {s['threshold']:.4f} from {s['n_normals']} "
                   f"site normals ({s['positive_at_previous']} positive at the old threshold, {s['positive_at_new']} at "
                   f"the new; rate {rate:g}); score with --model {out}", markup=False, highlight=False)
+    if rate > 0 and s["n_normals"] < round(1.0 / rate):
+        console.print(f"warning: only {s['n_normals']} normals: at rate {rate:g} none of them may be positive, so "
+                      f"the threshold sits just above the highest; {round(1.0 / rate)} or more give the rate a meaning",
+                      markup=False, highlight=False)
 
 
 def register(app: typer.Typer) -> None:
