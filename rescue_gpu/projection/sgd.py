@@ -69,8 +69,8 @@ def layout_lanes(
     :func:`~._kernels.layout_event`, in the same order and with the same random numbers
     (they are keyed by event, epoch, edge and sample), so the result is bit-identical.
     Each round of negative samples is gathered for all lanes before any lane steps, so the
-    cache misses of the random reference rows overlap (29% less SGD time against a
-    150,000-event embedding, `benchmarks/RESULTS.md`).
+    cache misses of the random reference rows overlap (a 500,000-event sample's SGD against a
+    150,000-event reference: 8.95 -> 7.7 s on our 2-core CPU, `benchmarks/RESULTS.md`).
     """
     k = idx.shape[1]
     n_ref = np.uint64(ref.shape[0])
