@@ -65,6 +65,7 @@ def test_writer_refuses_mismatched_names(tmp_path: Path) -> None:
 
 # A value that starts or ends with the delimiter is ambiguous in FCS (a run of doubled
 # delimiters next to a separator can be split either way), so "/" appears inside names only.
+DELIM = "/"
 names = st.text(
     alphabet=st.characters(min_codepoint=33, max_codepoint=126, blacklist_characters=","), min_size=1, max_size=12
 ).filter(lambda s: not s.startswith("/") and not s.endswith("/"))
@@ -91,8 +92,19 @@ def test_round_trip_random(sample: tuple[np.ndarray, list[str], list[str]]) -> N
         np.testing.assert_array_equal(fd.events, events)
         assert fd.channels == [c.strip() for c in channels]
         assert fd.markers == [m.strip() for m in markers]
-        peer, _ = flowio_read(path)
-        np.testing.assert_array_equal(peer.astype(np.float32), events)
+        # flowio splits its TEXT on "/$" even inside an escaped "//$" (a name "a/$b" reads back
+        # as "a/b", "0/$" loses $P1R): the peer cannot read those names, our reader can (above)
+        if not any(f"{DELIM}$" in name for name in [*channels, *markers]):
+            peer, _ = flowio_read(path)
+            np.testing.assert_array_equal(peer.astype(np.float32), events)
+
+
+@pytest.mark.parametrize("name", ["0/$", "a/$b", "x//$y"])
+def test_round_trip_delimiter_before_dollar(tmp_path: Path, name: str) -> None:
+    path = write_fcs(tmp_path / "d.fcs", np.arange(3, dtype=np.float32)[:, None], channels=[name], markers=[name])
+    fd = read_fcs(path)
+    assert fd.channels == [name] and fd.markers == [name]
+    np.testing.assert_array_equal(fd.events[:, 0], [0, 1, 2])
 
 
 @pytest.mark.parametrize("name", ["/lead", "trail/", "/"])
