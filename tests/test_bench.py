@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -132,6 +133,9 @@ def test_peer_on_three_shapes():
         assert math.isclose(p["ratio"], p["umap_learn_s"] / p["ours_s"], rel_tol=1e-9)
         for q in ("median", "p95"):
             assert math.isclose(p["fidelity_ratio"][q], p["ours_vs_umap"][q] / p["umap_seed_vs_seed"][q], rel_tol=1e-9)
+        for who, secs in (("ours_cpu", p["ours_s"]), ("umap_learn_cpu", p["umap_learn_s"])):
+            assert p[who]["wall_s"] == secs and p[who]["own_cores"] > 0
+        assert p["quiet"] is None or p["quiet"] == (p["ours_cpu"]["quiet"] and p["umap_learn_cpu"]["quiet"])
     assert rec["project_steps"] is None  # project not among the stages
 
 
@@ -207,3 +211,51 @@ def test_umap_knn_recall_against_the_exact_search():
     np.testing.assert_allclose(r, want)
     small = umap.UMAP(n_neighbors=15, random_state=0, n_epochs=20).fit(x[:1000])  # small data: searched exactly
     assert umap_knn_recall(small, UmapReference.from_umap(small), new) is None
+
+
+def test_proc_stat_seconds_against_hand_sums():
+    from rescue_gpu.flow.cpuload import proc_stat_seconds
+
+    text = "cpu  100 20 30 900 7 4 6 50 11 0\ncpu0 1 2 3 4 5 6 7 8 9 10\nintr 5\n"
+    busy, steal = proc_stat_seconds(text, 100.0)
+    assert busy == pytest.approx((100 + 20 + 30 + 4 + 6) / 100) and steal == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="cpu"):
+        proc_stat_seconds("cpu0 1 2 3\n", 100.0)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="reads /proc/stat (Linux)")
+def test_measure_cpu_sees_another_process_and_our_own_work():
+    import subprocess
+    import sys
+    import time
+
+    from rescue_gpu.flow.cpuload import measure_cpu
+
+    child = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)  # let the child start spinning
+        with measure_cpu() as busy_elsewhere:
+            time.sleep(1.0)
+    finally:
+        child.kill()
+        child.wait()
+    assert busy_elsewhere.other_cores > 0.5 and busy_elsewhere.own_cores < 0.2
+    assert busy_elsewhere.quiet is False and busy_elsewhere.contention >= busy_elsewhere.other_cores / busy_elsewhere.cores
+    with measure_cpu() as mine:
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.5:
+            pass
+    assert mine.own_cores > 0.6 and 0.45 < mine.wall_s < 1.5
+    d = mine.as_dict()
+    assert set(d) == {"cores", "wall_s", "own_cores", "other_cores", "steal_cores", "contention", "quiet"}
+
+
+def test_table_flags_a_timing_that_was_not_quiet(record):
+    from rescue_gpu.flow.bench import format_table
+
+    rec = json.loads(json.dumps(record[0]))
+    rec["machine"]["during_timing"] = {"cores": 2, "wall_s": 1.0, "own_cores": 1.2, "other_cores": 0.9,
+                                       "steal_cores": 0.1, "contention": 0.5, "quiet": False}
+    assert "used 1.00 of 2 cores (NOT QUIET" in format_table(rec)
+    rec["machine"]["during_timing"].update(other_cores=0.05, steal_cores=0.0, contention=0.025, quiet=True)
+    assert "used 0.05 of 2 cores (quiet)" in format_table(rec)

@@ -37,6 +37,7 @@ import numpy as np
 import typer
 
 from ..errors import ConfigError
+from .cpuload import CpuUsage, measure_cpu
 
 __all__ = ["STAGES", "BENCH_VERSION", "BENCH_SCHEMA", "BenchOptions", "parse_stages", "parse_library",
            "run_bench", "check_bench_record", "format_table", "plot_stages", "displacement", "register"]
@@ -50,7 +51,10 @@ BENCH_VERSION = 1
 BENCH_SCHEMA: dict[str, Any] = {
     "version": "int",
     "created": "str (ISO 8601, UTC)",
-    "machine": {"platform": "str", "cpu_count": "int", "load_avg": "[float] (1, 5, 15 min)", "python": "str"},
+    "machine": {"platform": "str", "cpu_count": "int", "load_avg": "[float] (1, 5, 15 min)", "python": "str",
+                "during_timing": "{cores: int, wall_s: float, own_cores: float, other_cores: null or float, "
+                                 "steal_cores: null or float, contention: null or float, quiet: null or bool} "
+                                 "(rescue_gpu.flow.cpuload.CpuUsage over the timed repeats; null: no /proc/stat)"},
     "settings": {"samples": "int", "events": "int", "reference_events": "int", "stages": "[str]",
                  "backend": "str", "workers": "int", "repeats": "int", "seed": "int", "source": "str",
                  "knn_method": "str (--knn-method; 'auto' resolves by reference size)"},
@@ -65,6 +69,8 @@ BENCH_SCHEMA: dict[str, Any] = {
                       "seconds": "float", "hours": "float", "assumptions": "[str]"},
     "peer": "null or {<shape>: {events: int, dims: int, reference_events: int, ours_s: float, umap_learn_s: float, ratio: float, "
             "ours_vs_umap: {median, p95}, umap_seed_vs_seed: {median, p95}, fidelity_ratio: {median, p95}, "
+            "ours_cpu, umap_learn_cpu: CpuUsage of the fastest repeat (as machine.during_timing), "
+            "quiet: null or bool (both timings below cpuload.QUIET_SHARE contention), "
             "umap_knn_recall: null or float (umap-learn's own neighbour search against the exact one, mean), "
             "where_umap_knn_exact: null or {events: int, fidelity_ratio: {median, p95}} (the events whose "
             "umap-learn neighbours are >= 90% exact)}} for shapes panel, mixture10_rare2, mixture15_rare2",
@@ -414,18 +420,19 @@ def _peer_one(ref_x: np.ndarray, new: np.ndarray, opts: BenchOptions, say: Calla
     reference = UmapReference.from_umap(model)
     model.transform(new[:200])
     transform(reference, new[:200], backend=opts.backend)
-    t_u = []
+    t_u: list[CpuUsage] = []
     for _ in range(opts.repeats):
-        t0 = time.perf_counter()
-        u1 = model.transform(new)
-        t_u.append(time.perf_counter() - t0)
+        with measure_cpu() as use:
+            u1 = model.transform(new)
+        t_u.append(use)
     model.transform_seed = 7
     u2 = model.transform(new)
-    t_o = []
+    t_o: list[CpuUsage] = []
     for _ in range(opts.repeats):
-        t0 = time.perf_counter()
-        mine = to_numpy(transform(reference, new, seed=0, backend=opts.backend))
-        t_o.append(time.perf_counter() - t0)
+        with measure_cpu() as use:
+            mine = to_numpy(transform(reference, new, seed=0, backend=opts.backend))
+        t_o.append(use)
+    best_u, best_o = min(t_u, key=lambda u: u.wall_s), min(t_o, key=lambda u: u.wall_s)
     (mo, po), (mu, pu) = displacement(mine, u1), displacement(u2, u1)
     recall = umap_knn_recall(model, reference, new)
     exact = None
@@ -434,7 +441,10 @@ def _peer_one(ref_x: np.ndarray, new: np.ndarray, opts: BenchOptions, say: Calla
         (eo, ep), (eu, epu) = displacement(mine[ok], u1[ok]), displacement(u2[ok], u1[ok])
         exact = {"events": int(ok.sum()), "fidelity_ratio": {"median": _ratio(eo, eu), "p95": _ratio(ep, epu)}}
     return {"events": int(len(new)), "dims": int(new.shape[1]), "reference_events": int(len(ref_x)),
-            "ours_s": float(min(t_o)), "umap_learn_s": float(min(t_u)), "ratio": float(min(t_u) / min(t_o)),
+            "ours_s": float(best_o.wall_s), "umap_learn_s": float(best_u.wall_s),
+            "ratio": float(best_u.wall_s / best_o.wall_s),
+            "ours_cpu": best_o.as_dict(), "umap_learn_cpu": best_u.as_dict(),
+            "quiet": None if best_o.quiet is None or best_u.quiet is None else bool(best_o.quiet and best_u.quiet),
             "ours_vs_umap": {"median": mo, "p95": po}, "umap_seed_vs_seed": {"median": mu, "p95": pu},
             "fidelity_ratio": {"median": _ratio(mo, mu), "p95": _ratio(po, pu)},
             "umap_knn_recall": None if recall is None else float(recall.mean()), "where_umap_knn_exact": exact}
@@ -547,24 +557,25 @@ def run_bench(opts: BenchOptions, *, say: Callable[[str], None] = lambda s: None
         mrd_runs: list[float] = []
         e2e: list[float] = []
         n_events: list[int] = []
-        for rep in range(opts.repeats):
-            stage_tot = {s: 0.0 for s in opts.stages}
-            wall_tot = mrd_tot = 0.0
-            for i, row in enumerate(assets.rows):
-                t, wall, n = _chain(row.path, assets, engine, store, f"r{rep}-{row.sample_id}", opts.stages,
-                                    opts.backend, opts.seed, mrd, opts.knn_method)
+        with measure_cpu() as during:
+            for rep in range(opts.repeats):
+                stage_tot = {s: 0.0 for s in opts.stages}
+                wall_tot = mrd_tot = 0.0
+                for i, row in enumerate(assets.rows):
+                    t, wall, n = _chain(row.path, assets, engine, store, f"r{rep}-{row.sample_id}", opts.stages,
+                                        opts.backend, opts.seed, mrd, opts.knn_method)
+                    for s in opts.stages:
+                        stage_tot[s] += t[s]
+                    mrd_tot += t.get("mrd", 0.0)
+                    wall_tot += wall
+                    n_events.append(n)
+                    if advance is not None:
+                        advance()
+                k = len(assets.rows)
                 for s in opts.stages:
-                    stage_tot[s] += t[s]
-                mrd_tot += t.get("mrd", 0.0)
-                wall_tot += wall
-                n_events.append(n)
-                if advance is not None:
-                    advance()
-            k = len(assets.rows)
-            for s in opts.stages:
-                per_stage[s].append(stage_tot[s] / k)
-            e2e.append(wall_tot / k)
-            mrd_runs.append(mrd_tot / k)
+                    per_stage[s].append(stage_tot[s] / k)
+                e2e.append(wall_tot / k)
+                mrd_runs.append(mrd_tot / k)
         ev = float(np.mean(n_events))
         med = float(statistics.median(e2e))
         steps = _project_steps(assets, opts) if "project" in opts.stages and opts.backend == "cpu" else None
@@ -582,7 +593,8 @@ def run_bench(opts: BenchOptions, *, say: Callable[[str], None] = lambda s: None
             "version": BENCH_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count() or 0,
-                        "load_avg": [float(x) for x in os.getloadavg()], "python": platform.python_version()},
+                        "load_avg": [float(x) for x in os.getloadavg()], "python": platform.python_version(),
+                        "during_timing": during.as_dict()},
             "settings": {"samples": len(assets.rows), "events": opts.events, "reference_events":
                          int(assets.reference.train_events.shape[0]), "stages": list(opts.stages),
                          "backend": opts.backend, "workers": opts.workers, "repeats": opts.repeats,
@@ -657,7 +669,7 @@ def format_table(rec: dict[str, Any]) -> str:
     e = rec["end_to_end"]["in_process"]
     lines = [f"rescue bench: {st['samples']} samples x {st['events']:,} events, reference {st['reference_events']:,}, "
              f"backend {st['backend']}, {st['repeats']} repeats, load {rec['machine']['load_avg'][0]:.1f} "
-             f"on {rec['machine']['cpu_count']} cores",
+             f"on {rec['machine']['cpu_count']} cores" + _quiet_text(rec["machine"].get("during_timing")),
              f"{'stage':<12}{'median s/sample':>16}{'min':>10}{'max':>10}{'share':>8}"]
     for name, v in s.items():
         lines.append(f"{name:<12}{v['median_s']:>16.4f}{v['min_s']:>10.4f}{v['max_s']:>10.4f}"
@@ -686,7 +698,8 @@ def format_table(rec: dict[str, Any]) -> str:
                      + (f"; where it is >= 90% exact ({p['where_umap_knn_exact']['events']:,} events): fidelity ratio "
                         f"median {p['where_umap_knn_exact']['fidelity_ratio']['median']:.2f}, p95 "
                         f"{p['where_umap_knn_exact']['fidelity_ratio']['p95']:.2f}" if p.get("where_umap_knn_exact")
-                        else ""))
+                        else "")
+                     + _quiet_text(p.get("ours_cpu"), " during our timing"))
     if rec.get("mrd"):
         m = rec["mrd"]
         lines.append(f"MRD step: {m['median_s']:.4f} s/sample (DfN, {m['model_points']:,} model points"
@@ -698,6 +711,16 @@ def format_table(rec: dict[str, Any]) -> str:
         lines.append(f"reference {r['reference_events']:,}: build {r['build_s']:.1f} s, transform of "
                      f"{r['events']:,} events {r['transform_s']:.2f} s ({r['events_per_s']:,.0f} events/s)")
     return "\n".join(lines)
+
+
+def _quiet_text(usage: dict[str, Any] | None, where: str = "") -> str:
+    """``; other processes used X of N cores<where> (quiet / NOT QUIET ...)`` from a CpuUsage dict ('' if unknown)."""
+    if not usage or usage.get("other_cores") is None:
+        return ""
+    other = usage["other_cores"] + (usage.get("steal_cores") or 0.0)
+    verdict = ("quiet" if usage.get("quiet") else
+               "NOT QUIET: a multi-threaded timing loses cores to them, so speed figures understate ours")
+    return f"; other processes and steal used {other:.2f} of {usage['cores']} cores{where} ({verdict})"
 
 
 def plot_stages(rec: dict[str, Any], path: Path) -> Path:
