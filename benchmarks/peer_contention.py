@@ -43,7 +43,7 @@ def main() -> None:
     print(f"umap-learn fit on {len(ref):,} x {a.dims}: {time.perf_counter() - t0:.1f} s", flush=True)
     reference = UmapReference.from_umap(model)
     train = np.asarray(reference.train_events, np.float32)
-    transform(reference, new[:200])
+    transform(reference, new[:200], backend="cpu")
     model.transform(new[:200])
     for spin in (False, True):
         child = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if spin else None
@@ -52,7 +52,7 @@ def main() -> None:
             ours, knn, theirs, loads = [], [], [], []
             for _ in range(a.repeats):
                 with measure_cpu() as use:
-                    transform(reference, new, seed=0)
+                    transform(reference, new, seed=0, backend="cpu")
                 ours.append(use.wall_s)
                 loads.append(use.other_cores)
             for _ in range(a.repeats):
