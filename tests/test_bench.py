@@ -133,6 +133,8 @@ def test_peer_on_three_shapes():
         assert math.isclose(p["ratio"], p["umap_learn_s"] / p["ours_s"], rel_tol=1e-9)
         for q in ("median", "p95"):
             assert math.isclose(p["fidelity_ratio"][q], p["ours_vs_umap"][q] / p["umap_seed_vs_seed"][q], rel_tol=1e-9)
+        fed = p["umap_exact_knn"]
+        assert fed is None or all(fed[a][q] >= 0 for a in ("ours_vs_umap", "umap_seed_vs_seed") for q in ("median", "p95"))
         for who, secs in (("ours_cpu", p["ours_s"]), ("umap_learn_cpu", p["umap_learn_s"])):
             assert p[who]["wall_s"] == secs and p[who]["own_cores"] > 0
         assert p["quiet"] is None or p["quiet"] == (p["ours_cpu"]["quiet"] and p["umap_learn_cpu"]["quiet"])
@@ -197,7 +199,7 @@ def test_knn_method_is_recorded(record):
 def test_umap_knn_recall_against_the_exact_search():
     import umap
 
-    from rescue_gpu.flow.bench import rare_mixture, umap_knn_recall
+    from rescue_gpu.flow.bench import rare_mixture, umap_knn_recall, umap_transform_exact_knn
     from rescue_gpu.projection import UmapReference
 
     x, new = rare_mixture(5000, dims=6, seed=1), rare_mixture(300, dims=6, seed=2)
@@ -209,6 +211,19 @@ def test_umap_knn_recall_against_the_exact_search():
     exact = np.argsort(d, axis=1)[:, :15]
     want = np.array([np.intersect1d(a, b).size / 15 for a, b in zip(theirs, exact)])
     np.testing.assert_allclose(r, want)
+    # umap-learn fed neighbours: its own search's output gives its own transform exactly; wrong
+    # neighbours move the events; the index and the seed are restored
+    index, seed = model._knn_search_index, model.transform_seed
+    theirs_i, theirs_d = model._knn_search_index.query(new, k=15, epsilon=0.12)
+    plain = model.transform(new)
+    np.testing.assert_array_equal(umap_transform_exact_knn(model, new, theirs_i, theirs_d), plain)
+    far = np.argsort(d, axis=1)[:, -15:].astype(np.int32)
+    far_d = np.sqrt(np.take_along_axis(d, far, axis=1)).astype(np.float32)
+    moved = umap_transform_exact_knn(model, new, far, far_d, seed=7)
+    assert np.median(np.linalg.norm(moved - plain, axis=1)) > 1.0
+    assert model._knn_search_index is index and model.transform_seed == seed
+    with pytest.raises(ValueError, match="other events"):
+        umap_transform_exact_knn(model, new[:10], theirs_i, theirs_d)
     small = umap.UMAP(n_neighbors=15, random_state=0, n_epochs=20).fit(x[:1000])  # small data: searched exactly
     assert umap_knn_recall(small, UmapReference.from_umap(small), new) is None
 

@@ -73,7 +73,9 @@ BENCH_SCHEMA: dict[str, Any] = {
             "quiet: null or bool (both timings below cpuload.QUIET_SHARE contention), "
             "umap_knn_recall: null or float (umap-learn's own neighbour search against the exact one, mean), "
             "where_umap_knn_exact: null or {events: int, fidelity_ratio: {median, p95}} (the events whose "
-            "umap-learn neighbours are >= 90% exact)}} for shapes panel, mixture10_rare2, mixture15_rare2",
+            "umap-learn neighbours are >= 90% exact), umap_exact_knn: null or {ours_vs_umap, umap_seed_vs_seed, "
+            "fidelity_ratio: {median, p95}} (against umap-learn's own transform fed the exact neighbours, "
+            "umap_transform_exact_knn)}} for shapes panel, mixture10_rare2, mixture15_rare2",
     "project_steps": "null or {check, knn, fuzzy, init, sgd: float} (seconds, one extra CPU projection of sample 1)",
     "reference_sizes": "null or [{reference_events: int, build_s: float, transform_s: float, events: int, "
                        "events_per_s: float}]",
@@ -412,7 +414,7 @@ def _peer_one(ref_x: np.ndarray, new: np.ndarray, opts: BenchOptions, say: Calla
     import umap
 
     from ..device import to_numpy
-    from ..projection import UmapReference, transform
+    from ..projection import UmapReference, neighbors, transform
 
     new = np.ascontiguousarray(new, dtype=np.float32)
     say(f"peer {name}: fitting umap-learn on {len(ref_x):,} x {ref_x.shape[1]}, transforming {len(new):,} events")
@@ -434,7 +436,10 @@ def _peer_one(ref_x: np.ndarray, new: np.ndarray, opts: BenchOptions, say: Calla
         t_o.append(use)
     best_u, best_o = min(t_u, key=lambda u: u.wall_s), min(t_o, key=lambda u: u.wall_s)
     (mo, po), (mu, pu) = displacement(mine, u1), displacement(u2, u1)
-    recall = umap_knn_recall(model, reference, new)
+    train = np.asarray(reference.train_events, np.float32)
+    exact_nn = neighbors.knn_cpu(train, new, int(model.n_neighbors), method="tiled")
+    recall = umap_knn_recall(model, reference, new, exact=exact_nn[0])
+    fed = _fidelity_vs_exact_umap(model, new, mine, exact_nn)
     exact = None
     if recall is not None and int((recall >= 0.9).sum()) >= 100:
         ok = recall >= 0.9
@@ -447,7 +452,8 @@ def _peer_one(ref_x: np.ndarray, new: np.ndarray, opts: BenchOptions, say: Calla
             "quiet": None if best_o.quiet is None or best_u.quiet is None else bool(best_o.quiet and best_u.quiet),
             "ours_vs_umap": {"median": mo, "p95": po}, "umap_seed_vs_seed": {"median": mu, "p95": pu},
             "fidelity_ratio": {"median": _ratio(mo, mu), "p95": _ratio(po, pu)},
-            "umap_knn_recall": None if recall is None else float(recall.mean()), "where_umap_knn_exact": exact}
+            "umap_knn_recall": None if recall is None else float(recall.mean()), "where_umap_knn_exact": exact,
+            "umap_exact_knn": fed}
 
 
 def _ratio(a: float, b: float) -> float:
@@ -455,12 +461,60 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("inf")
 
 
-def umap_knn_recall(model: Any, reference: Any, new: np.ndarray) -> np.ndarray | None:
+class _ExactIndex:
+    """Stands in for umap-learn's pynndescent index: ``query`` returns given exact neighbours."""
+
+    _angular_trees = False
+
+    def __init__(self, idx: np.ndarray, dist: np.ndarray) -> None:
+        self._idx, self._dist = idx, dist
+
+    def query(self, x: np.ndarray, k: int, epsilon: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+        if len(x) != len(self._idx) or k != self._idx.shape[1]:
+            raise ValueError("the exact neighbours were computed for other events or another k")
+        return self._idx.copy(), self._dist.copy()
+
+
+def umap_transform_exact_knn(model: Any, new: np.ndarray, idx: np.ndarray, dist: np.ndarray,
+                             seed: int | None = None) -> np.ndarray | None:
+    """umap-learn's own ``transform`` of ``new`` with its approximate neighbour search replaced by ``idx``/``dist``.
+
+    Everything after the search (fuzzy weights, initialisation, SGD) is umap-learn's. None
+    where umap-learn has no search index (small data: it already searches exactly).
+    ``seed`` sets ``transform_seed`` for this call (restored afterwards).
+    """
+    index = getattr(model, "_knn_search_index", None)
+    if index is None:
+        return None
+    old_seed = model.transform_seed
+    model._knn_search_index = _ExactIndex(idx, dist)
+    try:
+        if seed is not None:
+            model.transform_seed = seed
+        return np.asarray(model.transform(new))
+    finally:
+        model._knn_search_index, model.transform_seed = index, old_seed
+
+
+def _fidelity_vs_exact_umap(model: Any, new: np.ndarray, mine: np.ndarray,
+                            exact_nn: tuple[np.ndarray, np.ndarray]) -> dict[str, Any] | None:
+    """Our displacement from umap-learn fed exact neighbours, over its own seed-to-seed spread so fed."""
+    a = umap_transform_exact_knn(model, new, *exact_nn, seed=42)
+    b = umap_transform_exact_knn(model, new, *exact_nn, seed=7)
+    if a is None or b is None:
+        return None
+    (mo, po), (mu, pu) = displacement(mine, a), displacement(b, a)
+    return {"ours_vs_umap": {"median": mo, "p95": po}, "umap_seed_vs_seed": {"median": mu, "p95": pu},
+            "fidelity_ratio": {"median": _ratio(mo, mu), "p95": _ratio(po, pu)}}
+
+
+def umap_knn_recall(model: Any, reference: Any, new: np.ndarray, exact: np.ndarray | None = None) -> np.ndarray | None:
     """Per event, the share of umap-learn's transform-time neighbours that are exact (None where it has no index).
 
     umap-learn's transform searches its pynndescent index approximately (``epsilon = 0.12``);
     where that search misses, umap-learn's placement is wrong, and a fidelity figure against it
     measures umap-learn's miss, not our error. Reads umap-learn's ``_knn_search_index``.
+    ``exact``: our exact neighbour indices of ``new`` where already computed.
     """
     from ..projection import neighbors
 
@@ -469,7 +523,8 @@ def umap_knn_recall(model: Any, reference: Any, new: np.ndarray) -> np.ndarray |
         return None
     k = int(model.n_neighbors)
     theirs, _ = index.query(new, k=k, epsilon=0.12)
-    ours, _ = neighbors.knn_cpu(np.asarray(reference.train_events, np.float32), new, k, method="tiled")
+    ours = exact if exact is not None else neighbors.knn_cpu(np.asarray(reference.train_events, np.float32), new, k,
+                                                             method="tiled")[0]
     return np.array([np.intersect1d(a, b).size / k for a, b in zip(theirs, ours)])
 
 
@@ -699,6 +754,9 @@ def format_table(rec: dict[str, Any]) -> str:
                         f"median {p['where_umap_knn_exact']['fidelity_ratio']['median']:.2f}, p95 "
                         f"{p['where_umap_knn_exact']['fidelity_ratio']['p95']:.2f}" if p.get("where_umap_knn_exact")
                         else "")
+                     + (f"; against umap-learn fed the exact neighbours: fidelity ratio median "
+                        f"{p['umap_exact_knn']['fidelity_ratio']['median']:.2f}, p95 "
+                        f"{p['umap_exact_knn']['fidelity_ratio']['p95']:.2f}" if p.get("umap_exact_knn") else "")
                      + _quiet_text(p.get("ours_cpu"), " during our timing"))
     if rec.get("mrd"):
         m = rec["mrd"]
