@@ -49,7 +49,9 @@ first follow-ups negative, ``patients // 2`` controls). ``--shift-copies`` / ``-
 
 ``--normalize landmarks`` turns on the per-sample landmark registration
 (``[preprocess.normalize]``): the source's targets are the mean quantile landmarks of the
-source's own training samples (preprocessed without it), computed before the reference is
+source's own training samples (preprocessed without it); ``--normalize peaks`` registers
+the density peaks instead (the peaks of the training samples' pooled density, each sample's
+peaks matched to them; ``method = "peaks"``). Either is computed before the reference is
 built and written into the source's pipeline file, so the reference, the training images
 and both targets' scoring use the same registration. Only the source's training files are
 read for the targets (no labels, nothing of the scored patients).
@@ -74,7 +76,7 @@ import numpy as np
 import torch
 
 from rescue_gpu.cli import main as rescue
-from rescue_gpu.config import load_pipeline
+from rescue_gpu.config import NormalizeSpec, load_pipeline
 from rescue_gpu.flow.mrd import THRESHOLD_PCT, combined_call, mrd_status
 from rescue_gpu.flow.stages import reference_landmarks
 from rescue_gpu.nn.metrics import bootstrap_intervals
@@ -146,12 +148,12 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--top", choices=("file", "fixed"), default="file",
                     help="transforms' top of scale: each file's own $PnR (file) or the source's fixed range")
-    ap.add_argument("--normalize", choices=("none", "landmarks"), default="none",
-                    help="per-sample landmark registration onto the source's training landmarks")
+    ap.add_argument("--normalize", choices=("none", "landmarks", "peaks"), default="none",
+                    help="per-sample registration onto the source's training landmarks: quantiles or density peaks")
     ap.add_argument("--quantiles", type=float, nargs="+", default=[0.1, 0.5, 0.9],
                     help="landmark quantiles for --normalize landmarks")
     ap.add_argument("--normalize-channels", nargs="*", default=[],
-                    help="channels to register with --normalize landmarks (default: all 10)")
+                    help="channels to register with --normalize (default: all 10)")
     ap.add_argument("--shift-copies", type=int, default=0,
                     help="train.shift_copies: instrument-shifted copies of each training sample (0: off)")
     ap.add_argument("--shift-gain", type=float, default=0.1, help="train.shift_gain (SD of the log per-channel gain)")
@@ -379,13 +381,13 @@ def _cohorts(a: argparse.Namespace) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _landmarks(toml: Path, manifest: Path, quantiles: list[float], channels: list[str]) -> str:
-    """The ``[preprocess.normalize]`` table: mean landmarks of the training samples in ``manifest``."""
+def _landmarks(toml: Path, manifest: Path, method: str, quantiles: list[float], channels: list[str]) -> str:
+    """The ``[preprocess.normalize]`` table: the landmarks of the training samples in ``manifest``."""
     targets, failed = reference_landmarks(read_manifest(manifest), load_pipeline(toml), quantiles=quantiles,
-                                          channels=channels)
+                                          channels=channels, method=method)
     if failed:
         raise SystemExit(f"landmarks: {len(failed)} training samples failed: {failed}")
-    return normalize_toml(quantiles, targets)
+    return normalize_toml(NormalizeSpec(method=method, quantiles=tuple(quantiles), targets=targets))
 
 
 def _train(source: str, c: dict[str, Any], a: argparse.Namespace) -> tuple[Path, Path, Path]:
@@ -394,8 +396,8 @@ def _train(source: str, c: dict[str, Any], a: argparse.Namespace) -> tuple[Path,
     toml.write_text(PIPELINE.format(source=source, markers=json.dumps(COMMON), scale=SCALE[source],
                                     ref_events=a.ref_events, seed=a.seed, top=a.top, shift_copies=a.shift_copies,
                                     shift_gain=a.shift_gain, shift_offset=a.shift_offset), encoding="utf-8")
-    if a.normalize == "landmarks":
-        block = _landmarks(toml, c["train"], a.quantiles, a.normalize_channels)
+    if a.normalize != "none":
+        block = _landmarks(toml, c["train"], a.normalize, a.quantiles, a.normalize_channels)
         toml.write_text(toml.read_text(encoding="utf-8") + "\n" + block, encoding="utf-8")
     ref, model = a.out / f"ref-{source}", a.out / f"model-{source}"
     _cli("reference", "build", c["train"], "--out", ref, "--pipeline", toml, "--backend", "cpu")

@@ -103,35 +103,62 @@ class QcSpec:
 class NormalizeSpec:
     """Per-sample landmark registration of channels onto a reference's landmarks (``[preprocess.normalize]``).
 
-    With ``method = "landmarks"`` every sample's channel named in ``targets`` is mapped,
-    after its transform, by the monotone piecewise-linear function that sends the sample's
-    own quantiles at ``quantiles`` onto that channel's ``targets`` (linear beyond the end
-    landmarks, with the end segments' slopes). Samples from instruments or sites whose normal
-    populations sit at other places (scatter gains, antigen-negative levels) are thereby
-    registered onto one scale, as flowStats' ``gaussNorm``/``warpSet`` register landmarks.
-    The targets are the reference's landmarks: the mean over the reference samples of their
-    own quantiles (:func:`rescue_gpu.preprocess.normalize.landmark_targets`), written here so
-    the reference build, training and scoring apply the same map. ``method = "none"`` (the
-    default) leaves the events as transformed.
+    Samples from instruments or sites whose normal populations sit at other places (scatter
+    gains, antigen-negative levels) are registered onto one scale, as flowStats'
+    ``gaussNorm``/``warpSet`` register landmarks. Two kinds of landmark:
+
+    - ``method = "landmarks"``: every sample's channel named in ``targets`` is mapped, after
+      its transform, by the monotone piecewise-linear function that sends the sample's own
+      quantiles at ``quantiles`` onto that channel's ``targets`` (linear beyond the end
+      landmarks, with the end segments' slopes). The targets are the mean over the reference
+      samples of their own quantiles. A quantile that falls between two populations moves
+      with the sample's composition (e.g. CD7's 0.9 quantile when a marrow has few CD7+
+      lymphocytes) and then stretches the scale; use ``"peaks"`` for such channels.
+    - ``method = "peaks"``: the landmarks are the peaks of each channel's smoothed density
+      (Gaussian kernel of standard deviation ``bandwidth``; a peak counts when it reaches
+      ``min_height`` of the tallest and is separated from its neighbours by a dip). Each
+      sample peak is matched, in order, to the reference peak (``targets``, one or more per
+      channel) it lies within ``max_shift`` of; one matched peak shifts the channel, two or
+      more map it piecewise-linearly through the pairs, shifted beyond the end pairs. A
+      population absent from a sample leaves its target unmatched instead of dragging a
+      quantile. ``bandwidth`` and ``max_shift`` are on the transformed scale (about 0-1 for
+      the default transforms).
+
+    The targets are computed from the reference cohort
+    (:func:`rescue_gpu.preprocess.normalize.landmark_targets`, ``rescue reference
+    landmarks``) and written here, so the reference build, training and scoring apply the
+    same map. ``method = "none"`` (the default) leaves the events as transformed.
     """
 
-    method: Literal["none", "landmarks"] = "none"
+    method: Literal["none", "landmarks", "peaks"] = "none"
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     targets: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    bandwidth: float = 0.02
+    min_height: float = 0.05
+    max_shift: float = 0.2
 
     def __post_init__(self) -> None:
         q = self.quantiles
         if len(q) < 2 or not all(0.0 < v < 1.0 for v in q) or any(b <= a for a, b in zip(q, q[1:])):
             raise ConfigError(f"normalize.quantiles needs at least 2 strictly increasing values in (0, 1) (got {list(q)})")
+        if not (math.isfinite(self.bandwidth) and self.bandwidth > 0):
+            raise ConfigError(f"normalize.bandwidth must be > 0 (got {self.bandwidth})")
+        if not 0.0 < self.min_height < 1.0:
+            raise ConfigError(f"normalize.min_height must be in (0, 1): a fraction of the tallest peak (got {self.min_height})")
+        if not (math.isfinite(self.max_shift) and self.max_shift > 0):
+            raise ConfigError(f"normalize.max_shift must be > 0 (got {self.max_shift})")
         if self.method == "none" and self.targets:
-            raise ConfigError("normalize.targets is set but method = \"none\"; set method = \"landmarks\" or remove the targets")
-        if self.method == "landmarks" and not self.targets:
-            raise ConfigError("normalize method = \"landmarks\" needs [preprocess.normalize.targets]: "
-                              "one list of target landmarks per channel to register")
+            raise ConfigError("normalize.targets is set but method = \"none\"; set method = \"landmarks\" "
+                              "or \"peaks\", or remove the targets")
+        if self.method != "none" and not self.targets:
+            raise ConfigError(f"normalize method = \"{self.method}\" needs [preprocess.normalize.targets]: one list "
+                              "of target landmarks per channel to register (`rescue reference landmarks` writes it)")
         for name, t in self.targets.items():
-            if len(t) != len(q) or any(b <= a for a, b in zip(t, t[1:])) or not all(math.isfinite(v) for v in t):
-                raise ConfigError(f"normalize.targets.{name} needs {len(q)} finite strictly increasing values, "
-                                  f"one per quantile in {list(q)} (got {list(t)})")
+            n_ok = len(t) >= 1 if self.method == "peaks" else len(t) == len(q)
+            if not n_ok or any(b <= a for a, b in zip(t, t[1:])) or not all(math.isfinite(v) for v in t):
+                want = "one or more finite strictly increasing peak positions" if self.method == "peaks" else \
+                    f"{len(q)} finite strictly increasing values, one per quantile in {list(q)}"
+                raise ConfigError(f"normalize.targets.{name} needs {want} (got {list(t)})")
 
 
 @dataclass(frozen=True)

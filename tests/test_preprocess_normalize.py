@@ -130,7 +130,7 @@ scatter = ["FSC-A", "SSC-A"]
 def test_pipeline_file_round_trip_and_fingerprint(tmp_path):
     targets = {"SSC-A": (0.1, 0.2, 0.45), "CD45": (0.3, 0.6, 0.8)}
     path = tmp_path / "lab.toml"
-    path.write_text(BASE + "\n" + normalize_toml(Q, targets), encoding="utf-8")
+    path.write_text(BASE + "\n" + normalize_toml(NormalizeSpec(method="landmarks", quantiles=Q, targets=targets)), encoding="utf-8")
     p = load_pipeline(path)
     assert p.preprocess.normalize == NormalizeSpec(method="landmarks", quantiles=Q, targets=targets)
     back = pipeline_from_record(json.loads(json.dumps(pipeline_record(p))), file=str(path))
@@ -168,7 +168,7 @@ def test_normalize_settings_are_validated(table, message):
 
 def test_targets_must_name_panel_channels(tmp_path):
     path = tmp_path / "lab.toml"
-    path.write_text(BASE + "\n" + normalize_toml(Q, {"CD99": (0.1, 0.2, 0.3)}), encoding="utf-8")
+    path.write_text(BASE + "\n" + normalize_toml(NormalizeSpec(method="landmarks", quantiles=Q, targets={"CD99": (0.1, 0.2, 0.3)})), encoding="utf-8")
     with pytest.raises(ConfigError, match=r"lab\.toml.*'CD99', not a panel marker or scatter channel"):
         load_pipeline(path)
 

@@ -128,27 +128,38 @@ def reference_build(
 def reference_landmarks_cmd(
     manifest: Annotated[Path, typer.Argument(help="Manifest CSV or folder of FCS files: the reference cohort.")],
     pipeline: PipelineOpt = "aml-mrd",
-    quantiles: Annotated[str, typer.Option("--quantiles", help="Comma-separated landmark quantiles in (0, 1).")] = "0.1,0.5,0.9",
+    method: Annotated[str, typer.Option("--method", help="landmarks: mean quantiles; peaks: density peaks "
+                                        "(robust where a quantile falls between populations).")] = "landmarks",
+    quantiles: Annotated[str, typer.Option("--quantiles", help="Comma-separated landmark quantiles in (0, 1) (landmarks).")] = "0.1,0.5,0.9",
+    bandwidth: Annotated[float, typer.Option("--bandwidth", help="Density smoothing SD on the transformed scale (peaks).")] = 0.02,
+    min_height: Annotated[float, typer.Option("--min-height", help="Smallest peak, as a fraction of the tallest (peaks).")] = 0.05,
+    max_shift: Annotated[float, typer.Option("--max-shift", help="Farthest a sample peak may lie from its reference peak (peaks).")] = 0.2,
     channels: Annotated[str, typer.Option("--channels", help="Comma-separated channels to register (default: all).")] = "",
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the table to this file instead of printing it.")] = None,
 ) -> None:
     """Compute the reference's landmarks and print the [preprocess.normalize] table for the pipeline file."""
+    import dataclasses
+
     from ..config import NormalizeSpec, load_pipeline
     from ..errors import ConfigError
     from ..flow.stages import reference_landmarks
     from ..preprocess import normalize_toml
 
     pipe = load_pipeline(pipeline)
+    if method not in ("landmarks", "peaks"):
+        raise ConfigError(f"--method must be 'landmarks' or 'peaks', got {method!r}")
     try:
         q = tuple(float(v) for v in quantiles.split(",") if v.strip())
     except ValueError:
         raise ConfigError(f"--quantiles must be comma-separated numbers, got {quantiles!r}") from None
-    NormalizeSpec(quantiles=q)  # validates the quantiles before any file is read
+    # validates the settings before any file is read
+    settings = NormalizeSpec(quantiles=q, bandwidth=bandwidth, min_height=min_height, max_shift=max_shift)
     rows = _rows_for(manifest)
     with progress("preprocessing", len(rows)) as advance:
-        targets, failed = reference_landmarks(rows, pipe, quantiles=q, on_sample=advance,
+        targets, failed = reference_landmarks(rows, pipe, quantiles=q, on_sample=advance, method=method,
+                                              bandwidth=bandwidth, min_height=min_height,
                                               channels=[c.strip() for c in channels.split(",") if c.strip()])
-    text = normalize_toml(q, targets)
+    text = normalize_toml(dataclasses.replace(settings, method=method, targets=targets))
     if out is None:
         console.print(text, markup=False, highlight=False, end="")
     else:

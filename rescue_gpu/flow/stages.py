@@ -124,16 +124,21 @@ def reference_landmarks(
     rows: Sequence[ManifestRow],
     pipeline: Pipeline,
     *,
-    quantiles: Sequence[float],
+    quantiles: Sequence[float] = (0.1, 0.5, 0.9),
     channels: Sequence[str] = (),
+    method: str = "landmarks",
+    bandwidth: float = 0.02,
+    min_height: float = 0.05,
     on_sample: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, tuple[float, ...]], dict[str, str]]:
     """The landmark targets of a reference cohort for ``[preprocess.normalize]``.
 
     Each selected sample (``in_reference`` not false) is preprocessed with ``pipeline`` with
-    the normalisation off; the targets are the mean of the samples' own ``quantiles`` per
-    channel (:func:`~rescue_gpu.preprocess.landmark_targets`). ``channels`` empty: every
-    output column. Returns ``(targets, failed samples -> error)``; no labels are read.
+    the normalisation off; the targets are, per channel, the mean of the samples' own
+    ``quantiles`` (``method = "landmarks"``) or the peaks of their pooled density
+    (``"peaks"``, with ``bandwidth`` and ``min_height``;
+    :func:`~rescue_gpu.preprocess.landmark_targets`). ``channels`` empty: every output
+    column. Returns ``(targets, failed samples -> error)``; no labels are read.
     """
     from ..config import NormalizeSpec
     from ..preprocess import landmark_targets
@@ -154,4 +159,5 @@ def reference_landmarks(
     if unknown:
         raise ConfigError(f"landmark channels {', '.join(map(repr, unknown))} are not output columns "
                           f"({', '.join(names)}); pick from those")
-    return landmark_targets(values, names, list(channels) or list(names), quantiles), failed
+    return landmark_targets(values, names, list(channels) or list(names), quantiles, method=method,
+                            bandwidth=bandwidth, min_height=min_height), failed

@@ -113,14 +113,20 @@ def preprocess_fingerprint(panel: PanelSpec, spec: PreprocessSpec) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+#: Settings added after fingerprints were first recorded, at their defaults: left out of the
+#: fingerprint so that references and models from before them keep fitting their samples.
+_LATER_DEFAULTS: dict[str, Any] = {"top": "fixed", "bandwidth": 0.02, "min_height": 0.05, "max_shift": 0.2}
+
+
 def _without_later_defaults(record: Any) -> Any:
-    """``record`` without settings added later at their defaults (``top = "fixed"``, ``normalize`` off).
+    """``record`` without settings added later at their defaults (:data:`_LATER_DEFAULTS`, ``normalize`` off).
 
     Fingerprints from before those settings existed stay valid.
     """
     if isinstance(record, dict):
         return {k: _without_later_defaults(v) for k, v in record.items()
-                if not (k == "top" and v == "fixed") and not (k == "normalize" and isinstance(v, dict) and v.get("method") == "none")}
+                if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])
+                and not (k == "normalize" and isinstance(v, dict) and v.get("method") == "none")}
     return record
 
 
@@ -287,12 +293,13 @@ def preprocess(
     try:
         values = _transform(kept[:, xp.asarray(np.asarray(cols, dtype=np.int64))], names, scatter, spec, xp,
                             channel_tops(fcs)[cols], [fcs.channels[i] for i in cols])
-        values = normalize_events(values, names, spec.normalize, xp=xp)
+        notes: list[str] = []
+        values = normalize_events(values, names, spec.normalize, xp=xp, notes=notes)
     except PreprocessError as exc:
         raise PreprocessError(f"{where}: {exc}") from None
     return Events(values=values, markers=tuple(names), channels=tuple(fcs.channels[i] for i in cols),
                   qc=qc, fingerprint=preprocess_fingerprint(panel, spec), kept=keep,
-                  warnings=sample_warnings(fcs, qc, source))
+                  warnings=sample_warnings(fcs, qc, source) + tuple(notes))
 
 
 def _summary(qc: dict[str, Any]) -> str:
