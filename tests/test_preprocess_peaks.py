@@ -10,9 +10,12 @@ import pytest
 from scipy.signal import find_peaks
 from scipy.stats import gaussian_kde
 
+from rescue_gpu.device import to_numpy
 from rescue_gpu.config import ConfigError, NormalizeSpec, from_mapping, load_pipeline, pipeline_from_record, pipeline_record
 from rescue_gpu.preprocess import (density_peaks, landmark_targets, match_peaks, normalize_events, normalize_toml,
                                    preprocess_fingerprint, register_peaks)
+
+from tests.conftest import xp_params
 
 BW = 0.02
 
@@ -177,3 +180,19 @@ def test_reference_landmarks_command_writes_a_peaks_table(tmp_path, capsys):
     capsys.readouterr()
     assert main(["reference", "landmarks", str(cohort / "manifest.csv"), "--method", "zscore"]) == 2
     assert "--method must be 'landmarks' or 'peaks'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("xp", xp_params())
+def test_peak_registration_is_the_same_on_every_array_module(xp):
+    """One code path for numpy and cupy: the same peaks, pairs and registered events."""
+    ref = [_cd7(20000, 0.3, seed=s) for s in range(2)]
+    spec = NormalizeSpec(method="peaks", targets=landmark_targets([r[:, None] for r in ref], ["CD7"], ["CD7"],
+                                                                method="peaks", bandwidth=BW))
+    x = np.column_stack([_cd7(20000, 0.2, shift=0.05, seed=7), _cd7(20000, 0.4, seed=8)])
+    host = normalize_events(x, ["CD7", "other"], spec)
+    dev = normalize_events(xp.asarray(x), ["CD7", "other"], spec, xp=xp)
+    assert type(dev).__module__.split(".")[0] == xp.__name__.split(".")[0]
+    np.testing.assert_allclose(to_numpy(dev), host, atol=1e-6)
+    np.testing.assert_array_equal(to_numpy(dev)[:, 1], x[:, 1])
+    np.testing.assert_allclose(density_peaks(xp.asarray(x[:, 0]), bandwidth=BW, min_height=0.05, xp=xp)[0],
+                               density_peaks(x[:, 0], bandwidth=BW, min_height=0.05)[0], atol=1e-9)
