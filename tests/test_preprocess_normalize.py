@@ -107,6 +107,20 @@ def test_preprocess_registers_another_instruments_scatter_onto_the_reference():
     assert np.abs(raw_other[:, 1:] - ref[:, 1:]).max() > 0.05
 
 
+def test_preprocess_registers_scatter_peaks_and_reports_an_unmatched_channel_as_a_warning():
+    ref = preprocess(_fcs(1.0), panel=PANEL, spec=_spec(NormalizeSpec())).values
+    targets = landmark_targets([ref], ("CD45", "FSC-A", "SSC-A"), ["FSC-A", "SSC-A"], method="peaks")
+    assert [len(t) for t in targets.values()] == [2, 2]   # the two scatter populations of _fcs
+    ev = preprocess(_fcs(0.85), panel=PANEL, spec=_spec(NormalizeSpec(method="peaks", targets=targets)))
+    for j, name in ((1, "FSC-A"), (2, "SSC-A")):
+        hi = ev.values[:, j] > np.mean(targets[name])
+        np.testing.assert_allclose([np.median(ev.values[~hi, j]), np.median(ev.values[hi, j])], targets[name], atol=0.01)
+    assert ev.warnings == ()
+    far = _spec(NormalizeSpec(method="peaks", targets={**targets, "CD45": (5.0,)}))
+    ev = preprocess(_fcs(0.85), panel=PANEL, spec=far)
+    assert any("'CD45' left unregistered" in w for w in ev.warnings)
+
+
 def test_coinciding_landmarks_fail_the_sample_with_its_name():
     fcs = _fcs(1.0)
     fcs = dataclasses.replace(fcs, events=fcs.events.copy())

@@ -19,8 +19,8 @@ Two kinds of landmark (``method``):
   missing from a sample leaves its target unmatched. The targets are the peaks of the
   reference samples' pooled density, each sample weighted equally.
 
-The targets (:func:`landmark_targets`) are written into the pipeline file's ``[preprocess.normalize]`` (:class:`~rescue_gpu.config.NormalizeSpec`),
-so the reference build, training and scoring all apply the same map through
+The targets (:func:`landmark_targets`) are written into the pipeline file's
+``[preprocess.normalize]`` (:class:`~rescue_gpu.config.NormalizeSpec`), so the reference build, training and scoring all apply the same map through
 :func:`~rescue_gpu.preprocess.preprocess`.
 
 The kernels work on numpy or cupy arrays (``xp``).
@@ -196,7 +196,6 @@ def _peak_pairs(x: Any, name: str, spec: NormalizeSpec, xp: ModuleType,
                          f"by {', '.join(f'{v:.2f}' for v in stretch)} (beyond {MAX_STRETCH:g}x)")
         src, tgt = src[k:k + 1], tgt[k:k + 1]
     return src, tgt
-
 
 
 def normalize_events(values: Any, names: Sequence[str], spec: NormalizeSpec, *, xp: ModuleType | None = None,
