@@ -145,3 +145,20 @@ def test_metrics_from_files_both_truth_definitions_and_tables(tmp_path):
     assert "| combined | n/a | n/a | 0.75 [" in lines[4]
     assert np.isfinite(_est(r["calls"]["image"]["all"]["roc_auc"]))
 
+
+
+@pytest.mark.parametrize("method", ["landmarks", "peaks"])
+def test_landmark_table_of_the_training_manifest_loads_as_the_pipelines_normalize(tmp_path, method):
+    from rescue_gpu.cli import main
+    from rescue_gpu.config import load_pipeline
+
+    cohort = tmp_path / "cohort"
+    assert main(["simulate", str(cohort), "--samples", "2", "--events", "2000", "--seed", "3"]) == 0
+    aml = Path(load_pipeline("aml-mrd").source)
+    block = transfer._landmarks(aml, cohort / "manifest.csv", method, [0.1, 0.5, 0.9], ["CD45", "SSC-A"])
+    lab = tmp_path / "lab.toml"
+    lab.write_text(aml.read_text(encoding="utf-8") + "\n" + block, encoding="utf-8")
+    spec = load_pipeline(lab).preprocess.normalize
+    assert spec.method == method and sorted(spec.targets) == ["CD45", "SSC-A"]
+    assert all(len(t) == 3 for t in spec.targets.values()) if method == "landmarks" else \
+        all(1 <= len(t) <= 4 for t in spec.targets.values())
