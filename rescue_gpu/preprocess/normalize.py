@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..config import NormalizeSpec
+from ..device import to_numpy
 from ..errors import PreprocessError
 
 __all__ = ["sample_landmarks", "register_channel", "density_peaks", "match_peaks", "register_peaks",
@@ -66,7 +67,7 @@ def sample_landmarks(values: Any, quantiles: Sequence[float], *, xp: ModuleType 
     """
     xp = np if xp is None else xp
     q = xp.quantile(xp.asarray(values, dtype=xp.float64), xp.asarray(np.asarray(quantiles, dtype=np.float64)), axis=0)
-    return np.asarray(q.get() if hasattr(q, "get") else q, dtype=np.float64).T
+    return to_numpy(q).astype(np.float64).T
 
 
 def register_channel(x: Any, source: np.ndarray, target: np.ndarray, *, xp: ModuleType | None = None) -> Any:
@@ -103,13 +104,13 @@ def density_peaks(x: Any, *, bandwidth: float, min_height: float,
     if int(x64.size) < 2:
         return np.empty(0), np.empty(0)
     ends = xp.quantile(x64, xp.asarray([0.001, 0.999]))
-    lo, hi = (float(v) for v in (ends.get() if hasattr(ends, "get") else ends))
+    lo, hi = (float(v) for v in to_numpy(ends))
     lo, hi = lo - 4 * bandwidth, hi + 4 * bandwidth
     step = bandwidth / 4
     n_bins = int(min(max(np.ceil((hi - lo) / step), 16), 1 << 16))
     step = (hi - lo) / n_bins
     counts = xp.histogram(x64, bins=n_bins, range=(lo, hi))[0]
-    counts = np.asarray(counts.get() if hasattr(counts, "get") else counts, dtype=np.float64)
+    counts = to_numpy(counts).astype(np.float64)
     sd = bandwidth / step
     half = int(np.ceil(4 * sd))
     kernel = np.exp(-0.5 * (np.arange(-half, half + 1) / sd) ** 2)
@@ -187,10 +188,11 @@ def _peak_pairs(x: Any, name: str, spec: NormalizeSpec, xp: ModuleType,
                          f"({', '.join(f'{v:.3g}' for v in pos) or 'none'}) lies within max_shift = {spec.max_shift} "
                          f"of the reference's ({', '.join(f'{v:.3g}' for v in target)})")
         return None
-    src, tgt = pos[[i for i, _ in pairs]], target[[j for _, j in pairs]]
+    si, ti = [i for i, _ in pairs], [j for _, j in pairs]
+    src, tgt = pos[si], target[ti]
     stretch = np.diff(tgt) / np.maximum(np.diff(src), MIN_SPACING)
     if np.any(stretch > MAX_STRETCH) or np.any(stretch < 1 / MAX_STRETCH):
-        k = int(np.argmax(height[[i for i, _ in pairs]]))
+        k = int(np.argmax(height[si]))
         if notes is not None:
             notes.append(f"normalize: channel {name!r} only shifted: its matched peaks would stretch the scale "
                          f"by {', '.join(f'{v:.2f}' for v in stretch)} (beyond {MAX_STRETCH:g}x)")
