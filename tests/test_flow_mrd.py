@@ -223,8 +223,16 @@ def test_model_save_load_and_checksum(tmp_path) -> None:
             mrd.NormalModel.load(tmp_path / "old")
     # /3 (before the threshold's rule was stored) still loads: the pooled rule, no cross-fitting
     rule_keys = ("cluster_rule", "sample_flag_rate", "sample_quantile", "cross_fit", "sample_thresholds")
-    assert meta["format"] == "rescue-mrd-normal/4" and meta["cluster_rule"] == "sample" and meta["cross_fit"] is True
-    v3 = {key: v for key, v in meta.items() if key not in rule_keys}
+    excess_keys = ("excess_radius", "excess_ratio", "excess_share", "excess_shares")
+    assert meta["format"] == "rescue-mrd-normal/5" and meta["cluster_rule"] == "sample" and meta["cross_fit"] is True
+    assert meta["excess_radius"] == pytest.approx(2 * model.cluster_radius) and back.excess
+    # /4 (before the excess rule) still loads, without it: its calls stay as they were
+    v4 = {key: v for key, v in meta.items() if key not in excess_keys}
+    (tmp_path / "old" / "normal.json").write_text(json.dumps({**v4, "format": "rescue-mrd-normal/4"}))
+    four = mrd.NormalModel.load(tmp_path / "old")
+    assert not four.excess and four.cluster_rule == "sample" and four.sample_thresholds == model.sample_thresholds
+    assert not bool(mrd.excess_flags(four, model.points).any())
+    v3 = {key: v for key, v in v4.items() if key not in rule_keys}
     (tmp_path / "old" / "normal.json").write_text(json.dumps({**v3, "format": "rescue-mrd-normal/3"}))
     three = mrd.NormalModel.load(tmp_path / "old")
     assert three.cluster_rule == "pooled" and not three.cross_fit and three.sample_thresholds == ()

@@ -79,3 +79,26 @@ def test_scores_store_bits_and_flagged_fcs(assets: dict[str, Path], tmp_path: Pa
     follow = df[df["timepoint"] == "follow-up"]
     diag_patients = {r.patient_id for r in rows.values() if r.timepoint == "diagnosis"}
     assert all((row["mrd_method"] == "both") <= (row["patient_id"] in diag_patients) for _, row in follow.iterrows())
+
+
+def test_refused_laip_scores_follow_ups_by_dfn_with_a_warning(assets: dict[str, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A LAIP that laip_refusal refuses is not tracked: the patient's follow-ups are DfN-only and say why."""
+    import pandas as pd
+
+    from rescue_gpu.config import RuntimeConfig
+    from rescue_gpu.flow.assay import ScoreOptions, score_cohort
+
+    monkeypatch.setattr(mrd, "laip_refusal", lambda laip, max_normal_share=0.05: "LAIP refused for the test")
+    model_dir = _normal_model(assets, tmp_path / "normal")
+    opts = ScoreOptions(pipeline=tiny_pipeline(), report=False, mrd_model=str(model_dir))
+    out = tmp_path / "run"
+    score_cohort(assets["manifest"], reference=assets["reference"], model=assets["model_low"], out=out,
+                 options=opts, runtime=RuntimeConfig(backend="cpu"), in_process=True)
+    df = pd.read_csv(out / "scores.csv")
+    diag_patients = set(df.loc[df["timepoint"] == "diagnosis", "patient_id"])
+    follow = df[(df["timepoint"] == "follow-up") & df["patient_id"].isin(diag_patients)]
+    assert len(follow) and (follow["mrd_method"] == "dfn").all() and follow["laip_events"].isna().all()
+    assert follow["warnings"].str.contains("LAIP refused for the test").all()
+    others = df[~df.index.isin(follow.index)]
+    assert not others["warnings"].fillna("").str.contains("LAIP refused").any()

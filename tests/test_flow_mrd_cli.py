@@ -92,3 +92,20 @@ def test_build_normal_threshold_rules(assets: dict[str, Path], tmp_path: Path) -
     pooled = mrd.NormalModel.load(tmp_path / "p")
     assert pooled.cluster_rule == "pooled" and not pooled.cross_fit and "pooled false-flag rate 0.01" in res.output
     np.testing.assert_array_equal(pooled.points, model.points)
+
+
+def test_build_normal_excess_rule(assets: dict[str, Path], tmp_path: Path) -> None:
+    res = _invoke([assets["manifest"], "--out", tmp_path / "e", "--pipeline", "aml-mrd", "--k", "3",
+                   "--excess-ratio", "20", "--excess-share", "0.05"])
+    assert res.exit_code == 0, res.output
+    model = mrd.NormalModel.load(tmp_path / "e")
+    assert model.excess and model.excess_ratio == 20 and model.excess_radius == 2 * model.cluster_radius
+    assert model.excess_share == max(0.05, 2 * max(model.excess_shares))
+    assert len(model.excess_shares) == model.n_samples  # every normal, cross-fitted
+    assert f"excess rule (ratio 20 within {model.excess_radius:g}, share {model.excess_share:.3g}" in res.output
+    res = _invoke([assets["manifest"], "--out", tmp_path / "n", "--pipeline", "aml-mrd", "--k", "3", "--no-excess"])
+    assert res.exit_code == 0, res.output
+    assert not mrd.NormalModel.load(tmp_path / "n").excess and "no excess rule" in res.output
+    res = _invoke([assets["manifest"], "--out", tmp_path / "b", "--pipeline", "aml-mrd", "--excess-share", "1.5"])
+    assert isinstance(res.exception, ConfigError) and "excess_share in (0, 1)" in str(res.exception)
+    assert not (tmp_path / "b").exists()  # refused before any sample was read

@@ -301,7 +301,9 @@ def _prepare(task: SampleTask, job: WorkerJob, state: FlowState) -> tuple[Sample
     qc = {k: v for k, v in events.qc.items() if k != "n_events_in"}
     qc["n_outside"] = int(outside)
     rec.update(status="scored", n_events=int(events.qc["n_events_in"]), qc=qc,
-               n_events_used=int(events.n_events - outside), warnings=_warning_texts(events.warnings, task, job),
+               n_events_used=int(events.n_events - outside),
+               warnings=_warning_texts([*events.warnings, *([mrd_rec["laip_refused"]] if mrd_rec and
+                                                             "laip_refused" in mrd_rec else [])], task, job),
                seconds={"preprocess": round(t1 - t0, 4), "project": round(t2 - t1, 4),
                         "rasterise": round(t3 - t2, 4)})
     arrays = {"image": np.ascontiguousarray(image, dtype=np.float32)}
@@ -322,7 +324,7 @@ def _mrd(events: Any, coords: Any, task: SampleTask, job: WorkerJob,
     ``mrd_view``, a subsample of its aberrant and other CD45+ events with their UMAP
     coordinates and markers (record key ``view_markers``).
     """
-    from .mrd import LaipModel, dfn_flags, laip_flags, leukocytes, mrd_numbers, pack_flags
+    from .mrd import LaipModel, dfn_parts, laip_flags, leukocytes, mrd_numbers, pack_flags
     from .mrd_view import needs_view, view_sample
 
     model = state.mrd
@@ -331,8 +333,12 @@ def _mrd(events: Any, coords: Any, task: SampleTask, job: WorkerJob,
     model.check_markers(events.markers)
     values = events.values
     xp = state.xp
-    dfn, gate = dfn_flags(model, values)
+    cluster, excess, gate = dfn_parts(model, values)
+    dfn = cluster | excess
     laip_rec = (job.laips or {}).get(task.patient_id) if task.timepoint != "diagnosis" else None
+    refused = laip_rec.get("refused") if laip_rec is not None else None
+    if refused:
+        laip_rec = None
     if laip_rec is not None:
         laip = laip_flags(model, LaipModel.from_record(laip_rec), values)
         aberrant, method = dfn | laip, "both"
@@ -340,8 +346,10 @@ def _mrd(events: Any, coords: Any, task: SampleTask, job: WorkerJob,
         laip, aberrant, method = None, dfn, "dfn"
     n_cd45 = _count(leukocytes(gate, aberrant), xp)  # CD45-dim aberrant events are leukocytes too
     numbers = mrd_numbers(int(_count(aberrant, xp)), n_cd45, method)
-    rec = {**numbers.record(), "dfn_events": int(_count(dfn, xp)),
+    rec = {**numbers.record(), "dfn_events": int(_count(dfn, xp)), "excess_events": int(_count(excess, xp)),
            "laip_events": None if laip is None else int(_count(laip, xp)), "n_flag_events": int(values.shape[0])}
+    if refused:
+        rec["laip_refused"] = str(refused)
     arrays = {"mrd_dfn": pack_flags(dfn)}
     if laip is not None:
         arrays["mrd_laip"] = pack_flags(laip)
@@ -418,10 +426,12 @@ def diagnosis_laips(rows: Sequence[ManifestRow], pipeline: Pipeline, model_path:
     """``{patient_id: LAIP record}`` from each patient's diagnosis sample in ``rows`` (first one wins).
 
     A diagnosis sample that cannot be read or has no population different from normal
-    gives no LAIP (that patient's follow-ups are scored with DfN alone).
+    gives no LAIP (that patient's follow-ups are scored with DfN alone). A LAIP that
+    :func:`~rescue_gpu.flow.mrd.laip_refusal` refuses is stored as ``{"refused": reason}``:
+    the follow-ups are scored with DfN alone and carry the reason as a warning.
     """
     from ..errors import RescueError
-    from .mrd import NormalModel, fit_laip
+    from .mrd import NormalModel, fit_laip, laip_refusal
     from .stages import load_events
 
     model = NormalModel.load(model_path)
@@ -436,7 +446,8 @@ def diagnosis_laips(rows: Sequence[ManifestRow], pipeline: Pipeline, model_path:
         model.check_markers(ev.markers)
         laip = fit_laip(model, np.asarray(ev.values))
         if laip is not None:
-            out[row.patient_id] = laip.record()
+            reason = laip_refusal(laip)
+            out[row.patient_id] = {"refused": reason} if reason else laip.record()
     return out
 
 

@@ -276,7 +276,7 @@ def _assets(opts: BenchOptions, work: Path, say: Callable[[str], None]) -> _Asse
 
 def _mrd_models(assets: _Assets, opts: BenchOptions) -> tuple[Any, Any]:
     """The DfN model (from the samples labelled negative, or all of them when none is) and a diagnosis LAIP or None."""
-    from .mrd import fit_laip, fit_normal_model
+    from .mrd import fit_laip, fit_normal_model, laip_refusal
     from .stages import load_events
 
     events = [(row, load_events(row.path, assets.pipeline)) for row in assets.rows]
@@ -284,7 +284,8 @@ def _mrd_models(assets: _Assets, opts: BenchOptions) -> tuple[Any, Any]:
         [np.asarray(e.values) for _, e in events]
     model = fit_normal_model(normal, events[0][1].markers, max_points=opts.mrd_points, seed=opts.seed)
     diag = [e for row, e in events if row.timepoint == "diagnosis"]
-    return model, (fit_laip(model, np.asarray(diag[0].values)) if diag else None)
+    laip = fit_laip(model, np.asarray(diag[0].values)) if diag else None
+    return model, (laip if laip is not None and laip_refusal(laip) is None else None)  # as rescue score tracks it
 
 
 def _mrd_step(models: tuple[Any, Any], values: Any) -> tuple[int, int]:

@@ -44,7 +44,21 @@ LAIP (leukaemia-associated immunophenotype)
     sample's events inside the ``laip_quantile`` Mahalanobis ellipsoid of that Gaussian
     that are also outside the bulk of normal marrow (``k``-NN distance above the model's
     loose threshold, the ``1 - loose_rate`` quantile); the neighbour count is computed for
-    the events inside the ellipsoid only.
+    the events inside the ellipsoid only. A LAIP whose ellipsoid holds more than
+    :data:`MAX_LAIP_NORMAL_SHARE` of the normal model's events is not tracked
+    (:func:`laip_refusal`): when the marker that defines it is not in the panel, the
+    trimmed fit follows a broad cloud of normal cells, whose sparse edge it would count in
+    every follow-up.
+Excess populations (the second DfN criterion)
+    Blasts whose LAIP lies on a marker the panel lacks sit on normal progenitors: normal
+    marrow has events there, so few of them are candidates and the cluster score divides
+    those by the rest. They are many, though: :func:`excess_flags` flags the events where
+    the sample is at least ``excess_ratio`` (10) times denser than normal marrow within
+    ``excess_radius`` (2 x ``cluster_radius``), once they are ``excess_share`` (2%, raised
+    above what the model's own normals reach) of the sample's events. This catches frank
+    disease (a population about ten times the normal progenitors' share or more), not
+    low-level MRD on normal progenitors; regenerating marrow (progenitors up to a few times
+    their share) stays below it.
 
 The array code (distances, partitions, Mahalanobis) is written once for numpy and cupy
 (``xp`` from :func:`rescue_gpu.xp.namespace`); the model's small statistics are host
@@ -73,9 +87,9 @@ from ..errors import ConfigError, ReferenceDataError
 from ..xp import astype as _astype
 from ..xp import namespace
 
-__all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cluster_score", "fewer_within", "mahalanobis2", "cd45_gate", "leukocytes", "dfn_flags", "dfn_scores", "flags_above", "fit_laip",
+__all__ = ["NormalModel", "LaipModel", "fit_normal_model", "knn_distance", "count_within", "cluster_score", "fewer_within", "mahalanobis2", "cd45_gate", "leukocytes", "dfn_flags", "dfn_parts", "dfn_scores", "density_ratio", "excess_fraction", "excess_flags", "flags_above", "check_excess_rule", "fit_laip", "laip_refusal", "MAX_LAIP_NORMAL_SHARE",
            "laip_flags", "pack_flags", "unpack_flags", "MrdNumbers", "mrd_numbers", "mrd_status", "combined_call",
-           "clopper_pearson", "otsu_threshold", "normal_model_from_rows", "own_threshold", "CLUSTER_RULES", "mrd_agreement", "LOD_EVENTS", "LLOQ_EVENTS", "MIN_CD45_EVENTS", "THRESHOLD_PCT",
+           "clopper_pearson", "otsu_threshold", "normal_model_from_rows", "own_threshold", "CLUSTER_RULES", "mrd_agreement", "LOD_EVENTS", "LLOQ_EVENTS", "MIN_CD45_EVENTS", "THRESHOLD_PCT", "EXCESS_RATIO", "EXCESS_SHARE",
            "STATUSES", "METHODS"]
 
 #: ELN 2021: events required to call a sample MRD-negative.
@@ -91,12 +105,23 @@ METHODS = ("dfn", "laip", "both")
 #: /3: DfN flags clusters (the cluster score's sparse points and thresholds are stored; /2 must be rebuilt).
 #: /4: the cluster threshold's rule is stored (``cluster_rule``, per-sample thresholds, cross-fitting);
 #: a /3 model still loads, as the ``pooled`` rule without cross-fitting it was built with.
-_FORMAT = "rescue-mrd-normal/4"
-_READABLE = ("rescue-mrd-normal/3", _FORMAT)
+#: /5: the excess-population rule is stored (``excess_*``); a /3 or /4 model loads without it (as built).
+_FORMAT = "rescue-mrd-normal/5"
+_READABLE = ("rescue-mrd-normal/3", "rescue-mrd-normal/4", _FORMAT)
 #: How the cluster threshold is set on the calibration samples (:func:`fit_normal_model`).
 CLUSTER_RULES = ("sample", "pooled")
 #: Non-candidate events of a sample the cluster score counts (a strided subsample beyond this).
 _OTHERS = 8192
+#: Excess rule: a sample's events that stand for its density (a strided subsample beyond this) ...
+_EXCESS_DENSITY = 8192
+#: ... and the events whose density ratio screens the sample (all events are scored only when it trips).
+_EXCESS_SCREEN = 2048
+#: Default excess rule: events where the sample is >= EXCESS_RATIO times denser than normal marrow
+#: (within ``2 * cluster_radius``) are aberrant when they are >= EXCESS_SHARE of the sample's events.
+EXCESS_RATIO = 10.0
+EXCESS_SHARE = 0.02
+#: A LAIP whose ellipsoid holds more than this share of normal marrow's events is not tracked (:func:`laip_refusal`).
+MAX_LAIP_NORMAL_SHARE = 0.05
 
 
 # ----------------------------------------------------------------------------- kernels (numpy / cupy)
@@ -316,6 +341,15 @@ class NormalModel:
     sample_quantile: float = 1.0
     cross_fit: bool = False
     sample_thresholds: tuple[float, ...] = ()
+    excess_radius: float = 0.0
+    excess_ratio: float = EXCESS_RATIO
+    excess_share: float = EXCESS_SHARE
+    excess_shares: tuple[float, ...] = ()
+
+    @property
+    def excess(self) -> bool:
+        """Whether the excess-population rule is on (a /3 or /4 model, or one built without it: off)."""
+        return self.excess_radius > 0
 
     def meta(self) -> dict[str, Any]:
         """The JSON-ready settings (without the points)."""
@@ -327,7 +361,9 @@ class NormalModel:
                 "loose_rate": self.loose_rate, "n_samples": self.n_samples, "n_calibration": self.n_calibration,
                 "cluster_rule": self.cluster_rule, "sample_flag_rate": self.sample_flag_rate,
                 "sample_quantile": self.sample_quantile, "cross_fit": self.cross_fit,
-                "sample_thresholds": list(self.sample_thresholds)}
+                "sample_thresholds": list(self.sample_thresholds), "excess_radius": self.excess_radius,
+                "excess_ratio": self.excess_ratio, "excess_share": self.excess_share,
+                "excess_shares": list(self.excess_shares)}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``normal.npz`` and ``normal.json`` (with the npz's sha256) into ``directory``."""
@@ -369,10 +405,14 @@ class NormalModel:
             sparse = np.asarray(z["sparse_points"], dtype=np.float32)
         floats = ("cd45_min", "threshold", "candidate_threshold", "candidate_rate", "cluster_radius",
                   "cluster_threshold", "false_flag_rate", "loose_threshold", "loose_rate")
-        rule = {} if meta["format"] != _FORMAT else {
+        rule = {} if meta["format"] == "rescue-mrd-normal/3" else {
             "cluster_rule": str(meta["cluster_rule"]), "sample_flag_rate": float(meta["sample_flag_rate"]),
             "sample_quantile": float(meta["sample_quantile"]), "cross_fit": bool(meta["cross_fit"]),
             "sample_thresholds": tuple(float(t) for t in meta["sample_thresholds"])}
+        if meta["format"] == _FORMAT:
+            rule.update(excess_radius=float(meta["excess_radius"]), excess_ratio=float(meta["excess_ratio"]),
+                        excess_share=float(meta["excess_share"]),
+                        excess_shares=tuple(float(x) for x in meta["excess_shares"]))
         return cls(points=points, sparse_points=sparse, markers=tuple(meta["markers"]),
                    cd45_column=int(meta["cd45_column"]), k=int(meta["k"]), n_samples=int(meta["n_samples"]),
                    n_calibration=int(meta["n_calibration"]), **{f: float(meta[f]) for f in floats}, **rule)
@@ -467,6 +507,13 @@ def _distance_model(fit_parts: Sequence[np.ndarray], cal_parts: Sequence[np.ndar
                        loose_rate=loose_rate, n_samples=n_samples, n_calibration=int(len(cal)))
 
 
+def check_excess_rule(ratio: float, share: float, radius: float | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``ratio > 1``, ``0 < share < 1`` and ``radius`` (when given) ``> 0``."""
+    if not (ratio > 1 and 0 < share < 1 and (radius is None or radius > 0)):
+        raise ConfigError(f"the excess rule needs excess_ratio > 1, excess_share in (0, 1) and excess_radius > 0; "
+                          f"got {ratio}, {share}, {radius}")
+
+
 def fit_normal_model(
     samples: Sequence[np.ndarray],
     markers: Sequence[str],
@@ -485,6 +532,10 @@ def fit_normal_model(
     sample_flag_rate: float = 2e-4,
     sample_quantile: float = 1.0,
     cross_fit: bool = True,
+    excess: bool = True,
+    excess_radius: float | None = None,
+    excess_ratio: float = EXCESS_RATIO,
+    excess_share: float = EXCESS_SHARE,
 ) -> NormalModel:
     """Fit the DfN model from normal samples' preprocessed events (host arrays).
 
@@ -507,13 +558,24 @@ def fit_normal_model(
     on the calibration half and scores the model half, so every normal sample calibrates
     against a model that does not contain it; the model kept is the first one.
 
+    With ``excess`` (default) the model also flags excess populations (:func:`excess_flags`):
+    events where a sample is at least ``excess_ratio`` times denser than normal marrow
+    within ``excess_radius`` (default ``2 * cluster_radius``), once they are a share
+    ``excess_share`` of its events. Each calibration sample's share (:func:`excess_fraction`,
+    cross-fitted like the cluster threshold) is stored as ``excess_shares``; the share
+    kept is ``max(excess_share, 2 * max(excess_shares))``, so no normal sample of the
+    model comes within a factor of two of it.
+
     Raises
     ------
     ConfigError
         No CD45 column, too few events, rates outside (0, 1), a radius <= 0, ``kinds``
-        not one per sample, an unknown ``cluster_rule`` or a ``sample_quantile`` outside [0, 1].
+        not one per sample, an unknown ``cluster_rule``, a ``sample_quantile`` outside [0, 1],
+        an ``excess_ratio`` <= 1, an ``excess_share`` outside (0, 1) or an ``excess_radius`` <= 0.
     """
     markers = tuple(markers)
+    if excess:
+        check_excess_rule(excess_ratio, excess_share, excess_radius)
     if cd45 not in markers:
         raise ConfigError(f"the DfN model needs a {cd45!r} column; markers are {markers}")
     if not all(0 < r < 1 for r in (false_flag_rate, loose_rate, candidate_rate, sample_flag_rate)):
@@ -540,16 +602,24 @@ def fit_normal_model(
     opts = dict(col=col, cd45_min=cd45_min, k=k, max_points=max_points, max_calibration=max_calibration,
                 false_flag_rate=false_flag_rate, candidate_rate=candidate_rate, cluster_radius=cluster_radius,
                 loose_rate=loose_rate, n_samples=len(arrays))
-    model = _distance_model(fit_parts, cal_parts, markers, rng=rng, **opts)
+    rule = dict(excess_radius=float(2.0 * cluster_radius if excess_radius is None else excess_radius) if excess
+                else 0.0, excess_ratio=float(excess_ratio), excess_share=float(excess_share))
+    model = dataclasses.replace(_distance_model(fit_parts, cal_parts, markers, rng=rng, **opts), **rule)
     scores, sizes = _calibration_scores(model, cal_parts), [len(c) for c in cal_parts]
+    shares = [excess_fraction(model, c) for c in cal_parts]
     if cross_fit:
-        mirror = _distance_model(cal_parts, fit_parts, markers, rng=np.random.default_rng([seed, 1]), **opts)
+        mirror = dataclasses.replace(_distance_model(cal_parts, fit_parts, markers,
+                                                     rng=np.random.default_rng([seed, 1]), **opts), **rule)
         scores, sizes = scores + _calibration_scores(mirror, fit_parts), sizes + [len(c) for c in fit_parts]
+        shares += [excess_fraction(mirror, c) for c in fit_parts]
     threshold, own = _cluster_threshold(scores, sizes, rule=cluster_rule, false_flag_rate=false_flag_rate,
                                         sample_flag_rate=sample_flag_rate, sample_quantile=sample_quantile)
     return dataclasses.replace(model, cluster_threshold=threshold, cluster_rule=cluster_rule,
                                sample_flag_rate=sample_flag_rate, sample_quantile=sample_quantile,
-                               cross_fit=bool(cross_fit), sample_thresholds=tuple(own))
+                               cross_fit=bool(cross_fit), sample_thresholds=tuple(own),
+                               excess_share=max(float(excess_share), 2.0 * max(shares, default=0.0)) if excess
+                               else float(excess_share),
+                               excess_shares=tuple(shares) if excess else ())
 
 
 def _model_points(model: NormalModel, xp: Any) -> Any:
@@ -576,19 +646,88 @@ def dfn_scores(model: NormalModel, values: Any) -> tuple[Any, Any]:
     return cand, scores
 
 
-def dfn_flags(model: NormalModel, values: Any) -> tuple[Any, Any]:
-    """``(flags, cd45)`` boolean per event: DfN-aberrant events (any CD45), and the CD45+ gate.
+def dfn_parts(model: NormalModel, values: Any) -> tuple[Any, Any, Any]:
+    """``(cluster, excess, cd45)`` boolean per event: the two DfN criteria and the CD45+ gate.
 
-    An event is DfN-aberrant when it is a candidate (fewer than ``k`` normal points within
-    ``model.candidate_threshold``) and its :func:`cluster_score` among the sample's
+    ``cluster``: a candidate (fewer than ``k`` normal points within
+    ``model.candidate_threshold``) whose :func:`cluster_score` among the sample's
     candidates exceeds ``model.cluster_threshold``: it lies in a cluster of the sample
     that normal marrow is much sparser at. Isolated far events (doublets surviving QC, the
-    sparse tail of normal marrow) are not flagged; ELN counts clustered events. The MRD
-    denominator is :func:`leukocytes` of the gate and the aberrant masks.
+    sparse tail of normal marrow) are not flagged; ELN counts clustered events.
+    ``excess``: :func:`excess_flags`, a large population where normal marrow has events
+    too, but far fewer (blasts on the normal progenitors).
     """
     gate = cd45_gate(values, model.cd45_column, model.cd45_min)
     cand, scores = dfn_scores(model, values)
-    return flags_above(cand, scores, model.cluster_threshold), gate
+    return flags_above(cand, scores, model.cluster_threshold), excess_flags(model, values), gate
+
+
+def dfn_flags(model: NormalModel, values: Any) -> tuple[Any, Any]:
+    """``(flags, cd45)`` boolean per event: DfN-aberrant events (any CD45), and the CD45+ gate.
+
+    An event is DfN-aberrant when either criterion of :func:`dfn_parts` flags it. The MRD
+    denominator is :func:`leukocytes` of the gate and the aberrant masks.
+    """
+    cluster, excess, gate = dfn_parts(model, values)
+    return cluster | excess, gate
+
+
+def density_ratio(queries: Any, sample_points: Any, model_points: Any, radius: float) -> Any:
+    """Per query (float32): the sample's density within ``radius`` over normal marrow's.
+
+    Each density is the share of its points within ``radius`` of the query, with one
+    pseudo-point added to each count (a query no normal point reaches has a finite ratio,
+    and an isolated event's stays small).
+    """
+    xp = namespace(queries)
+    ns, nm = float(sample_points.shape[0]), float(model_points.shape[0])
+    cs = _astype(count_within(queries, sample_points, radius), xp.float32, xp)
+    cm = _astype(count_within(queries, model_points, radius), xp.float32, xp)
+    return ((cs + 1.0) / ns) / ((cm + 1.0) / nm)
+
+
+def _strided(values: Any, at_most: int) -> Any:
+    """Every ``ceil(n / at_most)``-th row of ``values`` (all of them when there are at most ``at_most``)."""
+    return values[::max(1, -(-int(values.shape[0]) // at_most)), :]
+
+
+def excess_fraction(model: NormalModel, values: Any) -> float:
+    """Share of a sample's events (screened on a strided subsample) in excess of normal marrow.
+
+    An event is in excess when the sample is at least ``model.excess_ratio`` times denser
+    than normal marrow within ``model.excess_radius`` (:func:`density_ratio`; the sample's
+    density from a strided subsample of its events). 0.0 when the rule is off.
+    """
+    xp = namespace(values)
+    v = xp.asarray(values, dtype=xp.float32)
+    if not model.excess or int(v.shape[0]) == 0:
+        return 0.0
+    ratio = density_ratio(_strided(v, _EXCESS_SCREEN), _strided(v, _EXCESS_DENSITY), _model_points(model, xp),
+                          model.excess_radius)
+    return float(xp.mean(_astype(ratio >= model.excess_ratio, xp.float32, xp)))
+
+
+def excess_flags(model: NormalModel, values: Any) -> Any:
+    """Boolean per event: a member of an excess population (the second DfN criterion).
+
+    Leukaemic blasts that lie on normal progenitors (a LAIP on a marker the panel lacks)
+    are not candidates of the cluster criterion: normal marrow has events there. They are
+    many more, though: an event is flagged when the sample is at least
+    ``model.excess_ratio`` times denser than normal marrow around it (within
+    ``model.excess_radius``) and such events are at least ``model.excess_share`` of the
+    sample's events (screened by :func:`excess_fraction`, then every event scored). The share
+    is set when the model is fitted, above what its own normal samples reach, cross-fitted
+    (:func:`fit_normal_model`). All False when the rule is off (a /3 or /4 model).
+    """
+    xp = namespace(values)
+    v = xp.asarray(values, dtype=xp.float32)
+    n = int(v.shape[0])
+    off = _filled(n, False, xp)
+    if excess_fraction(model, v) < model.excess_share:
+        return off
+    flags = density_ratio(v, _strided(v, _EXCESS_DENSITY), _model_points(model, xp),
+                          model.excess_radius) >= model.excess_ratio
+    return flags if int(xp.sum(_astype(flags, xp.int32, xp))) >= model.excess_share * n else off
 
 
 def flags_above(candidates: Any, scores: Any, threshold: float) -> Any:
@@ -611,24 +750,42 @@ class LaipModel:
     """A patient's leukaemic population at diagnosis: Gaussian mean and precision, and its cut-off.
 
     ``cutoff`` is the squared Mahalanobis radius (chi-square ``laip_quantile`` with ``d``
-    degrees of freedom); ``n_events`` the diagnosis events it was fitted to.
+    degrees of freedom); ``n_events`` the diagnosis events it was fitted to;
+    ``normal_share`` the share of the normal model's events inside the ellipsoid (0 for a
+    record written before it was stored).
     """
 
     mean: np.ndarray
     precision: np.ndarray
     cutoff: float
     n_events: int
+    normal_share: float = 0.0
 
     def record(self) -> dict[str, Any]:
         """JSON-ready form (stored in the diagnosis sample's record)."""
         return {"mean": self.mean.tolist(), "precision": self.precision.tolist(), "cutoff": self.cutoff,
-                "n_events": self.n_events}
+                "n_events": self.n_events, "normal_share": self.normal_share}
 
     @classmethod
     def from_record(cls, rec: dict[str, Any]) -> LaipModel:
         """Inverse of :meth:`record`."""
         return cls(np.asarray(rec["mean"], dtype=np.float64), np.asarray(rec["precision"], dtype=np.float64),
-                   float(rec["cutoff"]), int(rec["n_events"]))
+                   float(rec["cutoff"]), int(rec["n_events"]), float(rec.get("normal_share", 0.0)))
+
+
+def laip_refusal(laip: LaipModel, max_normal_share: float = MAX_LAIP_NORMAL_SHARE) -> str | None:
+    """Why a fitted LAIP is not tracked, or None when it is.
+
+    A LAIP whose ellipsoid holds more than ``max_normal_share`` of normal marrow's events
+    does not describe a population different from normal: typically the marker that
+    defines the patient's LAIP is not in the panel, and the trimmed fit followed a broad
+    cloud of normal cells (whose sparse edge it would then count in every follow-up).
+    """
+    if laip.normal_share <= max_normal_share:
+        return None
+    return (f"the diagnosis LAIP was not tracked: its ellipsoid holds {laip.normal_share:.1%} of normal marrow's "
+            f"events (at most {max_normal_share:.1%}), so it does not separate the leukaemic population from "
+            "normal cells (is its defining marker in the panel?); MRD counted by DfN alone")
 
 
 def _gaussian(ev: np.ndarray, ridge: float, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -646,7 +803,8 @@ def fit_laip(model: NormalModel, diagnosis_values: Any, *, min_events: int = LLO
     refits over all the diagnosis events: the events with squared Mahalanobis distance
     below ``chi2.ppf(fit_quantile, d)`` give the new mean and covariance, the covariance
     divided by ``P(chi2_{d+2} <= c) / P(chi2_d <= c)`` (the variance a normal keeps
-    inside that ellipsoid), until the selection no longer changes.
+    inside that ellipsoid), until the selection no longer changes. ``normal_share`` is the
+    share of the normal model's events inside the final ellipsoid (:func:`laip_refusal`).
     """
     from scipy.stats import chi2
 
@@ -672,8 +830,10 @@ def fit_laip(model: NormalModel, diagnosis_values: Any, *, min_events: int = LLO
         mean, precision = _gaussian(host[sel], ridge, consistency)
         if same:
             break
-    return LaipModel(mean=mean, precision=precision, cutoff=float(chi2.ppf(laip_quantile, d)),
-                     n_events=int(sel.sum()))
+    cutoff = float(chi2.ppf(laip_quantile, d))
+    inside = mahalanobis2(model.points, mean, precision) <= cutoff
+    return LaipModel(mean=mean, precision=precision, cutoff=cutoff, n_events=int(sel.sum()),
+                     normal_share=float(np.mean(inside)))
 
 
 def laip_flags(model: NormalModel, laip: LaipModel, values: Any, *, loose_counts: Any = None) -> Any:

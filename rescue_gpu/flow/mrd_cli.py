@@ -69,12 +69,23 @@ def build_normal(
     cross_fit: Annotated[Optional[bool], typer.Option("--cross-fit/--no-cross-fit", help="Calibrate every normal "
                                                       "sample against a model without it (default on).",
                                                       show_default=False)] = None,
+    excess: Annotated[Optional[bool], typer.Option("--excess/--no-excess", help="Also flag excess populations: "
+                                                   "events where a sample is >= --excess-ratio times denser than "
+                                                   "normal marrow, once they are >= --excess-share of its events "
+                                                   "(blasts on normal progenitors; default on).",
+                                                   show_default=False)] = None,
+    excess_ratio: Annotated[Optional[float], typer.Option("--excess-ratio", help="Density ratio of the excess rule "
+                                                          "(default 10).", show_default=False)] = None,
+    excess_share: Annotated[Optional[float], typer.Option("--excess-share", help="Smallest share of a sample's "
+                                                          "events the excess rule flags (default 0.02; raised to "
+                                                          "twice what the model's own normals reach).",
+                                                          show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the model-event subsample.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model already in --out.")] = False,
 ) -> None:
     """Build the DfN normal-marrow model from a manifest's MRD-negative and control samples."""
     from ..runner.manifest import read_manifest
-    from .mrd import CLUSTER_RULES, normal_model_from_rows
+    from .mrd import CLUSTER_RULES, EXCESS_RATIO, EXCESS_SHARE, check_excess_rule, normal_model_from_rows
 
     if (out / "normal.json").exists() and not overwrite:
         raise ConfigError(f"{out}: already holds a DfN model (normal.json); pass --overwrite to replace it or "
@@ -83,6 +94,9 @@ def build_normal(
         raise ConfigError(f"{out}: exists and is not a directory; choose another --out")
     if cluster_rule is not None and cluster_rule not in CLUSTER_RULES:
         raise ConfigError(f"--cluster-rule must be one of {', '.join(CLUSTER_RULES)}, got {cluster_rule!r}")
+    if excess is not False:
+        check_excess_rule(EXCESS_RATIO if excess_ratio is None else excess_ratio,
+                          EXCESS_SHARE if excess_share is None else excess_share)
     rows = read_manifest(manifest)
     negatives = [r for r in rows if r.label == "negative"]
     if not negatives:
@@ -92,7 +106,9 @@ def build_normal(
     settings = {name: v for name, v in (("k", k), ("max_points", max_points), ("false_flag_rate", false_flag_rate),
                                         ("candidate_rate", candidate_rate), ("cluster_radius", cluster_radius),
                                         ("loose_rate", loose_rate), ("cluster_rule", cluster_rule),
-                                        ("sample_flag_rate", sample_flag_rate), ("cross_fit", cross_fit))
+                                        ("sample_flag_rate", sample_flag_rate), ("cross_fit", cross_fit),
+                                        ("excess", excess), ("excess_ratio", excess_ratio),
+                                        ("excess_share", excess_share))
                 if v is not None}
     model = normal_model_from_rows(rows, pipe, seed=seed, **settings)
     try:
@@ -107,8 +123,12 @@ def build_normal(
                   + f", {len(model.points):,} model events, {model.n_calibration:,} calibration events, k {model.k}, "
                   f"candidate threshold {model.candidate_threshold:.4g} (rate {model.candidate_rate:g}), cluster "
                   f"threshold {model.cluster_threshold:.4g} (radius {model.cluster_radius:g}, rule "
-                  f"{model.cluster_rule}: {rule}{', cross-fitted' if model.cross_fit else ''}), loose threshold "
-                  f"{model.loose_threshold:.4g} (rate {model.loose_rate:g}); use it with rescue score --mrd-model {out}",
+                  f"{model.cluster_rule}: {rule}{', cross-fitted' if model.cross_fit else ''}), "
+                  + (f"excess rule (ratio {model.excess_ratio:g} within {model.excess_radius:g}, share "
+                     f"{model.excess_share:.3g}; the normals reach at most {max(model.excess_shares, default=0.0):.3g})"
+                     if model.excess else "no excess rule")
+                  + f", loose threshold {model.loose_threshold:.4g} (rate {model.loose_rate:g}); use it with rescue "
+                  f"score --mrd-model {out}",
                   markup=False, highlight=False, soft_wrap=True)
 
 

@@ -30,7 +30,7 @@ COLUMNS = ("sample_id", "patient_id", "timepoint", "p_mrd", "call", "threshold",
 QC_COLUMNS = ("non_finite", "saturated", "debris", "doublets", "n_events_out", "n_outside")
 #: Event-level MRD columns (present when the run had an MRD model; see :mod:`rescue_gpu.flow.mrd`).
 MRD_COLUMNS = ("mrd_pct", "mrd_pct_low", "mrd_pct_high", "mrd_events", "cd45_events", "lod_pct", "lloq_pct",
-               "mrd_status", "mrd_method", "dfn_events", "laip_events", "combined_call")
+               "mrd_status", "mrd_method", "dfn_events", "excess_events", "laip_events", "combined_call")
 
 
 def _row(m: ManifestRow, record: dict[str, Any] | None, threshold: float) -> dict[str, Any]:
@@ -65,7 +65,8 @@ def score_table(rows: Sequence[ManifestRow], store: RunStore, *, threshold: floa
     df = pd.DataFrame.from_records(records, columns=[*COLUMNS, *QC_COLUMNS, "input_sha256",
                                                      *(MRD_COLUMNS if has_mrd else ()),
                                                      *(("true_mrd_pct",) if has_truth else ())])
-    for col in ("n_events", "n_events_used", *QC_COLUMNS, *(("mrd_events", "cd45_events", "dfn_events", "laip_events")
+    for col in ("n_events", "n_events_used", *QC_COLUMNS, *(("mrd_events", "cd45_events", "dfn_events", "excess_events",
+                                                               "laip_events")
                                                             if has_mrd else ())):
         df[col] = df[col].astype("Int64")
     return df
