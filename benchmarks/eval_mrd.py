@@ -23,7 +23,10 @@ Reported per method (dfn, laip, both = union): Spearman, median |log10(est/truth
 truth >= 0.1%, share of MRD-negative/control samples estimated < 0.1%, sensitivity and
 specificity of the 0.1% call (truth >= 0.1% is positive) with 95% intervals over
 patients (patient-level bootstrap), and the per-sample seconds of the event-level step
-against preprocessing.
+against preprocessing. ``dfn`` is both DfN criteria (cluster and excess population, as
+``rescue score`` counts); ``dfn_cluster`` / ``both_cluster`` leave the excess rule out (the
+rule before session 11), on the same scores. A LAIP that ``laip_refusal`` refuses is not
+tracked (DfN alone), as in ``rescue score``.
 
     python benchmarks/eval_mrd.py --events 50000 --out /tmp/eval_mrd
 """
@@ -123,15 +126,20 @@ def main() -> None:
         t0 = time.perf_counter()
         gate = mrd.cd45_gate(v, model.cd45_column, model.cd45_min)
         cand, sc = mrd.dfn_scores(model, v)  # scored once; each rule's threshold applied to the same scores
-        dfn = mrd.flags_above(cand, sc, model.cluster_threshold)  # = mrd.dfn_flags(model, v)[0]
+        cluster = mrd.flags_above(cand, sc, model.cluster_threshold)
+        excess = mrd.excess_flags(model, v)
+        dfn = cluster | excess  # = mrd.dfn_flags(model, v)[0]
         lf = mrd.laip_flags(model, laip, v) if laip is not None else np.zeros_like(dfn)
         t_mrd = time.perf_counter() - t0
         extra = {}
         if pooled is not None:
-            dp = mrd.flags_above(cand, sc, pooled.cluster_threshold)
+            dp = mrd.flags_above(cand, sc, pooled.cluster_threshold) | excess
             n_p = int(mrd.leukocytes(gate, dp, lf).sum())
             extra = {"dfn_pooled_pct": 100.0 * dp.sum() / n_p, "both_pooled_pct": 100.0 * (dp | lf).sum() / n_p}
         n = int(mrd.leukocytes(gate, dfn, lf).sum())  # CD45+ gate plus CD45-dim aberrant events
+        n_c = int(mrd.leukocytes(gate, cluster, lf).sum())
+        extra.update(dfn_cluster_pct=100.0 * cluster.sum() / n_c, both_cluster_pct=100.0 * (cluster | lf).sum() / n_c,
+                     excess_events=int(excess.sum()))
         truth = 100.0 * sim.truth["observed_fraction"] if kind in ("mrd_positive", "diagnosis") else 0.0
         rows.append({"patient_id": pid, "kind": kind, "true_mrd_pct": truth, "cd45_events": n,
                      "dfn_pct": 100.0 * dfn.sum() / n, "laip_pct": 100.0 * lf.sum() / n if laip is not None else np.nan,
@@ -144,6 +152,9 @@ def main() -> None:
         diag = simulate_sample(pat, kind="diagnosis", n_events=a.events, seed=next(seeds))
         dv, _, _ = _events(diag, tmp, pipeline)
         laip = mrd.fit_laip(model, dv)
+        if laip is not None and mrd.laip_refusal(laip):  # as rescue score: not tracked, DfN alone
+            print(f"patient {i + 1}: {mrd.laip_refusal(laip)}", flush=True)
+            laip = None
         kinds = ["mrd_positive"] * a.follow_ups if i < a.patients else ["mrd_negative"]
         for j, kind in enumerate(kinds):
             sim = simulate_sample(pat, kind=kind, n_events=a.events, seed=next(seeds), visit=j + 1)
@@ -166,10 +177,11 @@ def main() -> None:
            "normal_split": "alternating within timepoint (follow-up, control)",
            "candidate_threshold": model.candidate_threshold, "cluster_threshold": model.cluster_threshold,
            "cluster_rule": model.cluster_rule, "sample_flag_rate": model.sample_flag_rate, "cross_fit": model.cross_fit,
-           "sample_thresholds": list(model.sample_thresholds),
+           "sample_thresholds": list(model.sample_thresholds), "excess_share": model.excess_share,
+           "excess_shares": list(model.excess_shares),
            "pooled_cluster_threshold": pooled.cluster_threshold if pooled is not None else None,
            "laip_found_share": float(df[df.kind == "mrd_positive"]["has_laip"].mean())}
-    for m in ("dfn", "both") + (("dfn_pooled", "both_pooled") if pooled is not None else ()):
+    for m in ("dfn", "both", "dfn_cluster", "both_cluster") + (("dfn_pooled", "both_pooled") if pooled is not None else ()):
         res[m] = _metrics(df[f"{m}_pct"].to_numpy(), truth, pats, rng)
     lk = df["has_laip"].to_numpy()
     res["laip"] = _metrics(df["laip_pct"].to_numpy()[lk], truth[lk], pats[lk], rng)
