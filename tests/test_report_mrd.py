@@ -113,6 +113,10 @@ def test_section_shows_positive_and_borderline_samples_only() -> None:
     assert "<h3>" not in none and "No sample" in none
     missing = mrd_section(df, {}, None)
     assert missing.count("No event subsample") == 3 and "<img" not in missing
+    assert "excess population" not in page  # no excess_events column (a run before session 11)
+    df["excess_events"] = [40, 0, 0, 0, 0]
+    excess = mrd_section(df, views, None)
+    assert excess.count("excess population") == 1 and "40 of the aberrant events are an excess" in excess
     df.loc[df["sample_id"] == "S2", "mrd_events"] = 0  # combined-positive without aberrant events
     zero = mrd_section(df, views, None)
     assert "No aberrant events: nothing to draw" in zero and "alt='S2 UMAP" not in zero and "alt='S1 UMAP" in zero

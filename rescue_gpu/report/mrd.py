@@ -145,12 +145,23 @@ def pairs_figure(view: MrdView, pairs: Sequence[tuple[int, int, float]]) -> str:
     return fig_uri(fig)
 
 
+def _excess_note(row: pd.Series) -> str:
+    """What a reviewer should check when some aberrant events come from the DfN excess-population rule."""
+    n = row.get("excess_events")
+    if n is None or pd.isna(n) or int(n) == 0:
+        return ""
+    return (f"<p>{int(n):,} of the aberrant events are an excess population: where this sample is at least ten "
+            "times denser than normal marrow (DfN's second criterion, for blasts that lie on normal progenitors). "
+            "Check in the plots that it is not an expanded normal population.</p>")
+
+
 def _sample_block(row: pd.Series, view: MrdView | None, extent: Sequence[float] | None) -> str:
     sid = str(row["sample_id"])
     head = (f"<h3>{html.escape(sid)}</h3><p>MRD {row['mrd_pct']:.3g}% [{row['mrd_pct_low']:.3g}, "
             f"{row['mrd_pct_high']:.3g}] ({int(row['mrd_events'])} of {int(row['cd45_events']):,} CD45+ events, "
             f"method {html.escape(str(row['mrd_method']))}), status {html.escape(str(row['mrd_status']))}, "
-            f"image model p={row['p_mrd']:.3f}, combined call {html.escape(str(row['combined_call']))}.</p>")
+            f"image model p={row['p_mrd']:.3f}, combined call {html.escape(str(row['combined_call']))}.</p>"
+            + _excess_note(row))
     if int(row["mrd_events"]) == 0:
         return head + "<p>No aberrant events: nothing to draw.</p>"
     if view is None or not view.aberrant.any():
