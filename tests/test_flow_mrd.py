@@ -229,12 +229,16 @@ def test_model_save_load_and_checksum(tmp_path) -> None:
     # /4 (before the excess rule) still loads, without it: its calls stay as they were
     v4 = {key: v for key, v in meta.items() if key not in excess_keys}
     (tmp_path / "old" / "normal.json").write_text(json.dumps({**v4, "format": "rescue-mrd-normal/4"}))
-    four = mrd.NormalModel.load(tmp_path / "old")
+    from rescue_gpu.artifacts import RecordFormatWarning
+
+    with pytest.warns(RecordFormatWarning, match="no excess-population rule.*rescue mrd build-normal"):
+        four = mrd.NormalModel.load(tmp_path / "old")
     assert not four.excess and four.cluster_rule == "sample" and four.sample_thresholds == model.sample_thresholds
     assert not bool(mrd.excess_flags(four, model.points).any())
     v3 = {key: v for key, v in v4.items() if key not in rule_keys}
     (tmp_path / "old" / "normal.json").write_text(json.dumps({**v3, "format": "rescue-mrd-normal/3"}))
-    three = mrd.NormalModel.load(tmp_path / "old")
+    with pytest.warns(RecordFormatWarning):
+        three = mrd.NormalModel.load(tmp_path / "old")
     assert three.cluster_rule == "pooled" and not three.cross_fit and three.sample_thresholds == ()
     assert three.cluster_threshold == model.cluster_threshold
 

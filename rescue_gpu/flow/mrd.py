@@ -386,6 +386,11 @@ class NormalModel:
         ReferenceDataError
             Missing files, another format (an older version: rebuild it with
             ``rescue mrd build-normal``), or a points file whose sha256 differs.
+
+        Warns
+        -----
+        RecordFormatWarning
+            A ``/3`` or ``/4`` model: it loads as built, without the excess-population rule.
         """
         d = Path(directory)
         try:
@@ -409,7 +414,15 @@ class NormalModel:
             "cluster_rule": str(meta["cluster_rule"]), "sample_flag_rate": float(meta["sample_flag_rate"]),
             "sample_quantile": float(meta["sample_quantile"]), "cross_fit": bool(meta["cross_fit"]),
             "sample_thresholds": tuple(float(t) for t in meta["sample_thresholds"])}
-        if meta["format"] == _FORMAT:
+        if meta["format"] != _FORMAT:
+            import warnings
+
+            from ..artifacts import RecordFormatWarning
+
+            warnings.warn(f"{d}: a {meta['format']} DfN model has no excess-population rule, so blasts that lie on "
+                          "normal progenitors are not counted; rebuild it with rescue mrd build-normal to get it",
+                          RecordFormatWarning, stacklevel=2)
+        else:
             rule.update(excess_radius=float(meta["excess_radius"]), excess_ratio=float(meta["excess_ratio"]),
                         excess_share=float(meta["excess_share"]),
                         excess_shares=tuple(float(x) for x in meta["excess_shares"]))
