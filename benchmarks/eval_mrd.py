@@ -152,8 +152,9 @@ def main() -> None:
         diag = simulate_sample(pat, kind="diagnosis", n_events=a.events, seed=next(seeds))
         dv, _, _ = _events(diag, tmp, pipeline)
         laip = mrd.fit_laip(model, dv)
-        if laip is not None and mrd.laip_refusal(laip):  # as rescue score: not tracked, DfN alone
-            print(f"patient {i + 1}: {mrd.laip_refusal(laip)}", flush=True)
+        refused = mrd.laip_refusal(laip) if laip is not None else None
+        if refused:  # as rescue score: not tracked, DfN alone
+            print(f"patient {i + 1}: {refused}", flush=True)
             laip = None
         kinds = ["mrd_positive"] * a.follow_ups if i < a.patients else ["mrd_negative"]
         for j, kind in enumerate(kinds):

@@ -302,8 +302,7 @@ def _prepare(task: SampleTask, job: WorkerJob, state: FlowState) -> tuple[Sample
     qc["n_outside"] = int(outside)
     rec.update(status="scored", n_events=int(events.qc["n_events_in"]), qc=qc,
                n_events_used=int(events.n_events - outside),
-               warnings=_warning_texts([*events.warnings, *([mrd_rec["laip_refused"]] if mrd_rec and
-                                                             "laip_refused" in mrd_rec else [])], task, job),
+               warnings=_warning_texts([*events.warnings, *(mrd_rec or {}).get("notes", [])], task, job),
                seconds={"preprocess": round(t1 - t0, 4), "project": round(t2 - t1, 4),
                         "rasterise": round(t3 - t2, 4)})
     arrays = {"image": np.ascontiguousarray(image, dtype=np.float32)}
@@ -349,7 +348,7 @@ def _mrd(events: Any, coords: Any, task: SampleTask, job: WorkerJob,
     rec = {**numbers.record(), "dfn_events": int(_count(dfn, xp)), "excess_events": int(_count(excess, xp)),
            "laip_events": None if laip is None else int(_count(laip, xp)), "n_flag_events": int(values.shape[0])}
     if refused:
-        rec["laip_refused"] = str(refused)
+        rec["notes"] = [str(refused)]  # become the sample's warnings
     arrays = {"mrd_dfn": pack_flags(dfn)}
     if laip is not None:
         arrays["mrd_laip"] = pack_flags(laip)

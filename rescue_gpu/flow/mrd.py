@@ -615,8 +615,8 @@ def fit_normal_model(
     opts = dict(col=col, cd45_min=cd45_min, k=k, max_points=max_points, max_calibration=max_calibration,
                 false_flag_rate=false_flag_rate, candidate_rate=candidate_rate, cluster_radius=cluster_radius,
                 loose_rate=loose_rate, n_samples=len(arrays))
-    rule = dict(excess_radius=float(2.0 * cluster_radius if excess_radius is None else excess_radius) if excess
-                else 0.0, excess_ratio=float(excess_ratio), excess_share=float(excess_share))
+    radius = (2.0 * cluster_radius if excess_radius is None else float(excess_radius)) if excess else 0.0
+    rule = dict(excess_radius=radius, excess_ratio=float(excess_ratio), excess_share=float(excess_share))
     model = dataclasses.replace(_distance_model(fit_parts, cal_parts, markers, rng=rng, **opts), **rule)
     scores, sizes = _calibration_scores(model, cal_parts), [len(c) for c in cal_parts]
     shares = [excess_fraction(model, c) for c in cal_parts]
@@ -630,8 +630,7 @@ def fit_normal_model(
     return dataclasses.replace(model, cluster_threshold=threshold, cluster_rule=cluster_rule,
                                sample_flag_rate=sample_flag_rate, sample_quantile=sample_quantile,
                                cross_fit=bool(cross_fit), sample_thresholds=tuple(own),
-                               excess_share=max(float(excess_share), 2.0 * max(shares, default=0.0)) if excess
-                               else float(excess_share),
+                               excess_share=max(float(excess_share), 2.0 * max(shares, default=0.0)),  # 0s if off
                                excess_shares=tuple(shares) if excess else ())
 
 
@@ -704,6 +703,19 @@ def _strided(values: Any, at_most: int) -> Any:
     return values[::max(1, -(-int(values.shape[0]) // at_most)), :]
 
 
+def _excess_inputs(model: NormalModel, values: Any) -> tuple[Any, Any, Any, Any]:
+    """``(values, density points, model points, xp)``: the sample as float32, the strided subsample that
+    stands for its density, and the normal model's points on the same device (moved once per sample)."""
+    xp = namespace(values)
+    v = xp.asarray(values, dtype=xp.float32)
+    return v, _strided(v, _EXCESS_DENSITY), _model_points(model, xp), xp
+
+
+def _in_excess(model: NormalModel, queries: Any, density: Any, points: Any) -> Any:
+    """Boolean per query: the sample is at least ``model.excess_ratio`` times denser than normal marrow."""
+    return density_ratio(queries, density, points, model.excess_radius) >= model.excess_ratio
+
+
 def excess_fraction(model: NormalModel, values: Any) -> float:
     """Share of a sample's events (screened on a strided subsample) in excess of normal marrow.
 
@@ -711,13 +723,10 @@ def excess_fraction(model: NormalModel, values: Any) -> float:
     than normal marrow within ``model.excess_radius`` (:func:`density_ratio`; the sample's
     density from a strided subsample of its events). 0.0 when the rule is off.
     """
-    xp = namespace(values)
-    v = xp.asarray(values, dtype=xp.float32)
-    if not model.excess or int(v.shape[0]) == 0:
+    if not model.excess or int(values.shape[0]) == 0:
         return 0.0
-    ratio = density_ratio(_strided(v, _EXCESS_SCREEN), _strided(v, _EXCESS_DENSITY), _model_points(model, xp),
-                          model.excess_radius)
-    return float(xp.mean(_astype(ratio >= model.excess_ratio, xp.float32, xp)))
+    v, density, points, xp = _excess_inputs(model, values)
+    return float(xp.mean(_astype(_in_excess(model, _strided(v, _EXCESS_SCREEN), density, points), xp.float32, xp)))
 
 
 def excess_flags(model: NormalModel, values: Any) -> Any:
@@ -728,18 +737,20 @@ def excess_flags(model: NormalModel, values: Any) -> Any:
     many more, though: an event is flagged when the sample is at least
     ``model.excess_ratio`` times denser than normal marrow around it (within
     ``model.excess_radius``) and such events are at least ``model.excess_share`` of the
-    sample's events (screened by :func:`excess_fraction`, then every event scored). The share
-    is set when the model is fitted, above what its own normal samples reach, cross-fitted
-    (:func:`fit_normal_model`). All False when the rule is off (a /3 or /4 model).
+    sample's events (screened on a strided subsample as :func:`excess_fraction` does, then
+    every event scored). The share is set when the model is fitted, above what its own
+    normal samples reach, cross-fitted (:func:`fit_normal_model`). All False when the rule
+    is off (a /3 or /4 model).
     """
-    xp = namespace(values)
-    v = xp.asarray(values, dtype=xp.float32)
-    n = int(v.shape[0])
-    off = _filled(n, False, xp)
-    if excess_fraction(model, v) < model.excess_share:
+    n = int(values.shape[0])
+    off = _filled(n, False, namespace(values))
+    if not model.excess or n == 0:
         return off
-    flags = density_ratio(v, _strided(v, _EXCESS_DENSITY), _model_points(model, xp),
-                          model.excess_radius) >= model.excess_ratio
+    v, density, points, xp = _excess_inputs(model, values)
+    screen = _in_excess(model, _strided(v, _EXCESS_SCREEN), density, points)
+    if float(xp.mean(_astype(screen, xp.float32, xp))) < model.excess_share:
+        return off
+    flags = _in_excess(model, v, density, points)
     return flags if int(xp.sum(_astype(flags, xp.int32, xp))) >= model.excess_share * n else off
 
 

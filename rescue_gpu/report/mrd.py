@@ -150,8 +150,9 @@ def _excess_note(row: pd.Series) -> str:
     n = row.get("excess_events")
     if n is None or pd.isna(n) or int(n) == 0:
         return ""
-    return (f"<p>{int(n):,} of the aberrant events are an excess population: where this sample is at least ten "
-            "times denser than normal marrow (DfN's second criterion, for blasts that lie on normal progenitors). "
+    return (f"<p>{int(n):,} of the aberrant events are an excess population: where this sample is many times "
+            "denser than normal marrow (DfN's second criterion, the DfN model's excess ratio, 10 by default; for "
+            "blasts that lie on normal progenitors). "
             "Check in the plots that it is not an expanded normal population.</p>")
 
 
