@@ -13,7 +13,10 @@ GPU_OUT ?= $(if $(OUT),$(OUT),gpu-check-out)
 
 install: $(VENV)/.installed
 
+# torch's CUDA build needs about 6 GB in the venv: say so up front rather than fail half-way.
 $(VENV)/.installed: pyproject.toml
+	@free=$$(df -Pk . | awk 'NR==2 {print $$4}'); if [ -n "$$free" ] && [ "$$free" -lt 7000000 ]; then \
+	  echo "install: warning: only $$((free / 1048576)) GiB free here; the venv needs about 6 GiB and the tests about 2 GiB of temporary files" >&2; fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
