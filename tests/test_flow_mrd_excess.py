@@ -51,7 +51,7 @@ def _brute_counts(q: np.ndarray, p: np.ndarray, r: float) -> np.ndarray:
 
 
 def _brute_ratio(q: np.ndarray, s: np.ndarray, p: np.ndarray, r: float) -> np.ndarray:
-    return ((_brute_counts(q, s, r) + 1) / len(s)) / ((_brute_counts(q, p, r) + 1) / len(p))
+    return ((_brute_counts(q, s, r) + 1) / len(s)) / ((_brute_counts(q, p, r) + max(1, len(p) / len(s))) / len(p))
 
 
 def _brute_excess(model: mrd.NormalModel, x: np.ndarray) -> np.ndarray:
@@ -167,3 +167,27 @@ def test_laip_guard_refuses_a_laip_that_holds_normal_marrow() -> None:
     assert back.normal_share == broad.normal_share
     old = {k: v for k, v in broad.record().items() if k != "normal_share"}  # a record from before the guard
     assert mrd.LaipModel.from_record(old).normal_share == 0.0 and mrd.laip_refusal(mrd.LaipModel.from_record(old)) is None
+
+
+def _excess_only_model(points: np.ndarray) -> mrd.NormalModel:
+    """A model whose only working part is the excess rule (default ratio and share, radius 0.6) on ``points``."""
+    return mrd.NormalModel(points=points, sparse_points=points[:0], markers=MARKERS, cd45_column=0, cd45_min=1.5, k=5,
+                           threshold=1.0, candidate_threshold=1.0, candidate_rate=0.005, cluster_radius=0.3,
+                           cluster_threshold=1.0, false_flag_rate=1e-4, loose_threshold=1.0, loose_rate=0.003,
+                           n_samples=6, n_calibration=1, excess_radius=0.6)
+
+
+@pytest.mark.parametrize("n_points, n_events", [(20000, 2000), (50000, 10000)])
+def test_isolated_events_are_no_excess_population_whatever_the_sizes(n_points: int, n_events: int) -> None:
+    """Scattered isolated events (debris, doublets: 3% of the sample) are no population: the excess rule must not
+    count them, also when the sample has few events next to the model's points (a small sample with the default
+    max_points 20,000, or a --max-points 50,000 model); the +1 pseudo-point once made their ratio 2 x m / n."""
+    rng = np.random.default_rng(38)
+    model = _excess_only_model(_marrow(rng, n_points))
+    x = _marrow(rng, n_events)
+    m = int(0.03 * n_events)
+    x[:m] = rng.uniform(-1.0, 4.0, (m, 4))
+    assert not mrd.excess_flags(model, x).any()
+    assert mrd.excess_fraction(model, x) < mrd.EXCESS_SHARE
+    blasts, pop = _labelled(rng, n_events, blasts=0.4)  # a population still is one
+    assert mrd.excess_flags(model, blasts)[pop == 4].mean() > 0.9

@@ -687,15 +687,19 @@ def dfn_flags(model: NormalModel, values: Any) -> tuple[Any, Any]:
 def density_ratio(queries: Any, sample_points: Any, model_points: Any, radius: float) -> Any:
     """Per query (float32): the sample's density within ``radius`` over normal marrow's.
 
-    Each density is the share of its points within ``radius`` of the query, with one
-    pseudo-point added to each count (a query no normal point reaches has a finite ratio,
-    and an isolated event's stays small).
+    Each density is the share of its points within ``radius`` of the query, with a
+    pseudo-count added to each count: one to the sample's, and to normal marrow's as many
+    model points as one sample point stands for (``max(1, m / n)`` for ``m`` model and
+    ``n`` sample points). So a query no normal point reaches has a finite ratio, and an
+    isolated event's stays at most 2 whatever the sizes (with a pseudo-point of 1 on both
+    sides it was ``2 m / n``: a sample of fewer than ``m / 5`` events, or a model of more
+    than 5 times ``n`` points, counted scattered debris as an excess population).
     """
     xp = namespace(queries)
     ns, nm = float(sample_points.shape[0]), float(model_points.shape[0])
     cs = _astype(count_within(queries, sample_points, radius), xp.float32, xp)
     cm = _astype(count_within(queries, model_points, radius), xp.float32, xp)
-    return ((cs + 1.0) / ns) / ((cm + 1.0) / nm)
+    return ((cs + 1.0) / ns) / ((cm + max(1.0, nm / ns)) / nm)
 
 
 def _strided(values: Any, at_most: int) -> Any:
