@@ -13,7 +13,7 @@ import json
 import numpy as np
 import pytest
 
-from rescue_gpu.errors import ConfigError
+from rescue_gpu.errors import ConfigError, ReferenceDataError
 from rescue_gpu.flow import mrd
 
 MARKERS = ("CD45", "CD34", "CD117", "CD7")
@@ -191,3 +191,22 @@ def test_isolated_events_are_no_excess_population_whatever_the_sizes(n_points: i
     assert mrd.excess_fraction(model, x) < mrd.EXCESS_SHARE
     blasts, pop = _labelled(rng, n_events, blasts=0.4)  # a population still is one
     assert mrd.excess_flags(model, blasts)[pop == 4].mean() > 0.9
+
+
+def test_load_refuses_a_damaged_excess_rule(tmp_path) -> None:
+    """normal.json is not checksummed: an excess rule no fit writes (ratio 0 flags every event, MRD 100%) or a
+    missing setting is refused as a damaged model, not loaded or raised as a bare KeyError."""
+    rng = np.random.default_rng(39)
+    _excess_only_model(_marrow(rng, 500)).save(tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "normal.json").read_text())
+    assert mrd.NormalModel.load(tmp_path / "m").excess
+    damaged = [{"excess_ratio": 0.0}, {"excess_ratio": float("nan")}, {"excess_share": 0.0}, {"excess_share": -1.0},
+               {"excess_radius": -1.0}, {"excess_radius": float("nan")}, {"excess_share": None}]
+    for change in damaged + [{k: v for k, v in meta.items() if k != "excess_shares"}]:
+        bad = {**meta, **change} if "format" not in change else change
+        (tmp_path / "m" / "normal.json").write_text(json.dumps(bad))
+        with pytest.raises(ReferenceDataError, match="excess rule"):
+            mrd.NormalModel.load(tmp_path / "m")
+    for fine in ({"excess_radius": 0.0}, {"excess_share": 1.5}):  # off; a share raised by the normals
+        (tmp_path / "m" / "normal.json").write_text(json.dumps({**meta, **fine}))
+        assert mrd.NormalModel.load(tmp_path / "m").excess_share == fine.get("excess_share", meta["excess_share"])

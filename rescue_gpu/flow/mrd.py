@@ -385,7 +385,9 @@ class NormalModel:
         ------
         ReferenceDataError
             Missing files, another format (an older version: rebuild it with
-            ``rescue mrd build-normal``), or a points file whose sha256 differs.
+            ``rescue mrd build-normal``), a points file whose sha256 differs, or (a /5
+            model) excess-rule settings that are missing or that no fit writes
+            (``excess_radius`` < 0, ``excess_ratio`` <= 1, ``excess_share`` <= 0).
 
         Warns
         -----
@@ -423,9 +425,19 @@ class NormalModel:
                           "normal progenitors are not counted; rebuild it with rescue mrd build-normal to get it",
                           RecordFormatWarning, stacklevel=2)
         else:
-            rule.update(excess_radius=float(meta["excess_radius"]), excess_ratio=float(meta["excess_ratio"]),
-                        excess_share=float(meta["excess_share"]),
-                        excess_shares=tuple(float(x) for x in meta["excess_shares"]))
+            try:
+                rule.update(excess_radius=float(meta["excess_radius"]), excess_ratio=float(meta["excess_ratio"]),
+                            excess_share=float(meta["excess_share"]),
+                            excess_shares=tuple(float(x) for x in meta["excess_shares"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ReferenceDataError(f"{d}/normal.json: the excess rule's settings are missing or damaged "
+                                         f"({exc!r}); rebuild the model with rescue mrd build-normal") from exc
+            radius, ratio, share = rule["excess_radius"], rule["excess_ratio"], rule["excess_share"]
+            # off (radius 0), or a rule fit_normal_model can write (its share may be raised to 1 or more)
+            if not (radius == 0 or (radius > 0 and ratio > 1 and share > 0)):
+                raise ReferenceDataError(f"{d}/normal.json: damaged excess rule (excess_radius {radius}, excess_ratio "
+                                         f"{ratio}, excess_share {share}); rebuild the model with rescue mrd "
+                                         "build-normal")
         return cls(points=points, sparse_points=sparse, markers=tuple(meta["markers"]),
                    cd45_column=int(meta["cd45_column"]), k=int(meta["k"]), n_samples=int(meta["n_samples"]),
                    n_calibration=int(meta["n_calibration"]), **{f: float(meta[f]) for f in floats}, **rule)
