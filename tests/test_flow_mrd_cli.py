@@ -107,5 +107,5 @@ def test_build_normal_excess_rule(assets: dict[str, Path], tmp_path: Path) -> No
     assert res.exit_code == 0, res.output
     assert not mrd.NormalModel.load(tmp_path / "n").excess and "no excess rule" in res.output
     res = _invoke([assets["manifest"], "--out", tmp_path / "b", "--pipeline", "aml-mrd", "--excess-share", "1.5"])
-    assert isinstance(res.exception, ConfigError) and "excess_share in (0, 1)" in str(res.exception)
+    assert isinstance(res.exception, ConfigError) and "excess_share must be in (0, 1), got 1.5" in str(res.exception)
     assert not (tmp_path / "b").exists()  # refused before any sample was read

@@ -9,6 +9,8 @@ candidates), with regenerating marrow (expanded progenitors) as the normal it mu
 from __future__ import annotations
 
 import json
+import math
+import warnings
 
 import numpy as np
 import pytest
@@ -124,9 +126,35 @@ def test_excess_off_and_validation() -> None:
     assert not off.excess and off.excess_shares == ()
     assert not mrd.excess_flags(off, _marrow(rng, 5000, blasts=0.4)).any()
     assert mrd.excess_fraction(off, normals[0]) == 0.0
-    for bad in ({"excess_ratio": 1.0}, {"excess_share": 0.0}, {"excess_share": 1.0}, {"excess_radius": 0.0}):
-        with pytest.raises(ConfigError, match="the excess rule needs excess_ratio > 1"):
+    for bad, what in (({"excess_ratio": 1.0}, "excess_ratio must be a finite number > 1, got 1.0"),
+                      ({"excess_ratio": math.inf}, "excess_ratio must be a finite number > 1, got inf"),
+                      ({"excess_ratio": math.nan}, "excess_ratio must be a finite number > 1, got nan"),
+                      ({"excess_share": 0.0}, "excess_share must be in (0, 1), got 0.0"),
+                      ({"excess_share": 1.0}, "excess_share must be in (0, 1), got 1.0"),
+                      ({"excess_radius": 0.0}, "excess_radius must be a finite number > 0, got 0.0"),
+                      ({"excess_radius": math.inf}, "excess_radius must be a finite number > 0, got inf")):
+        with pytest.raises(ConfigError) as info:
             mrd.fit_normal_model(normals, MARKERS, k=5, **bad)
+        assert what in str(info.value) and "--no-excess" in str(info.value)
+        assert "excess_radius" in str(info.value) or "excess_radius" not in bad  # only what is wrong is named
+    with pytest.raises(ConfigError) as info:
+        mrd.check_excess_rule(0.5, 2.0)
+    assert "excess_ratio" in str(info.value) and "excess_share" in str(info.value)
+    assert "excess_radius" not in str(info.value)
+
+
+def test_fit_warns_when_a_normal_turns_the_rule_off() -> None:
+    """A 'normal' that is mostly one dense population raises the share to >= 1: the rule is then off, said aloud."""
+    rng = np.random.default_rng(37)
+    normals = [_marrow(rng, 3000) for _ in range(3)]
+    odd = _marrow(rng, 3000)
+    odd[:1800] = rng.normal((3.0, 1.0, 0.0, 1.0), 0.1, (1800, 4))  # 60% of one population no other normal has
+    with pytest.warns(UserWarning, match="the rule can flag nothing"):
+        model = mrd.fit_normal_model([*normals, odd], MARKERS, k=5, cluster_radius=0.3)
+    assert model.excess_share >= 1.0 and not mrd.excess_flags(model, _marrow(rng, 5000, blasts=0.4)).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # plain normals: no warning
+        mrd.fit_normal_model(normals + [_marrow(rng, 3000)], MARKERS, k=5, cluster_radius=0.3)
 
 
 def test_excess_runs_on_the_array_api_standard() -> None:

@@ -77,6 +77,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -417,8 +418,6 @@ class NormalModel:
             "sample_quantile": float(meta["sample_quantile"]), "cross_fit": bool(meta["cross_fit"]),
             "sample_thresholds": tuple(float(t) for t in meta["sample_thresholds"])}
         if meta["format"] != _FORMAT:
-            import warnings
-
             from ..artifacts import RecordFormatWarning
 
             warnings.warn(f"{d}: a {meta['format']} DfN model has no excess-population rule, so blasts that lie on "
@@ -533,10 +532,15 @@ def _distance_model(fit_parts: Sequence[np.ndarray], cal_parts: Sequence[np.ndar
 
 
 def check_excess_rule(ratio: float, share: float, radius: float | None = None) -> None:
-    """Raise :class:`ConfigError` unless ``ratio > 1``, ``0 < share < 1`` and ``radius`` (when given) ``> 0``."""
-    if not (ratio > 1 and 0 < share < 1 and (radius is None or radius > 0)):
-        raise ConfigError(f"the excess rule needs excess_ratio > 1, excess_share in (0, 1) and excess_radius > 0; "
-                          f"got {ratio}, {share}, {radius}")
+    """Raise :class:`ConfigError` unless ``1 < ratio < inf``, ``0 < share < 1`` and ``radius``
+    (when given) ``0 < radius < inf``: an infinite ratio or radius is a rule that never flags."""
+    bad = [f"excess_ratio must be a finite number > 1, got {ratio}"] if not 1 < ratio < math.inf else []
+    if not 0 < share < 1:
+        bad.append(f"excess_share must be in (0, 1), got {share}")
+    if radius is not None and not 0 < radius < math.inf:
+        bad.append(f"excess_radius must be a finite number > 0, got {radius}")
+    if bad:
+        raise ConfigError("the excess rule: " + "; ".join(bad) + " (or turn the rule off: --no-excess)")
 
 
 def fit_normal_model(
@@ -596,7 +600,15 @@ def fit_normal_model(
     ConfigError
         No CD45 column, too few events, rates outside (0, 1), a radius <= 0, ``kinds``
         not one per sample, an unknown ``cluster_rule``, a ``sample_quantile`` outside [0, 1],
-        an ``excess_ratio`` <= 1, an ``excess_share`` outside (0, 1) or an ``excess_radius`` <= 0.
+        an infinite ``excess_ratio`` or one <= 1, an ``excess_share`` outside (0, 1) or an
+        ``excess_radius`` <= 0 or infinite.
+
+    Warns
+    -----
+    UserWarning
+        When a normal sample's own excess share makes the kept share 1 or more: the rule
+        can then flag nothing, and that normal holds a population ``excess_ratio`` times
+        denser than the others' (check it, or fit with ``excess=False``).
     """
     markers = tuple(markers)
     if excess:
@@ -639,11 +651,16 @@ def fit_normal_model(
         shares += [excess_fraction(mirror, c) for c in fit_parts]
     threshold, own = _cluster_threshold(scores, sizes, rule=cluster_rule, false_flag_rate=false_flag_rate,
                                         sample_flag_rate=sample_flag_rate, sample_quantile=sample_quantile)
+    kept_share = max(float(excess_share), 2.0 * max(shares, default=0.0))  # excess_share if off (shares all 0)
+    if excess and kept_share >= 1.0:
+        warnings.warn(f"a normal sample's own excess share is {max(shares):.3g}, so the excess rule's share is "
+                      f"{kept_share:.3g} and the rule can flag nothing: that normal holds a population "
+                      f"{excess_ratio:g} times denser than the other normals'; check it (or leave the rule off)",
+                      UserWarning, stacklevel=2)
     return dataclasses.replace(model, cluster_threshold=threshold, cluster_rule=cluster_rule,
                                sample_flag_rate=sample_flag_rate, sample_quantile=sample_quantile,
                                cross_fit=bool(cross_fit), sample_thresholds=tuple(own),
-                               excess_share=max(float(excess_share), 2.0 * max(shares, default=0.0)),  # 0s if off
-                               excess_shares=tuple(shares) if excess else ())
+                               excess_share=kept_share, excess_shares=tuple(shares) if excess else ())
 
 
 def _model_points(model: NormalModel, xp: Any) -> Any:
