@@ -268,3 +268,20 @@ def test_workers_refuse_an_unresolved_backend_and_a_changed_model() -> None:
         worker_engine(rec, backend="auto", checksum="c" * 64, **kw)
     with pytest.raises(ModelError, match="MODEL: the model changed since the run started"):
         worker_engine(rec, backend="cpu", checksum="d" * 64, **kw)  # e.g. model.json's threshold re-saved mid-run
+
+
+def test_mrd_identity_changes_with_the_dfn_settings_not_only_its_points(tmp_path: Path) -> None:
+    """A DfN model rebuilt with other thresholds (same points) must re-score, not resume stale MRD %."""
+    import dataclasses
+
+    from rescue_gpu.flow import mrd
+    from rescue_gpu.flow.assay import _mrd_identity
+
+    rng = np.random.default_rng(0)
+    samples = [rng.normal(size=(400, 3)).astype(np.float32) + [1.0, 0, 0] for _ in range(4)]
+    model = mrd.fit_normal_model(samples, ("CD45", "CD34", "SSC-A"), k=3, max_points=500)
+    model.save(tmp_path / "a")
+    dataclasses.replace(model, cluster_threshold=model.cluster_threshold + 5.0).save(tmp_path / "b")
+    assert mrd.NormalModel.load(tmp_path / "a").points.tobytes() == mrd.NormalModel.load(tmp_path / "b").points.tobytes()
+    assert _mrd_identity(str(tmp_path / "a")) != _mrd_identity(str(tmp_path / "b"))
+    assert _mrd_identity(str(tmp_path / "a")) == _mrd_identity(str(tmp_path / "a"))

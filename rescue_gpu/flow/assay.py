@@ -239,11 +239,18 @@ def settings_record(options: ScoreOptions, device: DevicePlan | str) -> dict[str
 
 
 def _mrd_identity(path: str) -> str:
-    """The DfN model's points sha256 (from its ``normal.json``), for the settings hash."""
+    """The DfN model's identity for the settings hash: sha256 of its ``normal.json``.
+
+    ``normal.json`` holds the points' sha256 and every threshold, so a model rebuilt with
+    other settings but the same points (``build-normal --overwrite --cluster-rule ...``)
+    re-scores rather than resuming the old MRD %.
+    """
+    import hashlib
     import json
 
     try:
-        return str(json.loads((Path(path) / "normal.json").read_text()).get("sha256", ""))
+        meta = json.loads((Path(path) / "normal.json").read_text())
+        return hashlib.sha256(json.dumps(meta, sort_keys=True).encode("utf-8")).hexdigest()
     except (OSError, ValueError) as exc:
         from ..errors import ReferenceDataError
 
