@@ -28,7 +28,7 @@ def _normal_model(assets: dict[str, Path], out: Path) -> Path:
                                  loose_rate=0.05, kinds=[r.timepoint for r in neg])  # split within timepoint
     same = mrd.normal_model_from_rows(rows, tiny_pipeline(), k=3, false_flag_rate=0.01, loose_rate=0.05)
     np.testing.assert_array_equal(same.points, model.points)
-    assert same.meta() == model.meta()
+    assert {**same.meta(), "preprocess_fingerprint": ""} == model.meta()  # the rows API also records the pipeline's
     return model.save(out)
 
 
@@ -102,3 +102,24 @@ def test_refused_laip_scores_follow_ups_by_dfn_with_a_warning(assets: dict[str, 
     assert follow["warnings"].str.contains("LAIP refused for the test").all()
     others = df[~df.index.isin(follow.index)]
     assert not others["warnings"].fillna("").str.contains("LAIP refused").any()
+
+
+def test_a_dfn_model_of_other_preprocessing_is_refused(assets: dict[str, Path], tmp_path: Path) -> None:
+    """Same markers, other transforms/compensation: its distances mean nothing for these samples (was: silent 44% MRD)."""
+    import dataclasses
+
+    from rescue_gpu.config import RuntimeConfig
+    from rescue_gpu.errors import ConfigError
+    from rescue_gpu.flow.assay import ScoreOptions, score_cohort
+    from rescue_gpu.runner.manifest import read_manifest
+
+    pipe = tiny_pipeline()
+    other = dataclasses.replace(pipe, preprocess=dataclasses.replace(pipe.preprocess, compensation="none"))
+    rows = read_manifest(assets["manifest"])
+    mrd.normal_model_from_rows(rows, other, k=3, false_flag_rate=0.01, loose_rate=0.05).save(tmp_path / "other")
+    assert mrd.NormalModel.load(tmp_path / "other").preprocess_fingerprint
+    with pytest.raises(ConfigError, match="build-normal"):
+        score_cohort(assets["manifest"], reference=assets["reference"], model=assets["model"], out=tmp_path / "run",
+                     options=ScoreOptions(pipeline=pipe, report=False, mrd_model=str(tmp_path / "other")),
+                     runtime=RuntimeConfig(backend="cpu"), in_process=True)
+    assert not (tmp_path / "run" / "scores.csv").exists()

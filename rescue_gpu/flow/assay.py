@@ -612,6 +612,12 @@ def score_cohort(
     rows = list(inputs) if not isinstance(inputs, (str, Path)) else read_manifest(inputs)
     assay = FlowAssay.open(reference=reference, model=model, options=options)
     if options.mrd_model:
+        from ..preprocess import preprocess_fingerprint
+        from .mrd import NormalModel
+
+        NormalModel.load(options.mrd_model).check_preprocessing(
+            preprocess_fingerprint(options.pipeline.panel, options.pipeline.preprocess),
+            where=f"DfN model {options.mrd_model}")
         assay.laips = diagnosis_laips(rows, options.pipeline, options.mrd_model)
     return run_cohort(assay, rows, out=out, runtime=runtime, scheduler=scheduler, in_process=in_process,
                       dashboard_address=dashboard_address, on_start=on_start, on_progress=on_progress)

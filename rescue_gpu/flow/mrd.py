@@ -319,6 +319,11 @@ class NormalModel:
         most ``sample_flag_rate`` of that sample's events are flagged); ``cross_fit``: every
         normal sample calibrated against a model that does not contain it. A /3 model loads as
         ``pooled`` without cross-fitting.
+    preprocess_fingerprint
+        The panel and preprocessing the points were made with
+        (:func:`~rescue_gpu.preprocess.preprocess_fingerprint`; ``""`` when not recorded, e.g.
+        a model fitted from arrays or saved before it was recorded); scoring refuses a model
+        whose fingerprint differs from the pipeline's (:meth:`check_preprocessing`).
     """
 
     points: np.ndarray
@@ -346,6 +351,7 @@ class NormalModel:
     excess_ratio: float = EXCESS_RATIO
     excess_share: float = EXCESS_SHARE
     excess_shares: tuple[float, ...] = ()
+    preprocess_fingerprint: str = ""
 
     @property
     def excess(self) -> bool:
@@ -364,7 +370,7 @@ class NormalModel:
                 "sample_quantile": self.sample_quantile, "cross_fit": self.cross_fit,
                 "sample_thresholds": list(self.sample_thresholds), "excess_radius": self.excess_radius,
                 "excess_ratio": self.excess_ratio, "excess_share": self.excess_share,
-                "excess_shares": list(self.excess_shares)}
+                "excess_shares": list(self.excess_shares), "preprocess_fingerprint": self.preprocess_fingerprint}
 
     def save(self, directory: str | Path) -> Path:
         """Write ``normal.npz`` and ``normal.json`` (with the npz's sha256) into ``directory``."""
@@ -439,13 +445,22 @@ class NormalModel:
                                          "build-normal")
         return cls(points=points, sparse_points=sparse, markers=tuple(meta["markers"]),
                    cd45_column=int(meta["cd45_column"]), k=int(meta["k"]), n_samples=int(meta["n_samples"]),
-                   n_calibration=int(meta["n_calibration"]), **{f: float(meta[f]) for f in floats}, **rule)
+                   n_calibration=int(meta["n_calibration"]), **{f: float(meta[f]) for f in floats}, **rule,
+                   preprocess_fingerprint=str(meta.get("preprocess_fingerprint") or ""))
 
     def check_markers(self, markers: Sequence[str]) -> None:
         """Raise :class:`ConfigError` unless ``markers`` are the model's columns."""
         if tuple(markers) != self.markers:
             raise ConfigError(f"the sample's markers {tuple(markers)} differ from the DfN model's {self.markers}; "
                               "preprocess with the pipeline the model was built with")
+
+    def check_preprocessing(self, fingerprint: str, *, where: str = "the DfN model") -> None:
+        """Raise :class:`ConfigError` when the model records a preprocessing fingerprint other than ``fingerprint``."""
+        if self.preprocess_fingerprint and fingerprint and self.preprocess_fingerprint != fingerprint:
+            raise ConfigError(f"{where} was built with other panel or preprocessing settings than the pipeline the "
+                              "samples are scored with (preprocessing fingerprints differ), so its distances do not "
+                              "apply to them; rebuild it with rescue mrd build-normal MANIFEST --reference REF_DIR "
+                              "(the reference you score with)")
 
 
 def _split(arrays: list[np.ndarray], rng: np.random.Generator,
@@ -1042,7 +1057,10 @@ def normal_model_from_rows(rows: Sequence[Any], pipeline: Any, **kwargs: Any) ->
         kinds.append(row.timepoint)
     if markers is None:
         raise ConfigError("no MRD-negative or control sample could be preprocessed for the DfN model")
-    return fit_normal_model(values, markers, kinds=kinds, **kwargs)
+    from ..preprocess import preprocess_fingerprint
+
+    model = fit_normal_model(values, markers, kinds=kinds, **kwargs)
+    return dataclasses.replace(model, preprocess_fingerprint=preprocess_fingerprint(pipeline.panel, pipeline.preprocess))
 
 
 def mrd_agreement(est_pct: Any, true_pct: Any, patients: Any, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
