@@ -109,3 +109,23 @@ def test_build_normal_excess_rule(assets: dict[str, Path], tmp_path: Path) -> No
     res = _invoke([assets["manifest"], "--out", tmp_path / "b", "--pipeline", "aml-mrd", "--excess-share", "1.5"])
     assert isinstance(res.exception, ConfigError) and "excess_share must be in (0, 1), got 1.5" in str(res.exception)
     assert not (tmp_path / "b").exists()  # refused before any sample was read
+
+
+def test_build_normal_names_the_negatives_it_left_out(assets: dict[str, Path], tmp_path: Path) -> None:
+    """A negative row that cannot be read is named with its reason (was: only a count, nothing to act on)."""
+    with open(assets["manifest"]) as fh:
+        recs = list(csv.DictReader(fh))
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(recs[0]))
+        w.writeheader()
+        w.writerows({**r, "path": str(assets["cohort"] / r["path"])} for r in recs)
+        w.writerow({**recs[0], "sample_id": "GONE1", "path": str(tmp_path / "gone.fcs"), "label": "negative"})
+    res = _invoke([manifest, "--out", tmp_path / "n", "--pipeline", "aml-mrd", "--k", "3"])
+    assert res.exit_code == 0, res.output
+    assert "1 could not be preprocessed" in res.output
+    assert "skipped GONE1:" in res.output and "file not found" in res.output
+    broken = tmp_path / "broken.csv"
+    broken.write_text(f"sample_id,path,label\nN1,{tmp_path / 'missing.fcs'},negative\n")
+    res = _invoke([broken, "--out", tmp_path / "c", "--pipeline", "aml-mrd"])
+    assert isinstance(res.exception, ConfigError) and "N1" in str(res.exception) and "file not found" in str(res.exception)

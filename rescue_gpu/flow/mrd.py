@@ -1029,34 +1029,41 @@ def combined_call(p_mrd: float, threshold: float, status: str) -> str:
     return "negative"
 
 
-def normal_model_from_rows(rows: Sequence[Any], pipeline: Any, **kwargs: Any) -> NormalModel:
+def normal_model_from_rows(rows: Sequence[Any], pipeline: Any, *, skipped: dict[str, str] | None = None,
+                           warned: dict[str, list[str]] | None = None, **kwargs: Any) -> NormalModel:
     """Fit the DfN model from the manifest rows labelled ``negative`` (MRD-negative follow-ups and controls).
 
     ``kwargs`` go to :func:`fit_normal_model`; the rows' ``timepoint`` is each sample's
     kind there, so controls and follow-ups are both split between model and calibration.
-    Rows that fail to preprocess are skipped.
+    Rows that fail to preprocess are skipped; ``skipped`` (when given) gets ``{sample_id: error}``
+    of them, ``warned`` ``{sample_id: [warning, ...]}`` of the samples used.
 
     Raises
     ------
     ConfigError
-        No negative row could be preprocessed.
+        No negative row could be preprocessed (the message names each row and its error).
     """
     from ..errors import RescueError
     from .stages import load_events
 
     values, kinds, markers = [], [], None
+    failed: dict[str, str] = {} if skipped is None else skipped
     for row in rows:
         if row.label != "negative":
             continue
         try:
             ev = load_events(row.path, pipeline)
-        except RescueError:
+        except RescueError as exc:
+            failed[row.sample_id] = str(exc)
             continue
+        if warned is not None and ev.warnings:
+            warned[row.sample_id] = list(ev.warnings)
         markers = ev.markers
         values.append(np.asarray(ev.values))
         kinds.append(row.timepoint)
     if markers is None:
-        raise ConfigError("no MRD-negative or control sample could be preprocessed for the DfN model")
+        raise ConfigError("no MRD-negative or control sample could be preprocessed for the DfN model: "
+                          + "; ".join(f"{sid}: {err}" for sid, err in failed.items()))
     from ..preprocess import preprocess_fingerprint
 
     model = fit_normal_model(values, markers, kinds=kinds, **kwargs)

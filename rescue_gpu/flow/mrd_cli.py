@@ -110,7 +110,9 @@ def build_normal(
                                         ("excess", excess), ("excess_ratio", excess_ratio),
                                         ("excess_share", excess_share))
                 if v is not None}
-    model = normal_model_from_rows(rows, pipe, seed=seed, **settings)
+    failed: dict[str, str] = {}
+    warned: dict[str, list[str]] = {}
+    model = normal_model_from_rows(rows, pipe, seed=seed, skipped=failed, warned=warned, **settings)
     try:
         model.save(out)
     except OSError as exc:
@@ -130,6 +132,11 @@ def build_normal(
                   + f", loose threshold {model.loose_threshold:.4g} (rate {model.loose_rate:g}); use it with rescue "
                   f"score --mrd-model {out}",
                   markup=False, highlight=False, soft_wrap=True)
+    for sid, err in failed.items():
+        err_console.print(f"skipped {sid}: {err}", markup=False, highlight=False, soft_wrap=True)
+    for sid, texts in warned.items():
+        for text in texts:
+            err_console.print(f"warning: {sid}: {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
