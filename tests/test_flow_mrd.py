@@ -369,6 +369,23 @@ def test_evaluate_cli_reports_mrd_agreement(tmp_path) -> None:
     odd = np.arange(n) % 2 == 1
     assert rep["both"]["n_samples"] == int(odd.sum())
     assert rep["both"]["spearman"] == pytest.approx(mrd.mrd_agreement(est[odd], truth[odd], pats[odd])["spearman"])
+    # a method whose samples are all MRD-negative has undefined figures: null, never a bare NaN
+    rows = [dict(r, mrd_pct="0.0") for r in scores]
+    for name, data in (("scores.csv", rows), ("truth.csv", [dict(r, true_mrd_pct="0.0") for r in tr])):
+        with open(tmp_path / name, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(data[0]))
+            w.writeheader()
+            w.writerows(data)
+    res = CliRunner().invoke(app, ["evaluate", str(tmp_path / "scores.csv"), "--truth", str(tmp_path / "manifest.csv"),
+                                   "--mrd-truth", str(tmp_path / "truth.csv"), "--out", str(tmp_path / "ev0"),
+                                   "--boot", "20"])
+    assert res.exit_code == 0, res.output
+
+    def strict(token: str) -> None:
+        raise ValueError(f"metrics.json holds {token}")
+
+    rep = json.loads((tmp_path / "ev0" / "metrics.json").read_text(), parse_constant=strict)["mrd"]
+    assert rep["all"]["spearman"] is None and rep["all"]["n_samples"] == n
 
 
 def test_flag_kernels_run_on_the_array_api_standard() -> None:

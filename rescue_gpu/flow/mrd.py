@@ -1108,7 +1108,8 @@ def mrd_agreement(est_pct: Any, true_pct: Any, patients: Any, *, n_boot: int = 1
         b = boots[:, col][np.isfinite(boots[:, col])]
         return [float(x) for x in np.quantile(b, [0.025, 0.975])] if b.size else [None, None]
 
-    return {"spearman": float(spearmanr(est, truth).statistic) if est.size > 1 else math.nan,
+    varies = est.size > 1 and np.ptp(est) > 0 and np.ptp(truth) > 0  # else the rank correlation is undefined
+    return {"spearman": float(spearmanr(est, truth).statistic) if varies else math.nan,
             "median_abs_log10_ge_0.1": float(np.median(ratio)) if ratio.size else math.nan,
             "neg_below_0.1_share": float((est[neg] < THRESHOLD_PCT).mean()) if neg.any() else math.nan,
             "sensitivity": se, "sensitivity_ci": ci(0), "specificity": sp, "specificity_ci": ci(1),

@@ -246,7 +246,8 @@ def _mrd_report(scores: Path, truth: Path, *, boot: int, seed: int) -> dict[str,
         raise RescueError(f"{scores}: no mrd_pct column; score with --mrd-model to evaluate the MRD %")
     t = pd.read_csv(truth)
     if "true_mrd_pct" not in t.columns:
-        raise RescueError(f"{truth}: no true_mrd_pct column")
+        raise RescueError(f"{truth}: no true_mrd_pct column; --mrd-truth takes a CSV with sample_id and "
+                          "true_mrd_pct (the known MRD % of each sample, as rescue simulate's truth.csv has)")
     df = s.merge(t[["sample_id", "true_mrd_pct"]], on="sample_id", how="inner")
     df = df[df["timepoint"] != "diagnosis"] if "timepoint" in df.columns else df
     out: dict[str, Any] = {"all": mrd_agreement(df["mrd_pct"], df["true_mrd_pct"], df["patient_id"], n_boot=boot,
@@ -254,7 +255,18 @@ def _mrd_report(scores: Path, truth: Path, *, boot: int, seed: int) -> dict[str,
     for method, part in df.groupby("mrd_method"):
         out[str(method)] = mrd_agreement(part["mrd_pct"], part["true_mrd_pct"], part["patient_id"], n_boot=boot,
                                          seed=seed)
-    return out
+    return _finite_or_none(out)
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN where a figure is undefined) as ``None``: strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    if isinstance(obj, float):
+        return _none(obj)
+    return obj
 
 
 def _none(x: float) -> float | None:
