@@ -6,8 +6,8 @@ Each assay's CLI (``rescue_gpu.flow.cli``, ``rescue_gpu.cells.cli``) and the ``r
 the assays' commands without an import cycle.
 
 Exit codes: 0 success, 2 usage or configuration errors and environment faults (a read-only
-or full file system: a clear one-line message, no traceback), 3 some samples failed, 1
-anything unexpected.
+or full file system: a clear one-line message, no traceback), 3 some samples failed, 130
+interrupted (Ctrl-C; a line says that a score run resumes), 1 anything unexpected.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ __all__ = ["EXIT_OK", "EXIT_UNEXPECTED", "EXIT_USAGE", "EXIT_SAMPLES_FAILED", "c
            "SlurmMemoryOpt", "SlurmGpusOpt", "SlurmWalltimeOpt", "VerboseOpt", "cluster_overrides", "set_verbose"]
 
 EXIT_OK, EXIT_UNEXPECTED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports SIGINT
+INTERRUPTED = ("interrupted: rescue score and rescue cells score keep every sample finished so far, so the same "
+               "command resumes the run; other commands start again")
 
 
 class _Console(Console):
@@ -226,7 +229,7 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
         err_console.print(f"error: {exc}", markup=False, highlight=False)
         return EXIT_USAGE
     except typer.Exit as exc:
-        return int(exc.exit_code)
+        rc = int(exc.exit_code)
     except typer.Abort:
         err_console.print("aborted")
         return EXIT_USAGE
@@ -241,4 +244,6 @@ def run_app(app: typer.Typer, argv: list[str] | None = None) -> int:
             exc.show()
             return EXIT_USAGE
         raise
+    if rc == EXIT_INTERRUPTED:  # click returns (or raises Exit with) 130 on Ctrl-C (KeyboardInterrupt)
+        err_console.print(INTERRUPTED, markup=False, highlight=False, soft_wrap=True)
     return rc if isinstance(rc, int) else EXIT_OK

@@ -301,3 +301,24 @@ def test_long_sample_ids_score_end_to_end(assets: dict[str, Path], tmp_path: Pat
     assert (out / "store.zarr" / "samples" / "S-short").is_dir()  # short ids keep their plain keys
     rc, text, err = _score(assets, out, capsys, "--flag-events", manifest=manifest, model="model_low")
     assert rc == 0 and "0 to score, 3 already done" in " ".join(text.split()), err
+
+
+def test_ctrl_c_exits_130_and_says_a_score_run_resumes(capsys) -> None:
+    """Ctrl-C (KeyboardInterrupt in a command) is exit 130 with one line saying what was kept."""
+    import typer
+
+    from rescue_gpu.cliutil import EXIT_INTERRUPTED, run_app
+
+    app = typer.Typer()
+
+    @app.command()
+    def work() -> None:
+        raise KeyboardInterrupt
+
+    @app.command()
+    def other() -> None:  # two commands: typer keeps the sub-command name
+        pass
+
+    assert run_app(app, ["work"]) == EXIT_INTERRUPTED == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "the same command resumes the run" in err and "Traceback" not in err
