@@ -69,7 +69,7 @@ def dask_run(assets: dict[str, Path], mixed_manifest: Path, tmp_path_factory: py
     out = tmp_path_factory.mktemp("dask") / "run"
     res = run_cli(["score", mixed_manifest, "--reference", assets["reference"], "--model", assets["model_low"],
                    "--out", out, "--workers", "2", "--threads-per-worker", "1", "--samples-per-task", "2",
-                   "--dashboard-address", ":0", "--flag-events"])
+                   "--dashboard-address", "127.0.0.1:0", "--flag-events"])
     return res, out
 
 

@@ -29,27 +29,34 @@ def _score_args(assets: dict[str, Path], out: Path, *extra: str) -> list[str]:
             "--keep-coords", "--no-report", *extra]
 
 
-def _kill_after(args: list[str], store_dir: Path, *, at_least: int, timeout: float = 150) -> int:
-    """Start ``args`` in its own process group; SIGKILL the group once ``at_least`` samples are stored."""
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    began = time.monotonic()
-    try:
-        while time.monotonic() - began < timeout and proc.poll() is None:
-            if _done(store_dir) >= at_least:
-                break
-            time.sleep(0.05)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the run and its Dask workers, mid-flight
-        proc.wait(timeout=30)
-    return _done(store_dir)
+def _kill_after(args: list[str], store_dir: Path, *, at_least: int, timeout: float = 300) -> tuple[int, str]:
+    """Start ``args`` in its own process group; SIGKILL the group once ``at_least`` samples are stored.
+
+    Returns the samples stored and what the run printed (for the message when the kill misses).
+    """
+    log = store_dir.parent.with_suffix(".log")
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        began = time.monotonic()
+        try:
+            while time.monotonic() - began < timeout and proc.poll() is None:
+                if _done(store_dir) >= at_least:
+                    break
+                time.sleep(0.05)
+        finally:
+            state = (f"exited {proc.returncode}" if proc.poll() is not None
+                     else f"killed after {time.monotonic() - began:.0f} s")
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)  # the run and its Dask workers, mid-flight
+            proc.wait(timeout=30)
+    return _done(store_dir), f"{state}; it printed: " + log.read_text(errors="replace")[-3000:]
 
 
 def test_kill_9_then_resume_equals_uninterrupted(assets: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    dask = ["--workers", "2", "--samples-per-task", "1", "--dashboard-address", ":0"]
-    n_before = _kill_after(_score_args(assets, out, *dask), out / "store.zarr", at_least=2)
-    assert 1 <= n_before < N_SAMPLES, f"kill landed after {n_before} samples; the test wants it mid-run"
+    dask = ["--workers", "2", "--samples-per-task", "1", "--dashboard-address", "127.0.0.1:0"]
+    n_before, printed = _kill_after(_score_args(assets, out, *dask), out / "store.zarr", at_least=2)
+    assert 1 <= n_before < N_SAMPLES, f"kill landed after {n_before} samples; the test wants it mid-run ({printed})"
 
     resumed = subprocess.run(_score_args(assets, out, "--in-process"), capture_output=True, text=True, timeout=240)
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -166,7 +166,7 @@ def test_rescue_score_on_one_node_slurm_equals_in_process(assets: dict[str, Path
     proc = subprocess.run([sys.executable, "-m", "rescue_gpu.flow.cli",
                            *_args(assets["manifest"], assets, out, "--cluster", "slurm", "--slurm-workers", "2",
                                   "--slurm-partition", "debug", "--slurm-walltime", "00:10:00", "--slurm-memory", "3GB",
-                                  "--dashboard-address", ":0", "--samples-per-task", "1", "--verbose")],
+                                  "--dashboard-address", "127.0.0.1:0", "--samples-per-task", "1", "--verbose")],
                           capture_output=True, text=True, env=slurm.env, cwd=tmp_path, timeout=600)
     wall = time.monotonic() - began
     text = proc.stdout + proc.stderr
